@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything workflow_ext needs on a fresh Debian 12 machine (root or
+# sudo), and is safe to run again: each step checks before it acts.
+#   - Debian packages: PostgreSQL 15 server + headers, libclang (bindgen), sudo
+#     (cargo pgrx test --runas), contrib (amcheck), pg_isolation_regress lives
+#     in postgresql-server-dev-15's pgxs tree.
+#   - cargo-pgrx 0.18.1, initialised against the system PostgreSQL 15 so it
+#     never tries to download PostgreSQL sources (no internet here).
+set -euo pipefail
+
+PGRX_VERSION=0.18.1
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+need_pkgs=()
+for p in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_pkgs[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+# The Debian package starts a cluster on 5432; we never use it, and stopping it
+# frees memory on a 2-core machine. Ignore failure (no systemd in containers).
+if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q online; then
+  $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  echo "setup: installing cargo-pgrx $PGRX_VERSION (takes ~5 minutes on 2 cores)"
+  cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+
+if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then
+  echo "setup: cargo pgrx init against the system PostgreSQL 15"
+  cargo pgrx init --pg15 "$PG_CONFIG"
+fi
+
+# Client libraries used by the tests and examples, from their registries.
+if [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
+  python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
+fi
+echo "setup: ok"

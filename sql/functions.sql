@@ -1,0 +1,68 @@
+-- The SQL surface. Rust provides the bodies (AS 'MODULE_PATHNAME', '<fn>_wrapper');
+-- signatures, volatility, security and search_path are declared here, in
+-- one place, next to the reason for each choice.
+--
+-- Every function that runs SQL pins search_path to pg_catalog, then pg_temp
+-- (last, explicitly, so a temporary object can never shadow anything): a
+-- caller cannot redirect the extension's statements with look-alike tables,
+-- functions or operators earlier on its own search_path.
+
+-- Triggers -------------------------------------------------------------------
+
+-- The single validator of the log (src/append.rs). It writes
+-- workflow_ext.runs, which clients may not touch: SECURITY DEFINER (the
+-- extension owner) is what lets any role that may INSERT into events have its
+-- row validated and stamped. It runs only fixed, parameterised statements.
+CREATE FUNCTION workflow_ext.events_before_insert() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'events_before_insert_wrapper';
+
+-- Refuses UPDATE, DELETE and TRUNCATE of the log (purge_runs excepted).
+CREATE FUNCTION workflow_ext.events_refuse_change() RETURNS trigger
+    LANGUAGE c SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'events_refuse_change_wrapper';
+
+-- Appends ----------------------------------------------------------------------
+
+-- Idempotent creation. SECURITY INVOKER: appending needs INSERT and SELECT on
+-- workflow_ext.events, so who may append is governed by the table's grants;
+-- the trigger does the privileged part. Not STRICT: NULL arguments get a
+-- named error (22004) instead of a silent NULL result.
+CREATE FUNCTION workflow_ext.append_suspension_event(
+    run_id text, correlation_id text, type text, payload jsonb DEFAULT NULL
+) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
+    LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'append_suspension_event_wrapper';
+
+-- Validated append of any event type; a duplicate creation fails with 23505.
+-- SECURITY INVOKER for the same reason as above.
+CREATE FUNCTION workflow_ext.append_event(
+    run_id text, correlation_id text, type text, payload jsonb DEFAULT NULL
+) RETURNS TABLE (event_id text, seq bigint)
+    LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'append_event_wrapper';
+
+-- A fresh wevt_<ULID>, monotonic within the session (session state, hence
+-- VOLATILE and PARALLEL RESTRICTED). Runs no SQL: no search_path needed.
+CREATE FUNCTION workflow_ext.new_event_id() RETURNS text
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED STRICT
+    AS 'MODULE_PATHNAME', 'new_event_id_wrapper';
+
+-- Fan-in -----------------------------------------------------------------------
+
+-- Writes the internal join tables, which clients may not touch: SECURITY
+-- DEFINER, fixed parameterised statements only.
+CREATE FUNCTION workflow_ext.join_arrive(
+    run_id text, join_key text, member_key text, expected integer
+) RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'join_arrive_wrapper';
+
+-- Retention ----------------------------------------------------------------------
+
+-- Deletes history: SECURITY DEFINER so it may pass the append-only trigger,
+-- and not executable by PUBLIC (see finalize.sql); the owner grants it to an
+-- operations role.
+CREATE FUNCTION workflow_ext.purge_runs(older_than interval) RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'purge_runs_wrapper';

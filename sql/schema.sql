@@ -1,0 +1,81 @@
+-- workflow_ext schema: types, tables and indexes. Runs first (bootstrap);
+-- functions are created by pgrx after it, triggers and privileges in
+-- finalize.sql.
+
+-- The full event vocabulary of the Workflow DevKit. Order matters only for
+-- display; the Rust side (src/lifecycle.rs, EventType::ALL) lists the same.
+CREATE TYPE workflow_ext.event_type AS ENUM (
+    'run_created', 'run_started', 'run_completed', 'run_failed', 'run_cancelled',
+    'step_created', 'step_started', 'step_retrying', 'step_completed', 'step_failed',
+    'wait_created', 'wait_completed',
+    'hook_created', 'hook_received', 'hook_disposed', 'hook_conflict',
+    'attr_set'
+);
+
+-- The event log. Append-only: rows enter through the BEFORE INSERT trigger
+-- (which assigns id and seq and checks the lifecycle) and leave only with a
+-- whole finished run through purge_runs().
+CREATE TABLE workflow_ext.events (
+    id             text        NOT NULL,
+    run_id         text        NOT NULL,
+    seq            bigint      NOT NULL,   -- dense per run: 1, 2, 3 … in commit order
+    type           workflow_ext.event_type NOT NULL,
+    correlation_id text,                   -- NULL for run-level events
+    payload        jsonb,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT events_pkey PRIMARY KEY (run_id, seq),
+    CONSTRAINT events_id_key UNIQUE (id)
+);
+
+-- One creation per run and correlation id. NULLS NOT DISTINCT makes a second
+-- run_created (correlation_id NULL) collide too. The name is the one the
+-- DevKit's world-postgres maps to its benign "already exists" error.
+CREATE UNIQUE INDEX workflow_events_entity_creation_unique
+    ON workflow_ext.events (run_id, correlation_id, type) NULLS NOT DISTINCT
+    WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created');
+
+-- An entity's last event (its state) in one backward index step.
+CREATE INDEX events_entity_seq
+    ON workflow_ext.events (run_id, correlation_id, seq)
+    WHERE correlation_id IS NOT NULL;
+
+-- Per-run lock and counters. The row is locked (by bumping last_seq) for
+-- every append to its run, which serializes appends to one run and nothing
+-- else. Internal: clients read runs through the events table.
+CREATE TABLE workflow_ext.runs (
+    run_id      text        PRIMARY KEY,
+    state       text        NOT NULL,
+    last_seq    bigint      NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz            -- set when the run reaches a terminal state
+) WITH (fillfactor = 80);              -- room for HOT updates of last_seq
+
+CREATE INDEX runs_finished_at ON workflow_ext.runs (finished_at)
+    WHERE finished_at IS NOT NULL;
+
+-- Fan-in barriers: one row per join, one per distinct arrived member.
+CREATE TABLE workflow_ext.joins (
+    run_id     text        NOT NULL,
+    join_key   text        NOT NULL,
+    expected   integer     NOT NULL CHECK (expected > 0),
+    arrived    integer     NOT NULL DEFAULT 0,
+    fired_at   timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, join_key)
+);
+
+CREATE TABLE workflow_ext.join_members (
+    run_id     text        NOT NULL,
+    join_key   text        NOT NULL,
+    member_key text        NOT NULL,
+    arrived_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, join_key, member_key)
+);
+
+-- Keep the data in pg_dump output (extension tables are skipped otherwise).
+-- Restore data with triggers disabled (pg_restore --disable-triggers, as a
+-- superuser): the dump already holds assigned ids and seqs.
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.events', '');
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.runs', '');
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.joins', '');
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.join_members', '');

@@ -1,0 +1,457 @@
+//! The write path.
+//!
+//! Every row that enters `workflow_ext.events`, whether through
+//! `append_event`, `append_suspension_event`, a client's plain INSERT or a
+//! COPY, passes the BEFORE INSERT trigger [`events_before_insert`]. The
+//! trigger is the only place that checks the lifecycle and assigns `seq`:
+//!
+//! 1. validate the row's columns ([`crate::validate`]);
+//! 2. take the run's row lock in `workflow_ext.runs` by bumping `last_seq`
+//!    (appends to one run queue here until the holder commits, appends to
+//!    other runs never meet; the lock is held to commit, so seq order is
+//!    commit order and a rolled back append leaves no gap);
+//! 3. read the entity's last event *after* the lock was granted, so the state
+//!    is never stale (a fresh READ COMMITTED snapshot per SPI statement);
+//! 4. ask [`lifecycle::check`]; refuse, or stamp `id` and `seq`.
+//!
+//! A duplicate creation is not refused by the trigger: it hands the row on
+//! with the next seq (undoing its bump) and lets the partial unique index
+//! decide. A plain INSERT then fails with the index's own 23505, and
+//! `INSERT … ON CONFLICT DO NOTHING` (the idempotent append) skips the row.
+//! Either way the log's uniqueness is enforced by the index, not by timing.
+
+use crate::errors::{OrRaise, WfError, WfResult};
+use crate::event_id;
+use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
+use crate::payload::Payload;
+use crate::validate::{self, EventAddress};
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::PgOid;
+use std::cell::{Cell, OnceCell};
+use std::convert::Infallible;
+use std::ffi::CStr;
+
+/// The unique index that makes each creation event unique per run and
+/// correlation id. Clients map a 23505 naming it to "already exists".
+pub const CREATION_INDEX: &str = "workflow_events_entity_creation_unique";
+
+/// SPI plans prepared once per backend (SPI_keepplan) and reused.
+struct Plans {
+    insert_run: OwnedPreparedStatement,
+    bump: OwnedPreparedStatement,
+    unbump: OwnedPreparedStatement,
+    set_run_state: OwnedPreparedStatement,
+    /// Last event of an entity, one plan per entity kind (step, wait, hook).
+    entity_last: [OwnedPreparedStatement; 3],
+    /// A creation event by its key, one plan per suspension type: the type is
+    /// a literal so the planner can prove the partial index's predicate even
+    /// for a generic plan.
+    find_creation: [OwnedPreparedStatement; 4],
+    insert_strict: OwnedPreparedStatement,
+    insert_idempotent: OwnedPreparedStatement,
+}
+
+thread_local! {
+    static PLANS: OnceCell<Plans> = const { OnceCell::new() };
+    /// Set only by `purge_runs` around its DELETE; no SQL can reach it.
+    pub(crate) static PURGE_IN_PROGRESS: Cell<bool> = const { Cell::new(false) };
+}
+
+const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
+const BOOL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
+const JSONB: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBOID);
+
+const SUSPENSION_TYPES: [EventType; 4] = [
+    EventType::RunCreated,
+    EventType::StepCreated,
+    EventType::WaitCreated,
+    EventType::HookCreated,
+];
+
+fn prepare(client: &SpiClient<'_>, sql: &str, args: &[PgOid]) -> OwnedPreparedStatement {
+    // The statements are fixed strings of this file over the extension's own
+    // tables: failing to prepare them means the extension is broken, so an
+    // internal error is the honest report.
+    client
+        .prepare_mut(sql, args)
+        .unwrap_or_else(|e| internal(&format!("cannot prepare \"{sql}\": {e}")))
+        .keep()
+}
+
+fn kind_types_sql(kind: EntityKind) -> String {
+    kind.event_types()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn build_plans(c: &SpiClient<'_>) -> Plans {
+    let entity_last = [EntityKind::Step, EntityKind::Wait, EntityKind::Hook].map(|kind| {
+        prepare(
+            c,
+            &format!(
+                "SELECT type::text FROM workflow_ext.events \
+                 WHERE run_id = $1 AND correlation_id = $2 AND type IN ({}) \
+                 ORDER BY seq DESC LIMIT 1",
+                kind_types_sql(kind)
+            ),
+            &[TEXT, TEXT],
+        )
+    });
+    let find_creation = SUSPENSION_TYPES.map(|t| {
+        let corr = if t == EventType::RunCreated { "$2::text IS NULL AND correlation_id IS NULL" } else { "correlation_id = $2" };
+        prepare(
+            c,
+            &format!(
+                "SELECT id, seq FROM workflow_ext.events \
+                 WHERE run_id = $1 AND {corr} AND type = '{t}'"
+            ),
+            &[TEXT, TEXT],
+        )
+    });
+    let creation_types = SUSPENSION_TYPES.map(|t| format!("'{t}'")).join(", ");
+    let insert = "INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
+                  VALUES ($1, $2, $3::workflow_ext.event_type, $4)";
+    Plans {
+        insert_run: prepare(
+            c,
+            "INSERT INTO workflow_ext.runs (run_id, state, last_seq) VALUES ($1, 'pending', 1) \
+             ON CONFLICT (run_id) DO NOTHING RETURNING last_seq",
+            &[TEXT],
+        ),
+        bump: prepare(
+            c,
+            "UPDATE workflow_ext.runs SET last_seq = last_seq + 1 WHERE run_id = $1 \
+             RETURNING state, last_seq",
+            &[TEXT],
+        ),
+        unbump: prepare(
+            c,
+            "UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE run_id = $1",
+            &[TEXT],
+        ),
+        set_run_state: prepare(
+            c,
+            "UPDATE workflow_ext.runs SET state = $2, \
+             finished_at = CASE WHEN $3 THEN coalesce(finished_at, now()) END \
+             WHERE run_id = $1",
+            &[TEXT, TEXT, BOOL],
+        ),
+        entity_last,
+        find_creation,
+        insert_strict: prepare(c, &format!("{insert} RETURNING id, seq"), &[TEXT, TEXT, TEXT, JSONB]),
+        insert_idempotent: prepare(
+            c,
+            &format!(
+                "{insert} ON CONFLICT (run_id, correlation_id, type) \
+                 WHERE type IN ({creation_types}) DO NOTHING RETURNING id, seq"
+            ),
+            &[TEXT, TEXT, TEXT, JSONB],
+        ),
+    }
+}
+
+fn with_plans<R>(client: &mut SpiClient<'_>, f: impl FnOnce(&mut SpiClient<'_>, &Plans) -> R) -> R {
+    PLANS.with(|cell| {
+        let plans = cell.get_or_init(|| build_plans(client));
+        f(client, plans)
+    })
+}
+
+/// A bug in workflow_ext, not a user error: reported as XX000 with a message
+/// that says so.
+pub(crate) fn internal(what: &str) -> ! {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("workflow_ext internal error: {what}"),
+        "workflow_ext",
+    )
+    .report(PgLogLevel::ERROR);
+    unreachable!()
+}
+
+fn spi<T>(r: Result<T, pgrx::spi::SpiError>, what: &str) -> T {
+    r.unwrap_or_else(|e| internal(&format!("{what}: {e}")))
+}
+
+/// What the trigger decided for one row.
+struct Stamp {
+    seq: i64,
+}
+
+/// Steps 2–4 of the module doc for one validated row; returns its seq.
+fn admit(client: &mut SpiClient<'_>, plans: &Plans, addr: &EventAddress<'_>) -> WfResult<Stamp> {
+    let run_id = addr.run_id;
+
+    if addr.event == EventType::RunCreated {
+        let inserted = spi(
+            client.update(&plans.insert_run, Some(1), &[run_id.into()]),
+            "insert run",
+        );
+        if !inserted.is_empty() {
+            return Ok(Stamp { seq: 1 });
+        }
+        // The run exists already (possibly created by a transaction we just
+        // waited for): fall through, the lifecycle check names the duplicate.
+    }
+
+    let bumped = spi(client.update(&plans.bump, Some(1), &[run_id.into()]), "lock run");
+    let (run_state, seq) = if bumped.is_empty() {
+        (None, 0)
+    } else {
+        let row = bumped.first();
+        let state: String = spi(row.get(1), "run state").unwrap_or_default();
+        let seq: i64 = spi(row.get(2), "run seq").unwrap_or_default();
+        let state = State::parse(EntityKind::Run, &state)
+            .unwrap_or_else(|| internal(&format!("run state \"{state}\" is not a run state")));
+        (Some(state), seq)
+    };
+
+    let entity_state = match (addr.event.kind(), addr.correlation_id) {
+        (EntityKind::Run, _) | (_, None) => None,
+        (kind, Some(corr)) => {
+            let plan = match kind {
+                EntityKind::Step => &plans.entity_last[0],
+                EntityKind::Wait => &plans.entity_last[1],
+                _ => &plans.entity_last[2],
+            };
+            let last = spi(client.update(plan, Some(1), &[run_id.into(), corr.into()]), "entity state");
+            if last.is_empty() {
+                None
+            } else {
+                let t: String = spi(last.first().get(1), "entity event").unwrap_or_default();
+                EventType::parse(&t).and_then(lifecycle::entity_state_after)
+            }
+        }
+    };
+
+    match lifecycle::check(run_state, entity_state, addr.event) {
+        Ok(()) => {
+            if addr.event.kind() == EntityKind::Run {
+                let after = lifecycle::run_state_after(run_state, addr.event);
+                if after != run_state {
+                    let after = after.unwrap_or_else(|| internal("run without state"));
+                    spi(
+                        client.update(
+                            &plans.set_run_state,
+                            None,
+                            &[run_id.into(), after.as_str().into(), after.is_terminal().into()],
+                        ),
+                        "set run state",
+                    );
+                }
+            }
+            Ok(Stamp { seq })
+        }
+        Err(Violation::DuplicateCreation) if addr.event.is_suspension() => {
+            // Hand the row on for the unique index to judge (module doc);
+            // undo the bump so an ON CONFLICT skip leaves no gap.
+            spi(client.update(&plans.unbump, None, &[run_id.into()]), "unlock run");
+            if find_creation(client, plans, addr).is_none() {
+                // The index would not catch it: refuse ourselves.
+                return Err(refused(addr, Violation::DuplicateCreation, run_state));
+            }
+            Ok(Stamp { seq })
+        }
+        Err(violation) => Err(refused(addr, violation, run_state)),
+    }
+}
+
+fn refused(addr: &EventAddress<'_>, violation: Violation, run_state: Option<State>) -> WfError {
+    WfError::Refused {
+        violation,
+        run_id: addr.run_id.to_string(),
+        correlation_id: addr.correlation_id.map(str::to_string),
+        event: addr.event,
+        run_state,
+    }
+}
+
+/// The stored creation event for a suspension address, if any.
+fn find_creation(
+    client: &mut SpiClient<'_>,
+    plans: &Plans,
+    addr: &EventAddress<'_>,
+) -> Option<(String, i64)> {
+    let i = SUSPENSION_TYPES.iter().position(|t| *t == addr.event)?;
+    let rows = spi(
+        client.update(&plans.find_creation[i], Some(1), &[addr.run_id.into(), addr.correlation_id.into()]),
+        "find creation",
+    );
+    if rows.is_empty() {
+        return None;
+    }
+    let row = rows.first();
+    Some((
+        spi(row.get::<String>(1), "creation id").unwrap_or_default(),
+        spi(row.get::<i64>(2), "creation seq").unwrap_or_default(),
+    ))
+}
+
+/// Reads one column of the trigger's row as text (any type, via its output
+/// function), by name.
+unsafe fn column_text(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, name: &CStr) -> Option<String> {
+    unsafe {
+        let attno = pg_sys::SPI_fnumber(desc, name.as_ptr());
+        let p = pg_sys::SPI_getvalue(tuple, desc, attno);
+        if p.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    }
+}
+
+/// BEFORE INSERT … FOR EACH ROW on `workflow_ext.events` (ENABLE ALWAYS):
+/// validates the row against the lifecycle and stamps `id` and `seq`.
+#[pg_trigger(sql = false)] // declared in sql/functions.sql
+fn events_before_insert<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
+    let data = trigger.trigger_data();
+    let tuple = data.tg_trigtuple;
+    // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
+    let desc = unsafe { (*data.tg_relation).rd_att };
+    let (id, run_id, corr, type_name, seq, payload) = unsafe {
+        let payload_no = pg_sys::SPI_fnumber(desc, c"payload".as_ptr());
+        let mut is_null = false;
+        let payload = pg_sys::SPI_getbinval(tuple, desc, payload_no, &mut is_null);
+        (
+            column_text(tuple, desc, c"id"),
+            column_text(tuple, desc, c"run_id"),
+            column_text(tuple, desc, c"correlation_id"),
+            column_text(tuple, desc, c"type"),
+            column_text(tuple, desc, c"seq"),
+            (!is_null).then(|| Payload::from_jsonb_datum(payload)),
+        )
+    };
+
+    let addr = validate::address(run_id.as_deref(), corr.as_deref(), type_name.as_deref()).or_raise();
+    validate::optional_ident("id", id.as_deref()).or_raise();
+    if let Some(p) = payload {
+        p.check().or_raise();
+    }
+
+    let stamp = Spi::connect_mut(|client| with_plans(client, |c, plans| admit(c, plans, &addr))).or_raise();
+    if let Some(given) = seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
+        if given != stamp.seq {
+            WfError::SeqMismatch { given, next: stamp.seq }.raise();
+        }
+    }
+
+    let mut row = trigger
+        .new()
+        .unwrap_or_else(|| internal("INSERT trigger without NEW"))
+        .into_owned();
+    let stamped = row.set_by_name("seq", stamp.seq).and_then(|()| match id {
+        Some(_) => Ok(()),
+        None => row.set_by_name("id", event_id::next()),
+    });
+    stamped.unwrap_or_else(|e| internal(&format!("cannot stamp event row: {e}")));
+    Ok(Some(row))
+}
+
+/// BEFORE UPDATE / DELETE / TRUNCATE … FOR EACH STATEMENT (ENABLE ALWAYS):
+/// the log is append-only for every role; only `purge_runs` deletes.
+#[pg_trigger(sql = false)] // declared in sql/functions.sql
+fn events_refuse_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
+    let op = match trigger.op() {
+        Ok(PgTriggerOperation::Delete) if PURGE_IN_PROGRESS.with(Cell::get) => return Ok(None),
+        Ok(PgTriggerOperation::Delete) => "DELETE",
+        Ok(PgTriggerOperation::Update) => "UPDATE",
+        Ok(PgTriggerOperation::Truncate) => "TRUNCATE",
+        _ => "this change",
+    };
+    WfError::AppendOnly { op }.raise()
+}
+
+/// Arguments shared by both append functions, validated.
+fn checked_args<'a>(
+    run_id: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    type_name: Option<&'a str>,
+    payload: Option<Payload>,
+) -> WfResult<EventAddress<'a>> {
+    let addr = validate::address(run_id, correlation_id, type_name)?;
+    if let Some(p) = payload {
+        p.check()?;
+    }
+    Ok(addr)
+}
+
+fn insert_args<'a>(addr: &EventAddress<'a>, payload: Option<Payload>) -> [pgrx::datum::DatumWithOid<'a>; 4] {
+    [
+        addr.run_id.into(),
+        addr.correlation_id.into(),
+        addr.event.as_str().into(),
+        payload.into(),
+    ]
+}
+
+/// Appends the creation event `type` for (`run_id`, `correlation_id`) unless
+/// it exists; either way returns the stored event. Any number of racing
+/// callers: one row, one `inserted = true`, the same `event_id` for all.
+#[pg_extern(sql = false)] // declared in sql/functions.sql
+fn append_suspension_event(
+    run_id: Option<&str>,
+    correlation_id: Option<&str>,
+    r#type: Option<&str>,
+    payload: default!(Option<Payload>, "NULL"),
+) -> TableIterator<'static, (name!(event_id, String), name!(seq, i64), name!(inserted, bool))> {
+    let addr = checked_args(run_id, correlation_id, r#type, payload).or_raise();
+    if !addr.event.is_suspension() {
+        WfError::NotSuspension { event: addr.event }.raise();
+    }
+    let row = Spi::connect_mut(|client| {
+        with_plans(client, |c, plans| {
+            // Fast path: a committed creation is final (the log is
+            // append-only), so a duplicate needs no lock at all.
+            if let Some((id, seq)) = find_creation(c, plans, &addr) {
+                return (id, seq, false);
+            }
+            let ins = spi(c.update(&plans.insert_idempotent, Some(1), &insert_args(&addr, payload)), "append");
+            if !ins.is_empty() {
+                let r = ins.first();
+                return (
+                    spi(r.get::<String>(1), "event id").unwrap_or_default(),
+                    spi(r.get::<i64>(2), "event seq").unwrap_or_default(),
+                    true,
+                );
+            }
+            // Skipped on conflict: the winner has committed (READ COMMITTED
+            // waited for it), so this new snapshot sees its row.
+            find_creation(c, plans, &addr)
+                .map(|(id, seq)| (id, seq, false))
+                .unwrap_or_else(|| internal("conflicting creation event is not visible"))
+        })
+    });
+    TableIterator::once(row)
+}
+
+/// Appends any event after checking it against the run's and the entity's
+/// current state. A duplicate creation fails with 23505 on
+/// `workflow_events_entity_creation_unique`.
+#[pg_extern(sql = false)] // declared in sql/functions.sql
+fn append_event(
+    run_id: Option<&str>,
+    correlation_id: Option<&str>,
+    r#type: Option<&str>,
+    payload: default!(Option<Payload>, "NULL"),
+) -> TableIterator<'static, (name!(event_id, String), name!(seq, i64))> {
+    let addr = checked_args(run_id, correlation_id, r#type, payload).or_raise();
+    let row = Spi::connect_mut(|client| {
+        with_plans(client, |c, plans| {
+            let ins = spi(c.update(&plans.insert_strict, Some(1), &insert_args(&addr, payload)), "append");
+            let r = ins.first();
+            (
+                spi(r.get::<String>(1), "event id").unwrap_or_default(),
+                spi(r.get::<i64>(2), "event seq").unwrap_or_default(),
+            )
+        })
+    });
+    TableIterator::once(row)
+}

@@ -1,0 +1,49 @@
+//! workflow_ext: workflow event-log invariants enforced inside PostgreSQL.
+//!
+//! Table of contents (one file per capability; each file's `#[pg_test]`s sit
+//! beside it):
+//! - [`lifecycle`]: the state machine, pure Rust, shared by writer and audit.
+//! - [`validate`]: argument rules shared by every entry point.
+//! - [`errors`]: every user-visible error and its SQLSTATE.
+//! - [`event_id`]: `wevt_` + monotonic ULID ids.
+//! - [`payload`]: the jsonb payload, checked without conversion.
+//! - [`append`]: the events trigger and the two append functions.
+//! - [`fanin`]: the exactly-once join barrier.
+//! - [`retention`]: removing whole finished runs.
+//!
+//! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
+//! indexes), `finalize.sql` last (triggers, privileges, search_path pins).
+
+use pgrx::prelude::*;
+
+pub mod append;
+pub mod errors;
+pub mod event_id;
+pub mod fanin;
+pub mod lifecycle;
+pub mod payload;
+pub mod retention;
+pub mod validate;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["schema"]);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    payload::register_gucs();
+}
+
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

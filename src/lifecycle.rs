@@ -1,0 +1,589 @@
+//! The workflow lifecycle state machine: pure Rust, no SPI, no pgrx.
+//!
+//! Every rule about which event may follow which lives here and only here.
+//! The write path (`append`, via the events trigger) asks [`check`] before a
+//! row is stored; the replay audit asks the same function while it streams a
+//! stored log. Because both use one function, nothing the writer refuses can
+//! replay clean and nothing it accepts can be reported.
+//!
+//! Entity state is a pure function of the entity's last accepted event
+//! ([`entity_state_after`]), so the writer derives it from the log itself and
+//! keeps no second copy that could drift.
+
+use std::fmt;
+
+/// The full event vocabulary of the Workflow DevKit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    RunCreated,
+    RunStarted,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    StepCreated,
+    StepStarted,
+    StepRetrying,
+    StepCompleted,
+    StepFailed,
+    WaitCreated,
+    WaitCompleted,
+    HookCreated,
+    HookReceived,
+    HookDisposed,
+    HookConflict,
+    AttrSet,
+}
+
+/// What an event is about: the run itself, or one entity inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    Run,
+    Step,
+    Wait,
+    Hook,
+}
+
+/// Whether an event type carries a correlation id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CorrelationRule {
+    /// Run lifecycle events: the correlation id must be NULL.
+    Forbidden,
+    /// Entity events: the correlation id names the entity.
+    Required,
+    /// `attr_set`: may name the attribute, or be NULL.
+    Optional,
+}
+
+impl EventType {
+    /// Every event type, in the order of the SQL enum `workflow_ext.event_type`.
+    pub const ALL: [EventType; 17] = [
+        EventType::RunCreated,
+        EventType::RunStarted,
+        EventType::RunCompleted,
+        EventType::RunFailed,
+        EventType::RunCancelled,
+        EventType::StepCreated,
+        EventType::StepStarted,
+        EventType::StepRetrying,
+        EventType::StepCompleted,
+        EventType::StepFailed,
+        EventType::WaitCreated,
+        EventType::WaitCompleted,
+        EventType::HookCreated,
+        EventType::HookReceived,
+        EventType::HookDisposed,
+        EventType::HookConflict,
+        EventType::AttrSet,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::RunCreated => "run_created",
+            EventType::RunStarted => "run_started",
+            EventType::RunCompleted => "run_completed",
+            EventType::RunFailed => "run_failed",
+            EventType::RunCancelled => "run_cancelled",
+            EventType::StepCreated => "step_created",
+            EventType::StepStarted => "step_started",
+            EventType::StepRetrying => "step_retrying",
+            EventType::StepCompleted => "step_completed",
+            EventType::StepFailed => "step_failed",
+            EventType::WaitCreated => "wait_created",
+            EventType::WaitCompleted => "wait_completed",
+            EventType::HookCreated => "hook_created",
+            EventType::HookReceived => "hook_received",
+            EventType::HookDisposed => "hook_disposed",
+            EventType::HookConflict => "hook_conflict",
+            EventType::AttrSet => "attr_set",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub const fn kind(self) -> EntityKind {
+        match self {
+            EventType::RunCreated
+            | EventType::RunStarted
+            | EventType::RunCompleted
+            | EventType::RunFailed
+            | EventType::RunCancelled
+            | EventType::AttrSet => EntityKind::Run,
+            EventType::StepCreated
+            | EventType::StepStarted
+            | EventType::StepRetrying
+            | EventType::StepCompleted
+            | EventType::StepFailed => EntityKind::Step,
+            EventType::WaitCreated | EventType::WaitCompleted => EntityKind::Wait,
+            EventType::HookCreated
+            | EventType::HookReceived
+            | EventType::HookDisposed
+            | EventType::HookConflict => EntityKind::Hook,
+        }
+    }
+
+    /// The suspension (creation) events: unique per run and correlation id,
+    /// covered by the partial unique index `workflow_events_entity_creation_unique`.
+    pub const fn is_suspension(self) -> bool {
+        matches!(
+            self,
+            EventType::RunCreated
+                | EventType::StepCreated
+                | EventType::WaitCreated
+                | EventType::HookCreated
+        )
+    }
+
+    /// Events that bring an entity into existence. `hook_conflict` does too
+    /// (a hook whose token was taken is born in its terminal state), but it is
+    /// not a suspension event and is not covered by the unique index.
+    pub const fn creates_entity(self) -> bool {
+        matches!(
+            self,
+            EventType::StepCreated
+                | EventType::WaitCreated
+                | EventType::HookCreated
+                | EventType::HookConflict
+        )
+    }
+
+    pub const fn correlation_rule(self) -> CorrelationRule {
+        match self.kind() {
+            EntityKind::Run if matches!(self, EventType::AttrSet) => CorrelationRule::Optional,
+            EntityKind::Run => CorrelationRule::Forbidden,
+            _ => CorrelationRule::Required,
+        }
+    }
+
+    /// Events refused once the run has finished: nothing new may be created
+    /// or started. Terminals of steps that were already running still count.
+    const fn is_refused_after_run_terminal(self) -> bool {
+        matches!(
+            self,
+            EventType::StepCreated
+                | EventType::WaitCreated
+                | EventType::HookCreated
+                | EventType::HookConflict
+                | EventType::StepStarted
+                | EventType::HookReceived
+        )
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EntityKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Run => "run",
+            EntityKind::Step => "step",
+            EntityKind::Wait => "wait",
+            EntityKind::Hook => "hook",
+        }
+    }
+
+    /// The event types that belong to an entity of this kind.
+    pub fn event_types(self) -> impl Iterator<Item = EventType> {
+        EventType::ALL.into_iter().filter(move |t| t.kind() == self)
+    }
+}
+
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of a run or of one entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    RunPending,
+    RunRunning,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    StepPending,
+    StepRunning,
+    StepCompleted,
+    StepFailed,
+    WaitWaiting,
+    WaitCompleted,
+    HookActive,
+    HookDisposed,
+    HookConflict,
+}
+
+impl State {
+    pub const ALL: [State; 14] = [
+        State::RunPending,
+        State::RunRunning,
+        State::RunCompleted,
+        State::RunFailed,
+        State::RunCancelled,
+        State::StepPending,
+        State::StepRunning,
+        State::StepCompleted,
+        State::StepFailed,
+        State::WaitWaiting,
+        State::WaitCompleted,
+        State::HookActive,
+        State::HookDisposed,
+        State::HookConflict,
+    ];
+
+    pub const fn kind(self) -> EntityKind {
+        match self {
+            State::RunPending
+            | State::RunRunning
+            | State::RunCompleted
+            | State::RunFailed
+            | State::RunCancelled => EntityKind::Run,
+            State::StepPending | State::StepRunning | State::StepCompleted | State::StepFailed => {
+                EntityKind::Step
+            }
+            State::WaitWaiting | State::WaitCompleted => EntityKind::Wait,
+            State::HookActive | State::HookDisposed | State::HookConflict => EntityKind::Hook,
+        }
+    }
+
+    /// The label stored in `workflow_ext.runs.state` and shown in messages.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::RunPending | State::StepPending => "pending",
+            State::RunRunning | State::StepRunning => "running",
+            State::RunCompleted | State::StepCompleted | State::WaitCompleted => "completed",
+            State::RunFailed | State::StepFailed => "failed",
+            State::RunCancelled => "cancelled",
+            State::WaitWaiting => "waiting",
+            State::HookActive => "active",
+            State::HookDisposed => "disposed",
+            State::HookConflict => "conflict",
+        }
+    }
+
+    pub fn parse(kind: EntityKind, s: &str) -> Option<State> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.kind() == kind && st.as_str() == s)
+    }
+
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            State::RunCompleted
+                | State::RunFailed
+                | State::RunCancelled
+                | State::StepCompleted
+                | State::StepFailed
+                | State::WaitCompleted
+                | State::HookDisposed
+                | State::HookConflict
+        )
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an event may not follow the current state. Each variant is one
+/// anomaly code of the replay audit and one SQLSTATE of the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// An event for a run that has no `run_created`.
+    MissingRunCreated,
+    /// A second creation event for the same run, or the same entity.
+    DuplicateCreation,
+    /// An entity event for an entity that was never created.
+    MissingCreation,
+    /// An event for an entity (or the run) after its terminal event.
+    EventAfterTerminal { state: State },
+    /// A creation or start after the run finished.
+    EventAfterRunTerminal { run_state: State },
+    /// Any other move the lifecycle forbids.
+    IllegalTransition { state: State },
+}
+
+impl Violation {
+    /// The stable anomaly code, shared by error details and `replay` rows.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Violation::MissingRunCreated => "missing_run_created",
+            Violation::DuplicateCreation => "duplicate_creation",
+            Violation::MissingCreation => "missing_creation",
+            Violation::EventAfterTerminal { .. } => "event_after_terminal",
+            Violation::EventAfterRunTerminal { .. } => "event_after_run_terminal",
+            Violation::IllegalTransition { .. } => "illegal_transition",
+        }
+    }
+}
+
+/// The state an entity is in after `event` was accepted for it. Defined for
+/// entity events only (steps, waits, hooks); `None` for run-level events.
+pub const fn entity_state_after(event: EventType) -> Option<State> {
+    Some(match event {
+        EventType::StepCreated | EventType::StepRetrying => State::StepPending,
+        EventType::StepStarted => State::StepRunning,
+        EventType::StepCompleted => State::StepCompleted,
+        EventType::StepFailed => State::StepFailed,
+        EventType::WaitCreated => State::WaitWaiting,
+        EventType::WaitCompleted => State::WaitCompleted,
+        EventType::HookCreated | EventType::HookReceived => State::HookActive,
+        EventType::HookDisposed => State::HookDisposed,
+        EventType::HookConflict => State::HookConflict,
+        _ => return None,
+    })
+}
+
+/// The run's state after a run-level event was accepted in state `run`
+/// (`None`: no run yet). `attr_set` and a repeated `run_cancelled` leave the
+/// state as it was.
+pub fn run_state_after(run: Option<State>, event: EventType) -> Option<State> {
+    match event {
+        EventType::RunCreated => Some(State::RunPending),
+        EventType::RunStarted => Some(State::RunRunning),
+        EventType::RunCompleted => Some(State::RunCompleted),
+        EventType::RunFailed => Some(State::RunFailed),
+        EventType::RunCancelled => Some(State::RunCancelled),
+        _ => run,
+    }
+}
+
+/// Decides whether `event` may be appended.
+///
+/// * `run`: the run's current state, `None` when the run has no `run_created`.
+/// * `entity`: for entity events, the state of the entity of the event's kind
+///   and correlation id (`None` when it was never created); ignored for
+///   run-level events.
+///
+/// Checks run in a fixed order, so every refused event gets exactly one
+/// reason: missing run, duplicate creation, missing entity, entity already
+/// terminal, run already terminal, then the transition table.
+pub fn check(run: Option<State>, entity: Option<State>, event: EventType) -> Result<(), Violation> {
+    use EventType as E;
+    use State as S;
+
+    if event == E::RunCreated {
+        return match run {
+            Some(_) => Err(Violation::DuplicateCreation),
+            None => Ok(()),
+        };
+    }
+    let Some(run) = run else {
+        return Err(Violation::MissingRunCreated);
+    };
+
+    if event.kind() == EntityKind::Run {
+        return match (event, run) {
+            // The DevKit treats cancelling a cancelled run as a no-op.
+            (E::RunCancelled, S::RunCancelled) => Ok(()),
+            (_, state) if state.is_terminal() => Err(Violation::EventAfterTerminal { state }),
+            (E::RunStarted, S::RunPending)
+            | (E::RunCompleted | E::RunFailed, S::RunRunning)
+            | (E::RunCancelled, S::RunPending | S::RunRunning)
+            | (E::AttrSet, _) => Ok(()),
+            (_, state) => Err(Violation::IllegalTransition { state }),
+        };
+    }
+
+    if event.creates_entity() {
+        return match entity {
+            // A hook born in conflict, or a conflict reported for an existing
+            // hook, is not a duplicate of the same creation: the unique index
+            // would not catch it, so it is an illegal move instead.
+            Some(state) if event == E::HookConflict || state == S::HookConflict => {
+                Err(Violation::IllegalTransition { state })
+            }
+            Some(_) => Err(Violation::DuplicateCreation),
+            None if run.is_terminal() => Err(Violation::EventAfterRunTerminal { run_state: run }),
+            None => Ok(()),
+        };
+    }
+
+    let Some(state) = entity else {
+        return Err(Violation::MissingCreation);
+    };
+    if state.is_terminal() {
+        return Err(Violation::EventAfterTerminal { state });
+    }
+    if run.is_terminal() && event.is_refused_after_run_terminal() {
+        return Err(Violation::EventAfterRunTerminal { run_state: run });
+    }
+    match (event, state) {
+        (E::StepStarted, S::StepPending)
+        | (E::StepRetrying | E::StepCompleted | E::StepFailed, S::StepRunning)
+        | (E::WaitCompleted, S::WaitWaiting)
+        | (E::HookReceived | E::HookDisposed, S::HookActive) => Ok(()),
+        _ => Err(Violation::IllegalTransition { state }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use EventType as E;
+    use State as S;
+
+    #[test]
+    fn vocabulary_round_trips() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        for s in State::ALL {
+            assert_eq!(State::parse(s.kind(), s.as_str()), Some(s));
+        }
+        assert_eq!(EventType::parse("step_create"), None);
+        assert_eq!(EventType::ALL.iter().filter(|t| t.is_suspension()).count(), 4);
+    }
+
+    #[test]
+    fn entity_states_follow_their_kind() {
+        for t in EventType::ALL {
+            match entity_state_after(t) {
+                Some(s) => assert_eq!(s.kind(), t.kind(), "{t}"),
+                None => assert_eq!(t.kind(), EntityKind::Run, "{t}"),
+            }
+        }
+    }
+
+    /// The expected verdict for every run-level event in every run state,
+    /// written out as a table so a change to the rules shows up here.
+    #[test]
+    fn run_transition_matrix() {
+        let ok = Ok(());
+        let after = |state| Err(Violation::EventAfterTerminal { state });
+        let illegal = |state| Err(Violation::IllegalTransition { state });
+        #[rustfmt::skip]
+        let table: Vec<(Option<State>, EventType, Result<(), Violation>)> = vec![
+            (None, E::RunCreated, ok),
+            (None, E::RunStarted, Err(Violation::MissingRunCreated)),
+            (None, E::RunCancelled, Err(Violation::MissingRunCreated)),
+            (None, E::AttrSet, Err(Violation::MissingRunCreated)),
+            (Some(S::RunPending), E::RunCreated, Err(Violation::DuplicateCreation)),
+            (Some(S::RunPending), E::RunStarted, ok),
+            (Some(S::RunPending), E::RunCompleted, illegal(S::RunPending)),
+            (Some(S::RunPending), E::RunFailed, illegal(S::RunPending)),
+            (Some(S::RunPending), E::RunCancelled, ok),
+            (Some(S::RunPending), E::AttrSet, ok),
+            (Some(S::RunRunning), E::RunStarted, illegal(S::RunRunning)),
+            (Some(S::RunRunning), E::RunCompleted, ok),
+            (Some(S::RunRunning), E::RunFailed, ok),
+            (Some(S::RunRunning), E::RunCancelled, ok),
+            (Some(S::RunRunning), E::AttrSet, ok),
+            (Some(S::RunCompleted), E::RunCreated, Err(Violation::DuplicateCreation)),
+            (Some(S::RunCompleted), E::RunStarted, after(S::RunCompleted)),
+            (Some(S::RunCompleted), E::RunCompleted, after(S::RunCompleted)),
+            (Some(S::RunCompleted), E::RunCancelled, after(S::RunCompleted)),
+            (Some(S::RunCompleted), E::AttrSet, after(S::RunCompleted)),
+            (Some(S::RunFailed), E::RunFailed, after(S::RunFailed)),
+            (Some(S::RunCancelled), E::RunCancelled, ok),
+            (Some(S::RunCancelled), E::RunStarted, after(S::RunCancelled)),
+        ];
+        for (run, event, expected) in table {
+            assert_eq!(check(run, None, event), expected, "{event} in {run:?}");
+        }
+    }
+
+    /// Every entity event × every entity state (plus "never created") ×
+    /// a live and a finished run.
+    #[test]
+    fn entity_transition_matrix() {
+        let entity_events: Vec<EventType> = EventType::ALL
+            .into_iter()
+            .filter(|t| t.kind() != EntityKind::Run)
+            .collect();
+        for run in [S::RunRunning, S::RunCompleted] {
+            for event in &entity_events {
+                let event = *event;
+                let states = std::iter::once(None).chain(
+                    State::ALL
+                        .into_iter()
+                        .filter(|s| s.kind() == event.kind())
+                        .map(Some),
+                );
+                for entity in states {
+                    let got = check(Some(run), entity, event);
+                    let expected = expected_entity_verdict(run, entity, event);
+                    assert_eq!(got, expected, "{event} on {entity:?} in run {run}");
+                }
+            }
+        }
+    }
+
+    /// The rules of ../shared/reference/event-model.md, restated as a
+    /// second, independent reading for the matrix test.
+    fn expected_entity_verdict(
+        run: State,
+        entity: Option<State>,
+        event: EventType,
+    ) -> Result<(), Violation> {
+        let allowed: &[(EventType, State)] = &[
+            (E::StepStarted, S::StepPending),
+            (E::StepRetrying, S::StepRunning),
+            (E::StepCompleted, S::StepRunning),
+            (E::StepFailed, S::StepRunning),
+            (E::WaitCompleted, S::WaitWaiting),
+            (E::HookReceived, S::HookActive),
+            (E::HookDisposed, S::HookActive),
+        ];
+        let run_done = run.is_terminal();
+        match entity {
+            None if event.creates_entity() && run_done => {
+                Err(Violation::EventAfterRunTerminal { run_state: run })
+            }
+            None if event.creates_entity() => Ok(()),
+            None => Err(Violation::MissingCreation),
+            Some(state) if event == E::HookConflict || state == S::HookConflict => {
+                if event.creates_entity() {
+                    Err(Violation::IllegalTransition { state })
+                } else {
+                    Err(Violation::EventAfterTerminal { state })
+                }
+            }
+            Some(_) if event.creates_entity() => Err(Violation::DuplicateCreation),
+            Some(state) if state.is_terminal() => Err(Violation::EventAfterTerminal { state }),
+            Some(_) if run_done && matches!(event, E::StepStarted | E::HookReceived) => {
+                Err(Violation::EventAfterRunTerminal { run_state: run })
+            }
+            Some(state) if allowed.contains(&(event, state)) => Ok(()),
+            Some(state) => Err(Violation::IllegalTransition { state }),
+        }
+    }
+
+    #[test]
+    fn devkit_exceptions() {
+        // A running step may still record its terminal after the run ended.
+        assert_eq!(check(Some(S::RunCancelled), Some(S::StepRunning), E::StepCompleted), Ok(()));
+        assert_eq!(check(Some(S::RunFailed), Some(S::StepRunning), E::StepFailed), Ok(()));
+        // A second run_cancelled is a no-op, and leaves the state as it was.
+        assert_eq!(check(Some(S::RunCancelled), None, E::RunCancelled), Ok(()));
+        assert_eq!(run_state_after(Some(S::RunCancelled), E::RunCancelled), Some(S::RunCancelled));
+        assert_eq!(run_state_after(Some(S::RunRunning), E::AttrSet), Some(S::RunRunning));
+    }
+
+    #[test]
+    fn the_seed_shapes_are_refused() {
+        // #2039: a second step_created after the step completed.
+        assert_eq!(
+            check(Some(S::RunRunning), Some(S::StepCompleted), E::StepCreated),
+            Err(Violation::DuplicateCreation)
+        );
+        // #2331: a late step_started after step_completed.
+        assert_eq!(
+            check(Some(S::RunRunning), Some(S::StepCompleted), E::StepStarted),
+            Err(Violation::EventAfterTerminal { state: S::StepCompleted })
+        );
+        // step_retrying while pending.
+        assert_eq!(
+            check(Some(S::RunRunning), Some(S::StepPending), E::StepRetrying),
+            Err(Violation::IllegalTransition { state: S::StepPending })
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! Retention: the one way to remove events. Whole finished runs only, so no
+//! run is ever left half-deleted.
+
+use crate::append::{internal, PURGE_IN_PROGRESS};
+use crate::errors::{OrRaise, WfError};
+use pgrx::prelude::*;
+
+
+/// Resets the purge flag however the purge ends (an ERROR unwinds through
+/// Rust frames, dropping this).
+struct PurgeGuard;
+
+impl PurgeGuard {
+    fn enter() -> Self {
+        PURGE_IN_PROGRESS.with(|f| f.set(true));
+        PurgeGuard
+    }
+}
+
+impl Drop for PurgeGuard {
+    fn drop(&mut self) {
+        PURGE_IN_PROGRESS.with(|f| f.set(false));
+    }
+}
+
+/// Deletes every run that reached a terminal state more than `older_than`
+/// ago, with all its events and joins. Returns the number of runs removed.
+/// Runs that are locked by an append right now are skipped (the next purge
+/// takes them).
+#[pg_extern(sql = false)] // declared in sql/functions.sql
+fn purge_runs(older_than: Option<Interval>) -> i64 {
+    let older_than = older_than.ok_or(WfError::NullArgument { arg: "older_than" }).or_raise();
+    if older_than.micros() < 0 || older_than.days() < 0 || older_than.months() < 0 {
+        WfError::NegativeInterval.raise();
+    }
+    Spi::connect_mut(|c| {
+        // Statement 1 locks the doomed runs; statement 2 (a new snapshot,
+        // taken after the locks) sees every event committed to them before
+        // the lock, so none is left behind.
+        let locked = c
+            .update(
+                "SELECT coalesce(array_agg(run_id), '{}') FROM ( \
+                   SELECT run_id FROM workflow_ext.runs \
+                   WHERE finished_at < now() - $1 FOR UPDATE SKIP LOCKED) d",
+                None,
+                &[older_than.into()],
+            )
+            .unwrap_or_else(|e| internal(&format!("purge lock: {e}")));
+        let ids: Vec<String> = locked.first().get(1).ok().flatten().unwrap_or_default();
+        if ids.is_empty() {
+            return 0;
+        }
+        let _guard = PurgeGuard::enter();
+        let deleted = c
+            .update(
+                "WITH ev AS (DELETE FROM workflow_ext.events WHERE run_id = ANY($1)), \
+                      jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
+                      j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)) \
+                 DELETE FROM workflow_ext.runs WHERE run_id = ANY($1)",
+                None,
+                &[ids.into()],
+            )
+            .unwrap_or_else(|e| internal(&format!("purge delete: {e}")));
+        deleted.len() as i64
+    })
+}
