@@ -455,3 +455,114 @@ fn append_event(
     });
     TableIterator::once(row)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn suspend(run: &str, corr: Option<&str>, t: &str) -> (String, i64, bool) {
+        Spi::connect(|c| {
+            let row = c
+                .select(
+                    "SELECT event_id, seq, inserted FROM workflow_ext.append_suspension_event($1, $2, $3)",
+                    None,
+                    &[run.into(), corr.into(), t.into()],
+                )?
+                .first();
+            Ok::<_, pgrx::spi::SpiError>((row.get(1)?.unwrap(), row.get(2)?.unwrap(), row.get(3)?.unwrap()))
+        })
+        .unwrap()
+    }
+
+    fn append(run: &str, corr: Option<&str>, t: &str) -> i64 {
+        Spi::get_one_with_args::<i64>(
+            "SELECT seq FROM workflow_ext.append_event($1, $2, $3)",
+            &[run.into(), corr.into(), t.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn suspension_appends_once_and_returns_the_stored_event() {
+        let first = suspend("r", None, "run_created");
+        assert_eq!((first.1, first.2), (1, true));
+        let again = suspend("r", None, "run_created");
+        assert_eq!(again, (first.0.clone(), 1, false));
+        let step = suspend("r", Some("step_1"), "step_created");
+        assert_eq!((step.1, step.2), (2, true));
+        assert_eq!(suspend("r", Some("step_1"), "step_created"), (step.0, 2, false));
+        let rows = Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.events WHERE run_id = 'r'");
+        assert_eq!(rows, Ok(Some(2)));
+    }
+
+    #[pg_test]
+    fn seq_is_dense_across_both_functions_and_raw_inserts() {
+        suspend("r", None, "run_created");
+        append("r", None, "run_started");
+        suspend("r", Some("s"), "step_created");
+        Spi::run("INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('r', 's', 'step_started')")
+            .unwrap();
+        assert_eq!(append("r", Some("s"), "step_completed"), 5);
+        let dense = Spi::get_one::<bool>(
+            "SELECT array_agg(seq ORDER BY seq) = ARRAY[1,2,3,4,5]::bigint[] FROM workflow_ext.events WHERE run_id = 'r'",
+        );
+        assert_eq!(dense, Ok(Some(true)));
+    }
+
+    #[pg_test(error = "step_created refused: run \"nope\" has no run_created event")]
+    fn creation_without_run_is_refused() {
+        suspend("nope", Some("s"), "step_created");
+    }
+
+    #[pg_test(error = "duplicate key value violates unique constraint \"workflow_events_entity_creation_unique\"")]
+    fn strict_duplicate_creation_names_the_index() {
+        suspend("r", None, "run_created");
+        append("r", Some("s"), "step_created");
+        append("r", Some("s"), "step_created");
+    }
+
+    #[pg_test(error = "step_started refused: step \"s\" of run \"r\" is already completed")]
+    fn late_start_after_completion_is_refused() {
+        suspend("r", None, "run_created");
+        append("r", None, "run_started");
+        for t in ["step_created", "step_started", "step_completed", "step_started"] {
+            append("r", Some("s"), t);
+        }
+    }
+
+    #[pg_test(error = "step_started refused: step \"s\" of run \"r\" is already completed")]
+    fn raw_insert_is_checked_like_append_event() {
+        suspend("r", None, "run_created");
+        for t in ["step_created", "step_started", "step_completed", "step_started"] {
+            Spi::run_with_args(
+                "INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('r', 's', $1::workflow_ext.event_type)",
+                &[t.into()],
+            )
+            .unwrap();
+        }
+    }
+
+    #[pg_test(error = "run_id must not be NULL")]
+    fn null_run_id_is_refused() {
+        suspend_null_run();
+    }
+
+    fn suspend_null_run() {
+        Spi::run("SELECT workflow_ext.append_suspension_event(NULL, 's', 'step_created')").unwrap();
+    }
+
+    #[pg_test(error = "workflow_ext.events is append-only: UPDATE is not allowed")]
+    fn update_is_refused() {
+        suspend("r", None, "run_created");
+        Spi::run("UPDATE workflow_ext.events SET payload = '{}'").unwrap();
+    }
+
+    #[pg_test(error = "workflow_ext.events is append-only: DELETE is not allowed")]
+    fn delete_is_refused_under_replica_role() {
+        suspend("r", None, "run_created");
+        Spi::run("SET LOCAL session_replication_role = replica").unwrap();
+        Spi::run("DELETE FROM workflow_ext.events").unwrap();
+    }
+}

@@ -106,3 +106,30 @@ fn join_arrive(
     }
     arrive(run_id, join_key, member_key, expected).or_raise()
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn arrive(member: &str) -> bool {
+        Spi::get_one_with_args::<bool>(
+            "SELECT workflow_ext.join_arrive('r', 'j', $1, 3)",
+            &[member.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn fires_once_for_the_completing_member_and_ignores_redelivery() {
+        let fired: Vec<bool> = ["a", "a", "b", "b", "c", "c", "a"].into_iter().map(arrive).collect();
+        assert_eq!(fired, [false, false, false, false, true, false, false]);
+    }
+
+    #[pg_test(error = "join \"j\" expects 3 members, but this call says 4")]
+    fn expected_must_match() {
+        arrive("a");
+        Spi::run("SELECT workflow_ext.join_arrive('r', 'j', 'b', 4)").unwrap();
+    }
+}

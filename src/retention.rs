@@ -41,7 +41,7 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
             .update(
                 "SELECT coalesce(array_agg(run_id), '{}') FROM ( \
                    SELECT run_id FROM workflow_ext.runs \
-                   WHERE finished_at < now() - $1 FOR UPDATE SKIP LOCKED) d",
+                   WHERE finished_at <= now() - $1 FOR UPDATE SKIP LOCKED) d",
                 None,
                 &[older_than.into()],
             )
@@ -63,4 +63,27 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
             .unwrap_or_else(|e| internal(&format!("purge delete: {e}")));
         deleted.len() as i64
     })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn purges_whole_finished_runs_only() {
+        for (run, finish) in [("done", true), ("live", false)] {
+            Spi::run_with_args("SELECT workflow_ext.append_event($1, NULL, 'run_created')", &[run.into()]).unwrap();
+            Spi::run_with_args("SELECT workflow_ext.append_event($1, NULL, 'run_started')", &[run.into()]).unwrap();
+            Spi::run_with_args("SELECT workflow_ext.append_event($1, 's', 'step_created')", &[run.into()]).unwrap();
+            if finish {
+                Spi::run_with_args("SELECT workflow_ext.append_event($1, NULL, 'run_failed')", &[run.into()]).unwrap();
+            }
+        }
+        assert_eq!(Spi::get_one::<i64>("SELECT workflow_ext.purge_runs('0')"), Ok(Some(1)));
+        let left = Spi::get_one::<String>("SELECT string_agg(DISTINCT run_id, ',') FROM workflow_ext.events");
+        assert_eq!(left, Ok(Some("live".to_string())));
+        let runs = Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.runs WHERE run_id = 'done'");
+        assert_eq!(runs, Ok(Some(0)));
+    }
 }

@@ -1,0 +1,35 @@
+-- The extension installs into schema workflow_ext with the objects below.
+CREATE EXTENSION workflow_ext;
+SELECT extname, extversion, extrelocatable, n.nspname
+  FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+ WHERE extname = 'workflow_ext';
+SELECT pg_describe_object(classid, objid, 0) AS object
+  FROM pg_depend WHERE refclassid = 'pg_extension'::regclass
+   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'workflow_ext')
+ ORDER BY 1;
+-- The full vocabulary.
+SELECT enum_range(NULL::workflow_ext.event_type);
+-- The partial unique index over creation events, NULLS NOT DISTINCT.
+SELECT indexdef FROM pg_indexes
+ WHERE schemaname = 'workflow_ext' AND tablename = 'events' ORDER BY indexname;
+-- Triggers fire ALWAYS (also under session_replication_role = replica).
+SELECT tgname, tgenabled FROM pg_trigger
+ WHERE tgrelid = 'workflow_ext.events'::regclass AND NOT tgisinternal ORDER BY 1;
+-- Every function that runs SQL pins its search_path; who runs as definer.
+SELECT p.proname, p.prosecdef, p.proconfig
+  FROM pg_proc p WHERE p.pronamespace = 'workflow_ext'::regnamespace ORDER BY 1;
+-- A helper for the following tests: runs a statement, returns its SQLSTATE
+-- and message instead of failing.
+CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE stmt;
+  RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+-- Event ids: wevt_ + 26 Crockford base32 characters, monotonic in a session.
+SELECT workflow_ext.new_event_id() ~ '^wevt_[0-9A-HJKMNP-TV-Z]{26}$' AS well_formed;
+SELECT bool_and(a < b) AS monotonic FROM (
+  SELECT id AS a, lead(id) OVER (ORDER BY n) AS b
+    FROM (SELECT n, workflow_ext.new_event_id() AS id FROM generate_series(1, 1000) n) s) w
+ WHERE b IS NOT NULL;

@@ -1,0 +1,44 @@
+-- An ordinary application role: may append, join and read; may not write
+-- the internal tables, change the log, or purge.
+DROP ROLE IF EXISTS wfx_app;
+CREATE ROLE wfx_app LOGIN;
+SET ROLE wfx_app;
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', NULL, 'run_created');
+SELECT seq FROM workflow_ext.append_event('priv-run', NULL, 'run_started');
+SELECT workflow_ext.join_arrive('priv-run', 'j', 'm', 1);
+SELECT count(*) FROM workflow_ext.events WHERE run_id = 'priv-run';
+INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('priv-run', 's', 'step_created') RETURNING seq;
+SELECT try($$INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('priv-run', 's', 'step_completed')$$);
+SELECT try($$UPDATE workflow_ext.events SET payload = '{}'$$);
+SELECT try($$DELETE FROM workflow_ext.events$$);
+SELECT try($$TRUNCATE workflow_ext.events$$);
+SELECT try($$SELECT * FROM workflow_ext.runs$$);
+SELECT try($$UPDATE workflow_ext.runs SET last_seq = 0$$);
+SELECT try($$INSERT INTO workflow_ext.runs (run_id, state, last_seq) VALUES ('x', 'pending', 1)$$);
+SELECT try($$SELECT * FROM workflow_ext.joins$$);
+SELECT try($$UPDATE workflow_ext.joins SET arrived = 0$$);
+SELECT try($$DELETE FROM workflow_ext.join_members$$);
+SELECT try($$SELECT workflow_ext.purge_runs('0')$$);
+SELECT try($$ALTER TABLE workflow_ext.events DISABLE TRIGGER events_validate_insert$$);
+SELECT try($$SET session_replication_role = replica$$);
+-- Look-alike objects earlier on the search_path change nothing: every
+-- function pins search_path = pg_catalog, pg_temp.
+RESET ROLE;
+CREATE SCHEMA wfx_evil AUTHORIZATION wfx_app;
+SET ROLE wfx_app;
+CREATE TABLE wfx_evil.events (LIKE workflow_ext.events);
+CREATE TABLE wfx_evil.runs (run_id text, state text, last_seq bigint);
+CREATE FUNCTION wfx_evil.texteq_evil(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE OPERATOR wfx_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = wfx_evil.texteq_evil);
+CREATE FUNCTION wfx_evil.now() RETURNS timestamptz LANGUAGE sql AS $$SELECT 'epoch'::timestamptz$$;
+SET search_path = wfx_evil, public;
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', 's2', 'step_created');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', 's2', 'step_created');
+SELECT seq FROM workflow_ext.append_event('priv-run', 's2', 'step_started');
+SELECT count(*) AS evil_rows FROM wfx_evil.events;
+RESET search_path;
+SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'priv-run' ORDER BY seq;
+RESET ROLE;
+DROP SCHEMA wfx_evil CASCADE;
+DROP OWNED BY wfx_app;
+DROP ROLE wfx_app;

@@ -1,0 +1,32 @@
+-- append_suspension_event: append once, then return the stored event.
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', NULL, 'run_created');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', NULL, 'run_created');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'step_a', 'step_created', '{"stepName": "a", "input": [1]}');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'step_a', 'step_created', '{"stepName": "a", "input": [2]}');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'wait_a', 'wait_created', '{"resumeAt": "2026-01-01T00:00:00Z"}');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'hook_a', 'hook_created', '{"token": "t1"}');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'hook_a', 'hook_created');
+-- The same correlation id under another creation type is another entity.
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'step_a', 'wait_created');
+-- Every call for a key returns the same event id: the stored one.
+SELECT count(DISTINCT event_id) AS ids, bool_and(event_id = (
+         SELECT id FROM workflow_ext.events WHERE run_id = 'run-1' AND correlation_id = 'step_a' AND type = 'step_created')) AS all_the_stored_one
+  FROM generate_series(1, 5), workflow_ext.append_suspension_event('run-1', 'step_a', 'step_created');
+-- The first payload is kept; duplicates write nothing.
+SELECT seq, type, correlation_id, payload FROM workflow_ext.events WHERE run_id = 'run-1' ORDER BY seq;
+-- Another run numbers its own events from 1.
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', NULL, 'run_created');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');
+-- A creation for a run without run_created is refused: 23503.
+SELECT try($$SELECT workflow_ext.append_suspension_event('run-none', 'step_a', 'step_created')$$);
+SELECT count(*) FROM workflow_ext.events WHERE run_id = 'run-none';
+-- Only creation types are accepted here.
+SELECT try($$SELECT workflow_ext.append_suspension_event('run-1', 'step_a', 'step_started')$$);
+SELECT try($$SELECT workflow_ext.append_suspension_event('run-1', NULL, 'run_started')$$);
+-- A creation after the run finished is refused, even through the idempotent path.
+SELECT seq FROM workflow_ext.append_event('run-2', NULL, 'run_cancelled');
+SELECT try($$SELECT workflow_ext.append_suspension_event('run-2', 'step_b', 'step_created')$$);
+-- ...but asking again for an entity that exists still returns it.
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');
+-- Seqs are dense per run.
+SELECT run_id, count(*), min(seq), max(seq) FROM workflow_ext.events GROUP BY run_id ORDER BY run_id;

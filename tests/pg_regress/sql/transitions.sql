@@ -1,0 +1,85 @@
+-- The whole transition matrix, through append_event and through a plain
+-- INSERT: every event type against every state, each attempt rolled back so
+-- the next one starts from the same state. Both paths must agree.
+CREATE FUNCTION probe(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE detail text;
+BEGIN
+  EXECUTE stmt;
+  RAISE EXCEPTION USING ERRCODE = 'P0099';  -- undo a success, too
+EXCEPTION
+  WHEN SQLSTATE 'P0099' THEN RETURN 'ok';
+  WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+    RETURN SQLSTATE || coalesce(' ' || substring(detail FROM 'anomaly: (\w+)'), '');
+END $$;
+
+-- Runs in every state (m-none has no run_created at all).
+SELECT count(*) FROM (
+  SELECT workflow_ext.append_suspension_event('m-' || s, NULL, 'run_created')
+    FROM unnest(ARRAY['pending','running','completed','failed','cancelled']) s) x;
+SELECT count(*) FROM (
+  SELECT workflow_ext.append_event('m-' || s, NULL, 'run_started')
+    FROM unnest(ARRAY['running','completed','failed']) s) x;
+SELECT seq FROM workflow_ext.append_event('m-completed', NULL, 'run_completed');
+SELECT seq FROM workflow_ext.append_event('m-failed', NULL, 'run_failed');
+SELECT seq FROM workflow_ext.append_event('m-cancelled', NULL, 'run_cancelled');
+
+SELECT r.run AS run_state, t AS event,
+       probe(format('SELECT workflow_ext.append_event(%L, NULL, %L)', 'm-' || r.run, t)) AS via_function,
+       probe(format('INSERT INTO workflow_ext.events (run_id, type) VALUES (%L, %L)', 'm-' || r.run, t)) AS via_insert
+  FROM unnest(ARRAY['none','pending','running','completed','failed','cancelled']) WITH ORDINALITY r(run, o),
+       unnest(ARRAY['run_created','run_started','run_completed','run_failed','run_cancelled','attr_set']) t
+ ORDER BY r.o, t;
+
+-- Entities in every state, inside a live run (e-live) and a finished one (e-done).
+CREATE TEMP TABLE entity_setup (corr text, steps text[]);
+INSERT INTO entity_setup VALUES
+  ('step-pending',   '{step_created}'),
+  ('step-running',   '{step_created,step_started}'),
+  ('step-completed', '{step_created,step_started,step_completed}'),
+  ('step-failed',    '{step_created,step_started,step_failed}'),
+  ('step-retried',   '{step_created,step_started,step_retrying}'),
+  ('wait-waiting',   '{wait_created}'),
+  ('wait-completed', '{wait_created,wait_completed}'),
+  ('hook-active',    '{hook_created,hook_received}'),
+  ('hook-disposed',  '{hook_created,hook_disposed}'),
+  ('hook-conflict',  '{hook_conflict}');
+DO $$
+DECLARE r text; s record; t text;
+BEGIN
+  FOREACH r IN ARRAY ARRAY['e-live', 'e-done'] LOOP
+    PERFORM workflow_ext.append_event(r, NULL, 'run_created');
+    PERFORM workflow_ext.append_event(r, NULL, 'run_started');
+    FOR s IN SELECT * FROM entity_setup LOOP
+      FOREACH t IN ARRAY s.steps LOOP
+        PERFORM workflow_ext.append_event(r, s.corr, t);
+      END LOOP;
+    END LOOP;
+  END LOOP;
+  PERFORM workflow_ext.append_event('e-done', NULL, 'run_completed');
+END $$;
+
+SELECT r AS run, e.corr AS entity, t AS event,
+       probe(format('SELECT workflow_ext.append_event(%L, %L, %L)', r, e.corr, t)) AS via_function,
+       probe(format('INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES (%L, %L, %L)', r, e.corr, t)) AS via_insert
+  FROM unnest(ARRAY['e-live', 'e-done']) r,
+       (SELECT corr FROM entity_setup UNION ALL SELECT unnest(ARRAY['step-none','wait-none','hook-none'])) e,
+       unnest(enum_range(NULL::workflow_ext.event_type)::text[]) t
+ WHERE split_part(t, '_', 1) = split_part(e.corr, '-', 1)
+ ORDER BY r, e.corr, t;
+
+-- Nothing of the above was kept: each run's log is as it was set up.
+SELECT run_id, count(*), max(seq) FROM workflow_ext.events
+ WHERE run_id LIKE 'm-%' OR run_id LIKE 'e-%' GROUP BY run_id ORDER BY run_id;
+
+-- The DevKit's exceptions: a step running when the run ended may still
+-- finish; a second run_cancelled is accepted and changes nothing.
+SELECT seq FROM workflow_ext.append_event('e-done', 'step-running', 'step_completed');
+SELECT seq FROM workflow_ext.append_event('m-cancelled', NULL, 'run_cancelled');
+-- The seed shapes: #2039 and #2331.
+SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-completed', 'step_created')$$);
+SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-completed', 'step_started')$$);
+-- Messages name run, correlation id, attempted type and state.
+SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-pending', 'step_retrying')$$);
+SELECT try($$SELECT workflow_ext.append_event('e-done', 'step-new', 'step_created')$$);
+SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-none', 'step_started')$$);
