@@ -29,3 +29,4 @@ REVOKE ALL ON FUNCTION workflow_ext.purge_runs(interval) FROM PUBLIC;
 GRANT USAGE ON SCHEMA workflow_ext TO PUBLIC;
 GRANT SELECT, INSERT ON workflow_ext.events TO PUBLIC;
 REVOKE ALL ON workflow_ext.runs, workflow_ext.joins, workflow_ext.join_members FROM PUBLIC;
+GRANT SELECT ON workflow_ext.bootstraps TO PUBLIC;

@@ -66,3 +66,15 @@ CREATE FUNCTION workflow_ext.join_arrive(
 CREATE FUNCTION workflow_ext.purge_runs(older_than interval) RETURNS bigint
     LANGUAGE c VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'purge_runs_wrapper';
+
+-- Bootstrap ---------------------------------------------------------------------
+
+-- SECURITY INVOKER and no search_path pin, on purpose: the DDL runs as the
+-- caller with the caller's search_path, so the function is no way around
+-- privileges, and unqualified names land where the caller expects. The
+-- function's own statements are fully qualified (operators included); the
+-- ledger is written as its owner with SECURITY_RESTRICTED_OPERATION
+-- (src/bootstrap.rs), so no role can forge an "already applied" row.
+CREATE FUNCTION workflow_ext.bootstrap(name text, ddl text) RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'bootstrap_wrapper';

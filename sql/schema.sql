@@ -79,3 +79,14 @@ SELECT pg_catalog.pg_extension_config_dump('workflow_ext.events', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.joins', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.join_members', '');
+
+-- The bootstrap ledger: one row per applied bootstrap name. Readable by all,
+-- written only by workflow_ext.bootstrap().
+CREATE TABLE workflow_ext.bootstraps (
+    name       text        PRIMARY KEY,
+    checksum   text        NOT NULL,   -- sha256 of the DDL, hex
+    ddl        text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    applied_by text        NOT NULL    -- session_user of the applying call
+);
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.bootstraps', '');

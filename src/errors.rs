@@ -52,6 +52,10 @@ pub enum WfError {
     JoinAlreadyComplete { join_key: String, member_key: String, expected: i32 },
     /// `purge_runs` with a negative interval. 22023.
     NegativeInterval,
+    /// `bootstrap` with a name already applied with another DDL. 55000.
+    BootstrapDdlChanged { name: String, applied: String, given: String },
+    /// `bootstrap` gave up waiting for another session's bootstrap. 55P03 / 57014.
+    BootstrapWaitTimedOut { name: String, which: String },
 }
 
 impl WfError {
@@ -70,7 +74,13 @@ impl WfError {
                 Violation::DuplicateCreation => Code::ERRCODE_UNIQUE_VIOLATION,
                 _ => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             },
-            WfError::JoinAlreadyComplete { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            WfError::JoinAlreadyComplete { .. } | WfError::BootstrapDdlChanged { .. } => {
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            WfError::BootstrapWaitTimedOut { which, .. } if which == "lock_timeout" => {
+                Code::ERRCODE_LOCK_NOT_AVAILABLE
+            }
+            WfError::BootstrapWaitTimedOut { .. } => Code::ERRCODE_QUERY_CANCELED,
             WfError::EmptyArgument { .. }
             | WfError::UnknownEventType { .. }
             | WfError::NotSuspension { .. }
@@ -153,6 +163,13 @@ impl WfError {
                 clip(member_key)
             ),
             WfError::NegativeInterval => "older_than must not be negative".into(),
+            WfError::BootstrapDdlChanged { name, .. } => {
+                format!("bootstrap \"{}\" was applied with another DDL", clip(name))
+            }
+            WfError::BootstrapWaitTimedOut { name, which } => format!(
+                "bootstrap \"{}\": gave up waiting for another session's bootstrap ({which})",
+                clip(name)
+            ),
         }
     }
 
@@ -162,6 +179,9 @@ impl WfError {
                 "anomaly: {}; run state: {}",
                 violation.code(),
                 run_state.map_or("none", State::as_str)
+            )),
+            WfError::BootstrapDdlChanged { applied, given, .. } => Some(format!(
+                "applied checksum {applied}, this call's {given}"
             )),
             _ => None,
         }
@@ -176,6 +196,9 @@ impl WfError {
                 Some("append_suspension_event returns the existing event instead of failing.")
             }
             WfError::NotSuspension { .. } => Some("Use append_event for other event types."),
+            WfError::BootstrapDdlChanged { .. } => {
+                Some("Bootstraps are versioned by name: give a changed DDL a new name, e.g. app@v2.")
+            }
             WfError::AppendOnly { .. } => {
                 Some("Remove whole finished runs with workflow_ext.purge_runs(interval).")
             }

@@ -10,6 +10,7 @@
 //! - [`append`]: the events trigger and the two append functions.
 //! - [`fanin`]: the exactly-once join barrier.
 //! - [`retention`]: removing whole finished runs.
+//! - [`bootstrap`]: run schema DDL once per database, race-free.
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), `finalize.sql` last (triggers, privileges, search_path pins).
@@ -17,6 +18,7 @@
 use pgrx::prelude::*;
 
 pub mod append;
+pub mod bootstrap;
 pub mod errors;
 pub mod event_id;
 pub mod fanin;

@@ -1,6 +1,8 @@
 -- An ordinary application role: may append, join and read; may not write
 -- the internal tables, change the log, or purge.
+SET client_min_messages = warning;
 DROP ROLE IF EXISTS wfx_app;
+RESET client_min_messages;
 CREATE ROLE wfx_app LOGIN;
 SET ROLE wfx_app;
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', NULL, 'run_created');

@@ -1,0 +1,40 @@
+-- bootstrap(name, ddl): once per database, versioned by name, with a ledger.
+SELECT workflow_ext.bootstrap('graphile_worker@v1', $$
+  create schema if not exists graphile_worker;
+  create table if not exists graphile_worker.migrations(id int primary key, ts timestamptz default now() not null);
+  alter table graphile_worker.migrations add column if not exists breaking boolean not null default false
+$$) AS applied;
+SELECT workflow_ext.bootstrap('graphile_worker@v1', $$
+  create schema if not exists graphile_worker;
+  create table if not exists graphile_worker.migrations(id int primary key, ts timestamptz default now() not null);
+  alter table graphile_worker.migrations add column if not exists breaking boolean not null default false
+$$) AS applied_again;
+\d graphile_worker.migrations
+SELECT name, length(checksum) AS checksum_len, applied_by, applied_at <= now() AS recorded
+  FROM workflow_ext.bootstraps ORDER BY name;
+-- The same name with another DDL is an error that says so.
+SELECT try($$SELECT workflow_ext.bootstrap('graphile_worker@v1', 'create schema if not exists other')$$);
+-- A failing DDL rolls back completely and leaves no ledger row...
+SELECT try($$SELECT workflow_ext.bootstrap('app@v1', 'create table app_t (a int); create table app_t (a int)')$$);
+SELECT to_regclass('app_t') AS table_left, count(*) AS ledger_rows
+  FROM workflow_ext.bootstraps WHERE name = 'app@v1';
+-- ...and a later call can try again.
+SELECT workflow_ext.bootstrap('app@v1', 'create table app_t (a int)') AS applied;
+-- Bad input.
+SELECT try($$SELECT workflow_ext.bootstrap(NULL, 'select 1')$$);
+SELECT try($$SELECT workflow_ext.bootstrap('x', NULL)$$);
+SELECT try($$SELECT workflow_ext.bootstrap('x', '   ')$$);
+SELECT try($$SELECT workflow_ext.bootstrap('', 'select 1')$$);
+-- Privileges: the DDL runs as the caller; the function is no way around them.
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS wfx_boot;
+RESET client_min_messages;
+CREATE ROLE wfx_boot;
+SET ROLE wfx_boot;
+SELECT try($$SELECT workflow_ext.bootstrap('evil@v1', 'create schema evil_schema')$$);
+SELECT try($$SELECT workflow_ext.bootstrap('evil@v2', 'drop table graphile_worker.migrations')$$);
+SELECT try($$INSERT INTO workflow_ext.bootstraps (name, checksum, ddl, applied_by) VALUES ('x', 'x', 'x', 'x')$$);
+SELECT count(*) AS ledger_rows_visible FROM workflow_ext.bootstraps;
+RESET ROLE;
+SELECT count(*) AS evil_rows FROM workflow_ext.bootstraps WHERE name LIKE 'evil%';
+DROP ROLE wfx_boot;
