@@ -78,3 +78,19 @@ CREATE FUNCTION workflow_ext.purge_runs(older_than interval) RETURNS bigint
 CREATE FUNCTION workflow_ext.bootstrap(name text, ddl text) RETURNS boolean
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'bootstrap_wrapper';
+
+-- Replay audit ------------------------------------------------------------------
+
+-- SECURITY INVOKER: reading a source needs the caller's own SELECT right, so
+-- the audit can never show a table the caller may not read. The source is a
+-- regclass (an OID), rendered back by regclass output: it cannot inject SQL.
+CREATE FUNCTION workflow_ext.replay(run_id text, source regclass DEFAULT 'workflow_ext.events')
+RETURNS TABLE (seq bigint, event_id text, event_type text, correlation_id text, anomaly text, detail text)
+    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'replay_wrapper';
+
+-- One row per run with anomalies, for periodic monitoring.
+CREATE FUNCTION workflow_ext.scan(source regclass DEFAULT 'workflow_ext.events', since timestamptz DEFAULT NULL)
+RETURNS TABLE (run_id text, events bigint, anomalies bigint, first_seq bigint, first_anomaly text, first_detail text)
+    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'scan_wrapper';

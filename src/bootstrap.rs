@@ -21,6 +21,7 @@
 
 use crate::append::internal;
 use crate::errors::{OrRaise, WfError};
+use crate::subxact::in_subtransaction;
 use crate::validate;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
@@ -49,33 +50,6 @@ fn is_clash(e: &CaughtError) -> bool {
         // Only a catalog index: a user table's unique violation is real.
         PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => report.message().contains("constraint \"pg_"),
         _ => false,
-    }
-}
-
-/// Runs `f` in a subtransaction; an error rolls the subtransaction back and
-/// is returned instead of aborting the caller's transaction.
-fn in_subtransaction(f: impl FnOnce() + std::panic::UnwindSafe) -> Result<(), CaughtError> {
-    // SAFETY: the BeginInternalSubTransaction / Release / RollbackAndRelease
-    // protocol of PL/pgSQL's exception blocks, restoring the memory context
-    // and resource owner afterwards as it does.
-    unsafe {
-        let cxt = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(cxt);
-        let result = PgTryBuilder::new(move || {
-            f();
-            Ok(())
-        })
-        .catch_others(Err)
-        .execute();
-        match result {
-            Ok(()) => pg_sys::ReleaseCurrentSubTransaction(),
-            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
-        }
-        pg_sys::MemoryContextSwitchTo(cxt);
-        pg_sys::CurrentResourceOwner = owner;
-        result
     }
 }
 

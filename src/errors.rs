@@ -54,6 +54,12 @@ pub enum WfError {
     NegativeInterval,
     /// `bootstrap` with a name already applied with another DDL. 55000.
     BootstrapDdlChanged { name: String, applied: String, given: String },
+    /// `replay`/`scan` source that is not a relation. 42P01.
+    SourceNotFound { oid: u32 },
+    /// `replay`/`scan` source that is an index, sequence, …. 42809.
+    SourceNotATable { source: String },
+    /// `replay`/`scan` source without the needed columns. 42703.
+    SourceMissingColumns { source: String, missing: Vec<&'static str> },
     /// `bootstrap` gave up waiting for another session's bootstrap. 55P03 / 57014.
     BootstrapWaitTimedOut { name: String, which: String },
 }
@@ -81,6 +87,9 @@ impl WfError {
                 Code::ERRCODE_LOCK_NOT_AVAILABLE
             }
             WfError::BootstrapWaitTimedOut { .. } => Code::ERRCODE_QUERY_CANCELED,
+            WfError::SourceNotFound { .. } => Code::ERRCODE_UNDEFINED_TABLE,
+            WfError::SourceNotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
+            WfError::SourceMissingColumns { .. } => Code::ERRCODE_UNDEFINED_COLUMN,
             WfError::EmptyArgument { .. }
             | WfError::UnknownEventType { .. }
             | WfError::NotSuspension { .. }
@@ -163,6 +172,14 @@ impl WfError {
                 clip(member_key)
             ),
             WfError::NegativeInterval => "older_than must not be negative".into(),
+            WfError::SourceNotFound { oid } => format!("source relation with OID {oid} does not exist"),
+            WfError::SourceNotATable { source } => {
+                format!("source {source} is not a table, view or materialized view")
+            }
+            WfError::SourceMissingColumns { source, missing } => format!(
+                "source {source} lacks column(s) {}; an event source needs id, run_id, type and correlation_id",
+                missing.join(", ")
+            ),
             WfError::BootstrapDdlChanged { name, .. } => {
                 format!("bootstrap \"{}\" was applied with another DDL", clip(name))
             }

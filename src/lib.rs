@@ -8,9 +8,12 @@
 //! - [`event_id`]: `wevt_` + monotonic ULID ids.
 //! - [`payload`]: the jsonb payload, checked without conversion.
 //! - [`append`]: the events trigger and the two append functions.
+//! - [`audit`]: the replay auditor, pure Rust, on the same state machine.
+//! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
 //! - [`fanin`]: the exactly-once join barrier.
 //! - [`retention`]: removing whole finished runs.
 //! - [`bootstrap`]: run schema DDL once per database, race-free.
+//! - [`subxact`]: run work in a subtransaction and catch its error.
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), `finalize.sql` last (triggers, privileges, search_path pins).
@@ -18,13 +21,16 @@
 use pgrx::prelude::*;
 
 pub mod append;
+pub mod audit;
 pub mod bootstrap;
 pub mod errors;
 pub mod event_id;
 pub mod fanin;
 pub mod lifecycle;
 pub mod payload;
+pub mod replay;
 pub mod retention;
+pub mod subxact;
 pub mod validate;
 
 ::pgrx::pg_module_magic!();

@@ -15,7 +15,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import IsolationLevel
 
 # A barrier that is not passed in this long means a session is stuck: fail
 # the test instead of hanging the suite (never part of a verdict).
@@ -276,6 +275,7 @@ class FaninFigures:
     redeliveries: int
     fires: int
     double_fires: int  # fires beyond one per join
+    racing_double_fires: int  # of which the calls overlapped the first fire's
     missing_fires: int  # joins that never fired
     early_fires: int  # fires provably not made by the last distinct member
     errors: Counter
@@ -284,7 +284,8 @@ class FaninFigures:
     def line(self, what):
         return (
             f"{what}: {self.sessions} sessions, {self.joins} joins, {self.deliveries} deliveries "
-            f"({self.redeliveries} redeliveries), {self.fires} fires, {self.double_fires} double fires, "
+            f"({self.redeliveries} redeliveries), {self.fires} fires, {self.double_fires} double fires "
+            f"({self.racing_double_fires} racing), "
             f"{self.missing_fires} missing fires, {self.early_fires} provably early fires, "
             f"{sum(self.errors.values())} errors"
         )
@@ -335,7 +336,7 @@ def check_fanin(deliveries, join_keys, member_keys, sessions):
     for d in deliveries:
         by_join[d.join].append(d)
 
-    double, missing, early, fired_by = 0, 0, 0, {}
+    double, racing, missing, early, fired_by = 0, 0, 0, 0, {}
     for join in join_keys:
         ds = by_join[join]
         fires = sorted((d for d in ds if d.fired), key=lambda d: d.sent)
@@ -344,18 +345,20 @@ def check_fanin(deliveries, join_keys, member_keys, sessions):
             continue
         double += len(fires) - 1
         f = fires[0]
+        # In flight together with the first fire (not a later redelivery).
+        racing += sum(1 for d in fires[1:] if d.sent < f.returned)
         fired_by[join] = f
         # Happens-before proofs (sound, whatever the timing): a member whose
         # every delivery was sent after the fire returned arrived after it;
         # and if a delivery of the firing member had already returned before
         # the firing call was sent, the fire was a redelivery. Either way the
         # successor was dispatched before the last distinct member arrived.
-        for member in member_keys:
-            mine = [d for d in ds if d.member == member and d is not f]
-            if member != f.member and all(d.sent > f.returned for d in mine):
-                early += 1
-            if member == f.member and any(d.returned < f.sent for d in mine):
-                early += 1
+        others = [d for d in ds if d is not f]
+        arrived_after = any(
+            all(d.sent > f.returned for d in others if d.member == m)
+            for m in member_keys if m != f.member)
+        was_redelivery = any(d.returned < f.sent for d in others if d.member == f.member)
+        early += arrived_after or was_redelivery
 
     return FaninFigures(
         sessions=sessions,
@@ -364,6 +367,7 @@ def check_fanin(deliveries, join_keys, member_keys, sessions):
         redeliveries=len(deliveries) - len(join_keys) * len(member_keys),
         fires=sum(1 for d in deliveries if d.fired),
         double_fires=double,
+        racing_double_fires=racing,
         missing_fires=missing,
         early_fires=early,
         errors=Counter(d.sqlstate for d in deliveries if d.sqlstate),

@@ -1,0 +1,33 @@
+//! Running a piece of work in a subtransaction, so that its error can be
+//! inspected instead of aborting the caller's transaction.
+
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::{self, PgTryBuilder};
+
+/// Runs `f` in a subtransaction; an error rolls the subtransaction back and
+/// is returned instead of aborting the caller's transaction.
+pub fn in_subtransaction(f: impl FnOnce() + std::panic::UnwindSafe) -> Result<(), CaughtError> {
+    // SAFETY: the BeginInternalSubTransaction / Release / RollbackAndRelease
+    // protocol of PL/pgSQL's exception blocks, restoring the memory context
+    // and resource owner afterwards as it does.
+    unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+        let result = PgTryBuilder::new(move || {
+            f();
+            Ok(())
+        })
+        .catch_others(Err)
+        .execute();
+        match result {
+            Ok(()) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
+}
+
