@@ -16,6 +16,9 @@ PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 failed=0; passed=0
 
 bash scripts/setup.sh
+# Installing a new .so under a running cluster can crash its backends
+# (SIGBUS on the replaced mapping): stop the project cluster first.
+bash scripts/cluster.sh stop >/dev/null
 
 run_suite() {  # name, command...
   local name="$1"; shift
@@ -36,10 +39,15 @@ pgrx_tests() {
   fi
 }
 
+installed=""
 install_extension() {
-  # `cargo pgrx test` installed its own (pg_test) build; put the real one back.
+  # `cargo pgrx test` installed its own (pg_test) build; put the real one
+  # back, with the cluster stopped (see above).
+  [ -n "$installed" ] && return 0
+  bash scripts/cluster.sh stop >/dev/null
   cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
   bash scripts/cluster.sh start
+  installed=1
 }
 
 regress() {

@@ -172,6 +172,12 @@ pub(crate) fn internal(what: &str) -> ! {
     unreachable!()
 }
 
+/// True under REPEATABLE READ and SERIALIZABLE (IsolationUsesXactSnapshot).
+fn uses_transaction_snapshot() -> bool {
+    // SAFETY: a plain read of a backend-local global.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
 fn spi<T>(r: Result<T, pgrx::spi::SpiError>, what: &str) -> T {
     r.unwrap_or_else(|e| internal(&format!("{what}: {e}")))
 }
@@ -199,6 +205,15 @@ fn admit(client: &mut SpiClient<'_>, plans: &Plans, addr: &EventAddress<'_>) -> 
 
     let bumped = spi(client.update(&plans.bump, Some(1), &[run_id.into()]), "lock run");
     let (run_state, seq) = if bumped.is_empty() {
+        if uses_transaction_snapshot() {
+            // REPEATABLE READ / SERIALIZABLE: the run may exist but have been
+            // created after this transaction's snapshot, which an UPDATE
+            // silently skips. Probing with INSERT … ON CONFLICT DO NOTHING
+            // raises 40001 for exactly that case (and waits for an
+            // in-progress creator); if the run truly does not exist, the
+            // probe row dies with the 23503 raised below.
+            spi(client.update(&plans.insert_run, Some(1), &[run_id.into()]), "probe run");
+        }
         (None, 0)
     } else {
         let row = bumped.first();

@@ -125,11 +125,6 @@ def test_repeatable_read_race_with_retries_has_no_duplicates(db):
     assert f.clean
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "workflow_ext bug: a REPEATABLE READ / SERIALIZABLE snapshot older than the run's "
-    "run_created gets 23503 missing_run_created (a permanent error for a run that exists) "
-    "instead of 40001; the run lock UPDATE finds no visible runs row, so no serialization "
-    "failure is raised. Remove this mark when fixed."))
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
 def test_snapshot_older_than_run_created_gets_40001(db, level):
     with harness.connect(db) as t1, harness.connect(db) as t2:

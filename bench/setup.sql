@@ -1,0 +1,28 @@
+-- Benchmark database set-up (bench/bench.py). Not part of the extension.
+CREATE EXTENSION workflow_ext;
+
+-- The raw limit: a table of the same shape and indexes as workflow_ext.events,
+-- without the trigger (no lifecycle check, no dense seq: a sequence instead).
+CREATE TABLE raw_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE SEQUENCE raw_seq;
+
+-- Runs for the append workloads, and a run whose 1,000 steps exist already.
+SELECT count(*) FROM (SELECT workflow_ext.append_event('run-' || i, NULL, 'run_created'),
+                             workflow_ext.append_event('run-' || i, NULL, 'run_started')
+                        FROM generate_series(1, 1000) i) x;
+SELECT count(*) FROM workflow_ext.append_event('dup-run', NULL, 'run_created');
+INSERT INTO workflow_ext.events (run_id, correlation_id, type)
+SELECT 'dup-run', 'step_' || i, 'step_created' FROM generate_series(1, 1000) i ORDER BY i;
+
+-- A run of exactly n events: created, started, then step lifecycles
+-- (created, started, completed), through the validating trigger.
+CREATE FUNCTION make_run(r text, n int) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO workflow_ext.events (run_id, correlation_id, type)
+  SELECT r, c, t::workflow_ext.event_type FROM (
+    SELECT 1 AS o, NULL AS c, 'run_created' AS t
+    UNION ALL SELECT 2, NULL, 'run_started'
+    UNION ALL SELECT 3 + i, 'step_' || (i / 3), (ARRAY['step_created', 'step_started', 'step_completed'])[i % 3 + 1]
+      FROM generate_series(0, n - 3) i
+  ) s ORDER BY o;
+$$;
+
