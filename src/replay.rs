@@ -61,15 +61,46 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
 /// One anomaly row of `replay`.
 type Row = (i64, Option<String>, Option<String>, Option<String>, String, String);
 
-/// Streams `query` (columns: run_id, seq, id, type, correlation_id) through
-/// one auditor per run, calling `emit` for every finding.
+/// The columns of one fetched row, read in place from the SPI tuple table.
+struct RowView<'a> {
+    seq: Option<i64>,
+    event_type: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+    id: Option<&'a str>,
+    run_id: Option<&'a str>,
+}
+
+/// A text datum as &str without copying it: short, uncompressed values (all
+/// of an event's ids and types) are read where they lie; anything toasted
+/// goes through PostgreSQL's detoaster. Invalid UTF-8 reads as absent.
+///
+/// # Safety
+/// `d` must be a non-null text/varchar datum that outlives `'a`.
+unsafe fn text<'a>(d: pg_sys::Datum) -> Option<&'a str> {
+    unsafe {
+        let mut p = d.cast_mut_ptr::<pg_sys::varlena>();
+        if pgrx::varlena::varatt_is_1b_e(p) || pgrx::varlena::varatt_is_4b_c(p) {
+            p = pg_sys::pg_detoast_datum_packed(p);
+        }
+        let len = pgrx::varlena::varsize_any_exhdr(p);
+        let bytes = std::slice::from_raw_parts(pgrx::varlena::vardata_any(p) as *const u8, len);
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// Streams `query` (columns, in this order: seq, type, correlation_id, id,
+/// run_id) through one auditor per run, calling `emit` for every finding.
+///
+/// Rows are deformed with one call each and their text read in place: going
+/// through pgrx's per-value accessors (a guarded FFI call per value) cost as
+/// much as the rest of the replay together.
 fn stream(
     client: &SpiClient<'_>,
     query: &str,
     args: &[pgrx::datum::DatumWithOid<'_>],
     has_seq: bool,
     mut on_run_end: impl FnMut(&str, i64),
-    mut emit: impl FnMut(&str, i64, &Option<String>, &Option<String>, &Option<String>, Finding),
+    mut emit: impl FnMut(&str, i64, Option<&str>, Option<&str>, Option<&str>, Finding),
 ) {
     let mut cursor = client
         .try_open_cursor(query, args)
@@ -77,6 +108,8 @@ fn stream(
     let mut auditor = Auditor::new();
     let mut current: Option<String> = None;
     let mut position = 0i64;
+    let mut values = [pg_sys::Datum::from(0usize); 5];
+    let mut nulls = [true; 5];
     loop {
         let batch = cursor
             .fetch(BATCH)
@@ -84,26 +117,41 @@ fn stream(
         if batch.is_empty() {
             break;
         }
-        for row in batch {
-            let run: String = row.get(1).ok().flatten().unwrap_or_default();
-            if current.as_deref() != Some(run.as_str()) {
+        // SAFETY: `batch` owns SPI_tuptable until it is dropped at the end
+        // of this iteration; every datum read below lives in it.
+        let (tuples, desc) = unsafe {
+            let tt = pg_sys::SPI_tuptable;
+            (std::slice::from_raw_parts((*tt).vals, (*tt).numvals as usize), (*tt).tupdesc)
+        };
+        for &tuple in tuples {
+            let row = unsafe {
+                pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                let txt = |i: usize| if nulls[i] { None } else { text(values[i]) };
+                RowView {
+                    seq: (!nulls[0]).then(|| values[0].value() as i64),
+                    event_type: txt(1),
+                    correlation_id: txt(2),
+                    id: txt(3),
+                    run_id: txt(4),
+                }
+            };
+            let run = row.run_id.unwrap_or_default();
+            if current.as_deref() != Some(run) {
                 if let Some(done) = current.take() {
                     on_run_end(&done, position);
                 }
                 auditor = Auditor::new();
                 position = 0;
-                current = Some(run.clone());
+                current = Some(run.to_string());
             }
             position += 1;
-            let seq: Option<i64> = if has_seq { row.get(2).ok().flatten() } else { None };
-            let id: Option<String> = row.get(3).ok().flatten();
-            let ty: Option<String> = row.get(4).ok().flatten();
-            let corr: Option<String> = row.get(5).ok().flatten();
+            let seq = if has_seq { row.seq } else { None };
             let at = seq.unwrap_or(position);
-            for f in auditor.feed(at, seq, ty.as_deref().unwrap_or(""), corr.as_deref()) {
-                emit(&run, at, &id, &ty, &corr, f);
+            for f in auditor.feed(at, seq, row.event_type.unwrap_or(""), row.correlation_id) {
+                emit(run, at, row.id, row.event_type, row.correlation_id, f);
             }
         }
+        drop(batch);
     }
     if let Some(done) = current {
         on_run_end(&done, position);
@@ -112,8 +160,12 @@ fn stream(
 
 fn order_by(src: &Source) -> &'static str {
     // The extension's order (seq) when there is one, else the DevKit's own
-    // replay order: by id (ULIDs sort by bytes).
-    if src.has_seq {
+    // replay order: by id (ULIDs sort by bytes). Our own table's seq is
+    // unique per run, so it needs no tie-breaker (and no sort on top of the
+    // primary key's order).
+    if src.name == "workflow_ext.events" {
+        "seq"
+    } else if src.has_seq {
         "seq, id::text COLLATE \"C\""
     } else {
         "id::text COLLATE \"C\""
@@ -151,14 +203,15 @@ fn replay(
     Spi::connect(|client| {
         let src = inspect(client, source).or_raise();
         let query = format!(
-            "SELECT run_id::text, {}, id::text, type::text, correlation_id::text FROM {} \
+            "SELECT {}, type::text, correlation_id::text, id::text, run_id::text FROM {} \
              WHERE run_id = $1 ORDER BY {}",
             seq_column(&src),
             src.name,
             order_by(&src)
         );
         stream(client, &query, &[run_id.into()], src.has_seq, |_, _| {}, |_, at, id, ty, corr, f| {
-            rows.push((at, id.clone(), ty.clone(), corr.clone(), f.anomaly.to_string(), f.detail));
+            let own = |s: Option<&str>| s.map(str::to_string);
+            rows.push((at, own(id), own(ty), own(corr), f.anomaly.to_string(), f.detail));
         });
     });
     TableIterator::new(rows)
@@ -194,7 +247,7 @@ fn scan(
             String::new()
         };
         let query = format!(
-            "SELECT run_id::text, {}, id::text, type::text, correlation_id::text FROM {} {filter} \
+            "SELECT {}, type::text, correlation_id::text, id::text, run_id::text FROM {} {filter} \
              ORDER BY run_id, {}",
             seq_column(&src),
             src.name,
