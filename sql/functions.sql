@@ -35,12 +35,27 @@ CREATE FUNCTION workflow_ext.append_suspension_event(
     AS 'MODULE_PATHNAME', 'append_suspension_event_wrapper';
 
 -- Validated append of any event type; a duplicate creation fails with 23505.
+-- The body is the INSERT alone: the events trigger checks everything, and an
+-- error reaches the caller exactly as PostgreSQL raised it, so a duplicate's
+-- 23505 keeps its constraint, table and schema fields (clients such as
+-- world-postgres match on constraint_name). PL/pgSQL caches the plan.
 -- SECURITY INVOKER for the same reason as above.
+CREATE FUNCTION workflow_ext.checked_event_type(type text) RETURNS text
+    LANGUAGE c IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'checked_event_type_wrapper';
+
 CREATE FUNCTION workflow_ext.append_event(
     run_id text, correlation_id text, type text, payload jsonb DEFAULT NULL
 ) RETURNS TABLE (event_id text, seq bigint)
-    LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'append_event_wrapper';
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO workflow_ext.events AS e (run_id, correlation_id, type, payload)
+    VALUES ($1, $2, workflow_ext.checked_event_type($3)::workflow_ext.event_type, $4)
+    RETURNING e.id, e.seq;
+END
+$$;
 
 -- A fresh wevt_<ULID>, monotonic within the session (session state, hence
 -- VOLATILE and PARALLEL RESTRICTED). Runs no SQL: no search_path needed.

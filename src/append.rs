@@ -49,7 +49,6 @@ struct Plans {
     /// a literal so the planner can prove the partial index's predicate even
     /// for a generic plan.
     find_creation: [OwnedPreparedStatement; 4],
-    insert_strict: OwnedPreparedStatement,
     insert_idempotent: OwnedPreparedStatement,
 }
 
@@ -141,7 +140,6 @@ fn build_plans(c: &SpiClient<'_>) -> Plans {
         ),
         entity_last,
         find_creation,
-        insert_strict: prepare(c, &format!("{insert} RETURNING id, seq"), &[TEXT, TEXT, TEXT, JSONB]),
         insert_idempotent: prepare(
             c,
             &format!(
@@ -447,28 +445,13 @@ fn append_suspension_event(
     TableIterator::once(row)
 }
 
-/// Appends any event after checking it against the run's and the entity's
-/// current state. A duplicate creation fails with 23505 on
-/// `workflow_events_entity_creation_unique`.
+/// `type` text → the enum label, with this extension's errors (22004 for
+/// NULL, 22023 naming an unknown type) instead of the enum input's 22P02.
+/// Used by `append_event` (sql/functions.sql), whose body is one INSERT:
+/// every other rule is the trigger's.
 #[pg_extern(sql = false)] // declared in sql/functions.sql
-fn append_event(
-    run_id: Option<&str>,
-    correlation_id: Option<&str>,
-    r#type: Option<&str>,
-    payload: default!(Option<Payload>, "NULL"),
-) -> TableIterator<'static, (name!(event_id, String), name!(seq, i64))> {
-    let addr = checked_args(run_id, correlation_id, r#type, payload).or_raise();
-    let row = Spi::connect_mut(|client| {
-        with_plans(client, |c, plans| {
-            let ins = spi(c.update(&plans.insert_strict, Some(1), &insert_args(&addr, payload)), "append");
-            let r = ins.first();
-            (
-                spi(r.get::<String>(1), "event id").unwrap_or_default(),
-                spi(r.get::<i64>(2), "event seq").unwrap_or_default(),
-            )
-        })
-    });
-    TableIterator::once(row)
+fn checked_event_type(r#type: Option<&str>) -> &'static str {
+    validate::event_type(r#type).or_raise().as_str()
 }
 
 #[cfg(any(test, feature = "pg_test"))]
