@@ -4,13 +4,14 @@
 #   1. unit + #[pg_test] tests:   cargo pgrx test pg15 (as the postgres user)
 #   2. pg_regress suite:          tests/pg_regress (SQL surface, errors, matrix)
 #   3. concurrency suite:         tests/concurrency (≥16 real sessions, pytest)
-# Pick suites with WFX_SUITES="pgrx regress concurrency" (default: all).
+#   4. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
+# Pick suites with WFX_SUITES="pgrx regress concurrency bench" (default: all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"      # pgrx-tests needs $USER
-SUITES="${WFX_SUITES:-pgrx regress concurrency}"
+SUITES="${WFX_SUITES:-pgrx regress concurrency bench}"
 PGXS=/usr/lib/postgresql/15/lib/pgxs
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 failed=0; passed=0
@@ -67,11 +68,18 @@ concurrency() {
   python3 -m pytest -q -s -p no:cacheprovider tests/concurrency
 }
 
+bench_smoke() {
+  eval "$(bash scripts/cluster.sh env)"
+  export PGHOST PGPORT PGUSER
+  python3 bench/bench.py --smoke
+}
+
 for s in $SUITES; do
   case "$s" in
     pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
     regress) install_extension; run_suite "pg_regress" regress ;;
     concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
+    bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
     *) echo "unknown suite $s"; exit 2 ;;
   esac
 done
