@@ -17,7 +17,7 @@ as_pg() {
 
 # postgres must be able to traverse every parent of the data directory.
 if ! as_pg test -x "$(dirname "$DIR")" 2>/dev/null; then
-  DIR="/tmp/workflow_ext_pgcluster_$(echo "$ROOT" | md5sum | cut -c1-8)"
+  DIR="/tmp/workflow_ext_pgcluster_$(echo "$DIR" | md5sum | cut -c1-8)"
 fi
 DATA="$DIR/data"
 SOCK="$DIR"
