@@ -22,6 +22,7 @@ bash scripts/setup.sh
 # Installing a new .so under a running cluster can crash its backends
 # (SIGBUS on the replaced mapping): stop the project cluster first.
 bash scripts/cluster.sh stop >/dev/null
+WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
 
 run_suite() {  # name, command...
   local name="$1"; shift
