@@ -13,10 +13,10 @@
 //!    checksum → false; with another → error.
 //! 4. Run the DDL as the caller (so it needs the caller's own rights) in a
 //!    subtransaction. A clash with DDL from a process that does not use this
-//!    function (23505 on a catalog index, 42P06, 42P07, 42710) is retried
-//!    after refreshing the catalog; on the retry `IF NOT EXISTS` sees the
-//!    object. Any other error, or a clash that persists, is raised: the
-//!    whole call rolls back and no ledger row is written.
+//!    function (23505, 42P06, 42P07, 42710) is retried after refreshing the
+//!    catalog; on the retry `IF NOT EXISTS` sees the object. Any other
+//!    error, or a clash that persists, is raised: the whole call rolls back
+//!    and no ledger row is written.
 //! 5. Record name, checksum, DDL, time and caller in the ledger.
 
 use crate::append::internal;
@@ -38,19 +38,22 @@ fn checksum(ddl: &str) -> String {
 }
 
 /// SQLSTATEs that mean "another session created this object meanwhile".
+/// A 23505 counts whatever index it names: reading the constraint out of the
+/// message would depend on lc_messages (pgrx does not pass the constraint
+/// field on). Nothing is swallowed by this: a clash is retried, and one that
+/// persists (a user table's real unique violation, say) is raised.
 fn is_clash(e: &CaughtError) -> bool {
     let report = match e {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
         CaughtError::RustPanic { .. } => return false,
     };
-    match report.sql_error_code() {
+    matches!(
+        report.sql_error_code(),
         PgSqlErrorCode::ERRCODE_DUPLICATE_SCHEMA
-        | PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE
-        | PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT => true,
-        // Only a catalog index: a user table's unique violation is real.
-        PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => report.message().contains("constraint \"pg_"),
-        _ => false,
-    }
+            | PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE
+            | PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT
+            | PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
+    )
 }
 
 /// Runs `f` as the owner of the ledger (the extension's owner), with
