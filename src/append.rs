@@ -289,17 +289,21 @@ fn find_creation(
     addr: &EventAddress<'_>,
 ) -> Option<(String, i64)> {
     let i = SUSPENSION_TYPES.iter().position(|t| *t == addr.event)?;
-    let rows = spi(
+    id_and_seq(spi(
         client.update(&plans.find_creation[i], Some(1), &[addr.run_id.into(), addr.correlation_id.into()]),
         "find creation",
-    );
+    ))
+}
+
+/// (id, seq) of the first row of a statement returning them, if any.
+fn id_and_seq(rows: pgrx::spi::SpiTupleTable<'_>) -> Option<(String, i64)> {
     if rows.is_empty() {
         return None;
     }
     let row = rows.first();
     Some((
-        spi(row.get::<String>(1), "creation id").unwrap_or_default(),
-        spi(row.get::<i64>(2), "creation seq").unwrap_or_default(),
+        spi(row.get::<String>(1), "event id").unwrap_or_default(),
+        spi(row.get::<i64>(2), "event seq").unwrap_or_default(),
     ))
 }
 
@@ -427,13 +431,8 @@ fn append_suspension_event(
                 return (id, seq, false);
             }
             let ins = spi(c.update(&plans.insert_idempotent, Some(1), &insert_args(&addr, payload)), "append");
-            if !ins.is_empty() {
-                let r = ins.first();
-                return (
-                    spi(r.get::<String>(1), "event id").unwrap_or_default(),
-                    spi(r.get::<i64>(2), "event seq").unwrap_or_default(),
-                    true,
-                );
+            if let Some((id, seq)) = id_and_seq(ins) {
+                return (id, seq, true);
             }
             // Skipped on conflict: the winner has committed (READ COMMITTED
             // waited for it), so this new snapshot sees its row.

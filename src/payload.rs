@@ -101,7 +101,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for Payload {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
         unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+            .unwrap_or_else(|| crate::append::internal(&format!("argument {index} must not be null")))
     }
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
         unsafe { arg.unbox_arg_using_from_datum() }.into()
