@@ -44,4 +44,10 @@ fi
 if [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
   python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
 fi
+# node-postgres for the Node example (examples/node), from its lock file.
+if [ -f "$(dirname "$0")/../examples/node/package-lock.json" ] && command -v npm >/dev/null 2>&1; then
+  if [ ! -d "$(dirname "$0")/../examples/node/node_modules/pg" ]; then
+    (cd "$(dirname "$0")/../examples/node" && npm ci --silent --no-audit --no-fund)
+  fi
+fi
 echo "setup: ok"

@@ -4,16 +4,17 @@
 #   1. unit + #[pg_test] tests:   cargo pgrx test pg15 (as the postgres user)
 #   2. pg_regress suite:          tests/pg_regress (SQL surface, errors, matrix)
 #   3. concurrency suite:         tests/concurrency (≥16 real sessions, pytest)
-#   4. fault suite:               tests/faults (killed sessions, crashed server,
+#   4. client examples:           examples/{node,python,rust} --check (16 connections each)
+#   5. fault suite:               tests/faults (killed sessions, crashed server,
 #                                 timeouts; on a cluster of its own, port 54317)
-#   5. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
-# Pick suites with WFX_SUITES="pgrx regress concurrency faults bench" (default: all).
+#   6. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
+# Pick suites with WFX_SUITES="pgrx regress concurrency clients faults bench" (default: all).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"      # pgrx-tests needs $USER
-SUITES="${WFX_SUITES:-pgrx regress concurrency faults bench}"
+SUITES="${WFX_SUITES:-pgrx regress concurrency clients faults bench}"
 PGXS=/usr/lib/postgresql/15/lib/pgxs
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 failed=0; passed=0
@@ -71,6 +72,16 @@ concurrency() {
   python3 -m pytest -q -s -p no:cacheprovider tests/concurrency
 }
 
+clients() {
+  eval "$(bash scripts/cluster.sh env)"
+  export PGHOST PGPORT PGUSER
+  local ok=0
+  echo "-- node-postgres";  (cd examples/node && node worker.js --check) || ok=1
+  echo "-- psycopg 3";      python3 examples/python/worker.py --check || ok=1
+  echo "-- tokio-postgres"; cargo run -q --release --manifest-path examples/rust/Cargo.toml -- --check || ok=1
+  return $ok
+}
+
 faults() {
   python3 -m pytest -q -s -p no:cacheprovider tests/faults
 }
@@ -86,6 +97,7 @@ for s in $SUITES; do
     pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
     regress) install_extension; run_suite "pg_regress" regress ;;
     concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
+    clients) install_extension; run_suite "client examples" clients ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
     bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
     *) echo "unknown suite $s"; exit 2 ;;
