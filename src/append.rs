@@ -41,6 +41,11 @@ pub const CREATION_INDEX: &str = "workflow_events_entity_creation_unique";
 struct Plans {
     insert_run: OwnedPreparedStatement,
     bump: OwnedPreparedStatement,
+    /// The bump, returning also what this statement's snapshot says of the
+    /// run's last_seq and of the entity's last event, one plan per entity
+    /// kind: one statement instead of two when nobody appended to the run
+    /// since the snapshot (see `admit`).
+    bump_and_peek: [OwnedPreparedStatement; 3],
     unbump: OwnedPreparedStatement,
     set_run_state: OwnedPreparedStatement,
     /// Last event of an entity, one plan per entity kind (step, wait, hook).
@@ -49,7 +54,9 @@ struct Plans {
     /// a literal so the planner can prove the partial index's predicate even
     /// for a generic plan.
     find_creation: [OwnedPreparedStatement; 4],
-    insert_idempotent: OwnedPreparedStatement,
+    /// `find_creation`, and the insert if nothing was found, in one
+    /// statement; one plan per suspension type.
+    find_or_insert: [OwnedPreparedStatement; 4],
 }
 
 thread_local! {
@@ -86,33 +93,36 @@ fn kind_types_sql(kind: EntityKind) -> String {
         .join(", ")
 }
 
+const ENTITY_KINDS: [EntityKind; 3] = [EntityKind::Step, EntityKind::Wait, EntityKind::Hook];
+
+fn kind_index(kind: EntityKind) -> usize {
+    ENTITY_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// An entity's last event, by kind; `alias.` prefixes the columns.
+fn entity_last_sql(kind: EntityKind, alias: &str) -> String {
+    format!(
+        "SELECT {alias}type::text FROM workflow_ext.events {} \
+         WHERE {alias}run_id = $1 AND {alias}correlation_id = $2 AND {alias}type IN ({}) \
+         ORDER BY {alias}seq DESC LIMIT 1",
+        alias.trim_end_matches('.'),
+        kind_types_sql(kind)
+    )
+}
+
+/// The stored creation of suspension type `t`; the type is a literal so the
+/// planner can prove the partial index's predicate even for a generic plan.
+fn find_creation_sql(t: EventType) -> String {
+    let corr = if t == EventType::RunCreated {
+        "$2::text IS NULL AND correlation_id IS NULL"
+    } else {
+        "correlation_id = $2"
+    };
+    format!("SELECT id, seq FROM workflow_ext.events WHERE run_id = $1 AND {corr} AND type = '{t}'")
+}
+
 fn build_plans(c: &SpiClient<'_>) -> Plans {
-    let entity_last = [EntityKind::Step, EntityKind::Wait, EntityKind::Hook].map(|kind| {
-        prepare(
-            c,
-            &format!(
-                "SELECT type::text FROM workflow_ext.events \
-                 WHERE run_id = $1 AND correlation_id = $2 AND type IN ({}) \
-                 ORDER BY seq DESC LIMIT 1",
-                kind_types_sql(kind)
-            ),
-            &[TEXT, TEXT],
-        )
-    });
-    let find_creation = SUSPENSION_TYPES.map(|t| {
-        let corr = if t == EventType::RunCreated { "$2::text IS NULL AND correlation_id IS NULL" } else { "correlation_id = $2" };
-        prepare(
-            c,
-            &format!(
-                "SELECT id, seq FROM workflow_ext.events \
-                 WHERE run_id = $1 AND {corr} AND type = '{t}'"
-            ),
-            &[TEXT, TEXT],
-        )
-    });
     let creation_types = SUSPENSION_TYPES.map(|t| format!("'{t}'")).join(", ");
-    let insert = "INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
-                  VALUES ($1, $2, $3::workflow_ext.event_type, $4)";
     Plans {
         insert_run: prepare(
             c,
@@ -126,6 +136,18 @@ fn build_plans(c: &SpiClient<'_>) -> Plans {
              RETURNING state, last_seq",
             &[TEXT],
         ),
+        bump_and_peek: ENTITY_KINDS.map(|kind| {
+            prepare(
+                c,
+                &format!(
+                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1 WHERE r.run_id = $1 \
+                     RETURNING r.state, r.last_seq, \
+                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE s.run_id = $1), ({})",
+                    entity_last_sql(kind, "e.")
+                ),
+                &[TEXT, TEXT],
+            )
+        }),
         unbump: prepare(
             c,
             "UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE run_id = $1",
@@ -138,16 +160,23 @@ fn build_plans(c: &SpiClient<'_>) -> Plans {
              WHERE run_id = $1",
             &[TEXT, TEXT, BOOL],
         ),
-        entity_last,
-        find_creation,
-        insert_idempotent: prepare(
-            c,
-            &format!(
-                "{insert} ON CONFLICT (run_id, correlation_id, type) \
-                 WHERE type IN ({creation_types}) DO NOTHING RETURNING id, seq"
-            ),
-            &[TEXT, TEXT, TEXT, JSONB],
-        ),
+        entity_last: ENTITY_KINDS.map(|kind| prepare(c, &entity_last_sql(kind, ""), &[TEXT, TEXT])),
+        find_creation: SUSPENSION_TYPES.map(|t| prepare(c, &find_creation_sql(t), &[TEXT, TEXT])),
+        find_or_insert: SUSPENSION_TYPES.map(|t| {
+            prepare(
+                c,
+                &format!(
+                    "WITH found AS ({}), \
+                     ins AS (INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
+                             SELECT $1, $2, '{t}', $3 WHERE NOT EXISTS (SELECT FROM found) \
+                             ON CONFLICT (run_id, correlation_id, type) WHERE type IN ({creation_types}) \
+                             DO NOTHING RETURNING id, seq) \
+                     SELECT id, seq, false FROM found UNION ALL SELECT id, seq, true FROM ins",
+                    find_creation_sql(t)
+                ),
+                &[TEXT, TEXT, JSONB],
+            )
+        }),
     }
 }
 
@@ -201,7 +230,23 @@ fn admit(client: &mut SpiClient<'_>, plans: &Plans, addr: &EventAddress<'_>) -> 
         // waited for): fall through, the lifecycle check names the duplicate.
     }
 
-    let bumped = spi(client.update(&plans.bump, Some(1), &[run_id.into()]), "lock run");
+    // The entity's last event can ride along with the bump when this
+    // statement's snapshot already saw every append to the run: then the
+    // last_seq it saw is exactly one below the bumped one (every append
+    // bumps it). Otherwise (someone appended since; we may have waited for
+    // the lock) it is read again below, in a fresh snapshot.
+    let entity_key = match (addr.event.kind(), addr.correlation_id) {
+        (EntityKind::Run, _) | (_, None) => None,
+        (kind, Some(corr)) => Some((kind_index(kind), corr)),
+    };
+    let bumped = match entity_key {
+        Some((k, corr)) => spi(
+            client.update(&plans.bump_and_peek[k], Some(1), &[run_id.into(), corr.into()]),
+            "lock run",
+        ),
+        None => spi(client.update(&plans.bump, Some(1), &[run_id.into()]), "lock run"),
+    };
+    let mut peeked: Option<Option<String>> = None;
     let (run_state, seq) = if bumped.is_empty() {
         if uses_transaction_snapshot() {
             // REPEATABLE READ / SERIALIZABLE: the run may exist but have been
@@ -217,26 +262,29 @@ fn admit(client: &mut SpiClient<'_>, plans: &Plans, addr: &EventAddress<'_>) -> 
         let row = bumped.first();
         let state: String = spi(row.get(1), "run state").unwrap_or_default();
         let seq: i64 = spi(row.get(2), "run seq").unwrap_or_default();
+        if entity_key.is_some() {
+            let seen: Option<i64> = spi(row.get(3), "run seq seen");
+            if seen == Some(seq - 1) {
+                peeked = Some(spi(row.get::<String>(4), "entity event"));
+            }
+        }
         let state = State::parse(EntityKind::Run, &state)
             .unwrap_or_else(|| internal(&format!("run state \"{state}\" is not a run state")));
         (Some(state), seq)
     };
 
-    let entity_state = match (addr.event.kind(), addr.correlation_id) {
-        (EntityKind::Run, _) | (_, None) => None,
-        (kind, Some(corr)) => {
-            let plan = match kind {
-                EntityKind::Step => &plans.entity_last[0],
-                EntityKind::Wait => &plans.entity_last[1],
-                _ => &plans.entity_last[2],
-            };
-            let last = spi(client.update(plan, Some(1), &[run_id.into(), corr.into()]), "entity state");
-            if last.is_empty() {
-                None
-            } else {
-                let t: String = spi(last.first().get(1), "entity event").unwrap_or_default();
-                EventType::parse(&t).and_then(lifecycle::entity_state_after)
-            }
+    let entity_state = match (entity_key, run_state) {
+        (None, _) | (_, None) => None,
+        (Some((k, corr)), Some(_)) => {
+            let last = peeked.unwrap_or_else(|| {
+                let rows = spi(client.update(&plans.entity_last[k], Some(1), &[run_id.into(), corr.into()]), "entity state");
+                if rows.is_empty() {
+                    None
+                } else {
+                    spi(rows.first().get::<String>(1), "entity event")
+                }
+            });
+            last.as_deref().and_then(EventType::parse).and_then(lifecycle::entity_state_after)
         }
     };
 
@@ -400,15 +448,6 @@ fn checked_args<'a>(
     Ok(addr)
 }
 
-fn insert_args<'a>(addr: &EventAddress<'a>, payload: Option<Payload>) -> [pgrx::datum::DatumWithOid<'a>; 4] {
-    [
-        addr.run_id.into(),
-        addr.correlation_id.into(),
-        addr.event.as_str().into(),
-        payload.into(),
-    ]
-}
-
 /// Appends the creation event `type` for (`run_id`, `correlation_id`) unless
 /// it exists; either way returns the stored event. Any number of racing
 /// callers: one row, one `inserted = true`, the same `event_id` for all.
@@ -425,14 +464,19 @@ fn append_suspension_event(
     }
     let row = Spi::connect_mut(|client| {
         with_plans(client, |c, plans| {
-            // Fast path: a committed creation is final (the log is
-            // append-only), so a duplicate needs no lock at all.
-            if let Some((id, seq)) = find_creation(c, plans, &addr) {
-                return (id, seq, false);
-            }
-            let ins = spi(c.update(&plans.insert_idempotent, Some(1), &insert_args(&addr, payload)), "append");
-            if let Some((id, seq)) = id_and_seq(ins) {
-                return (id, seq, true);
+            // One statement: a committed creation is returned as it is (the
+            // log is append-only, so a duplicate takes no lock at all);
+            // otherwise the row is inserted, through the trigger.
+            let i = SUSPENSION_TYPES.iter().position(|t| *t == addr.event).unwrap_or(0);
+            let args = [addr.run_id.into(), addr.correlation_id.into(), payload.into()];
+            let rows = spi(c.update(&plans.find_or_insert[i], Some(1), &args), "append");
+            if !rows.is_empty() {
+                let r = rows.first();
+                return (
+                    spi(r.get::<String>(1), "event id").unwrap_or_default(),
+                    spi(r.get::<i64>(2), "event seq").unwrap_or_default(),
+                    spi(r.get::<bool>(3), "inserted").unwrap_or_default(),
+                );
             }
             // Skipped on conflict: the winner has committed (READ COMMITTED
             // waited for it), so this new snapshot sees its row.
