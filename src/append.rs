@@ -33,10 +33,6 @@ use std::cell::{Cell, OnceCell};
 use std::convert::Infallible;
 use std::ffi::CStr;
 
-/// The unique index that makes each creation event unique per run and
-/// correlation id. Clients map a 23505 naming it to "already exists".
-pub const CREATION_INDEX: &str = "workflow_events_entity_creation_unique";
-
 /// SPI plans prepared once per backend (SPI_keepplan) and reused.
 struct Plans {
     insert_run: OwnedPreparedStatement,
@@ -94,6 +90,11 @@ fn kind_types_sql(kind: EntityKind) -> String {
 }
 
 const ENTITY_KINDS: [EntityKind; 3] = [EntityKind::Step, EntityKind::Wait, EntityKind::Hook];
+
+/// Which of the per-suspension-type plans serves `event`.
+fn suspension_index(event: EventType) -> Option<usize> {
+    SUSPENSION_TYPES.iter().position(|t| *t == event)
+}
 
 fn kind_index(kind: EntityKind) -> usize {
     ENTITY_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
@@ -336,7 +337,7 @@ fn find_creation(
     plans: &Plans,
     addr: &EventAddress<'_>,
 ) -> Option<(String, i64)> {
-    let i = SUSPENSION_TYPES.iter().position(|t| *t == addr.event)?;
+    let i = suspension_index(addr.event)?;
     id_and_seq(spi(
         client.update(&plans.find_creation[i], Some(1), &[addr.run_id.into(), addr.correlation_id.into()]),
         "find creation",
@@ -467,7 +468,7 @@ fn append_suspension_event(
             // One statement: a committed creation is returned as it is (the
             // log is append-only, so a duplicate takes no lock at all);
             // otherwise the row is inserted, through the trigger.
-            let i = SUSPENSION_TYPES.iter().position(|t| *t == addr.event).unwrap_or(0);
+            let i = suspension_index(addr.event).unwrap_or(0); // checked above
             let args = [addr.run_id.into(), addr.correlation_id.into(), payload.into()];
             let rows = spi(c.update(&plans.find_or_insert[i], Some(1), &args), "append");
             if !rows.is_empty() {
