@@ -64,13 +64,18 @@ def pgbench(script, clients, seconds, variables=None):
     return tps, lat
 
 
+def alternate(scripts, clients, seconds, rounds, variables=None):
+    """Runs the scripts in turn, `rounds` times; returns each one's median tps."""
+    tps = [[] for _ in scripts]
+    for _ in range(rounds):
+        for i, script in enumerate(scripts):
+            tps[i].append(pgbench(script, clients, seconds, variables)[0])
+    return tuple(statistics.median(t) for t in tps)
+
+
 def side_by_side(a, b, clients, seconds, rounds, variables=None):
     """Alternates A and B; returns (median tps A, median tps B)."""
-    ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(pgbench(a, clients, seconds, variables)[0])
-        tb.append(pgbench(b, clients, seconds, variables)[0])
-    return statistics.median(ta), statistics.median(tb)
+    return alternate([a, b], clients, seconds, rounds, variables)
 
 
 def a_new_key_script():
@@ -85,17 +90,28 @@ def raw_new_key_script():
 
 
 def wal_per_call(script, calls):
-    """WAL bytes written per call, each call its own transaction (1 client).
-    Includes full-page images after checkpoints, on both sides alike."""
+    """WAL per call, each call its own transaction (1 client), split by
+    pg_waldump --stats into record bytes and full-page-image bytes. A
+    CHECKPOINT first, so each side pays the page images of the pages it
+    touches itself (before, they fell on whichever side followed the
+    checkpointer's timer, and the figure swung by 2x). Returns
+    (record bytes per call, FPI bytes per call)."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
         path = f.name
+    psql("CHECKPOINT")
     before = psql("SELECT pg_current_wal_insert_lsn()")
     subprocess.run([f"{BIN}/pgbench", "-n", "-M", "prepared", "-c", "1", "-t", str(calls), "-f", path, DB],
                    capture_output=True, check=True)
     after = psql("SELECT pg_current_wal_insert_lsn()")
     os.unlink(path)
-    return float(psql(f"SELECT pg_wal_lsn_diff('{after}', '{before}')")) / calls
+    wal_dir = os.path.join(psql("SHOW data_directory"), "pg_wal")
+    out = subprocess.run([f"{BIN}/pg_waldump", "-p", wal_dir, "-s", before, "-e", after, "--stats"],
+                         capture_output=True, text=True)
+    total = re.search(r"^Total\s+(\d+)\s+(\d+) \[[\d.]+%\]\s+(\d+) \[", out.stdout, re.M)
+    if out.returncode != 0 or not total:
+        sys.exit(f"pg_waldump failed:\n{out.stdout}\n{out.stderr}")
+    return int(total.group(2)) / calls, int(total.group(3)) / calls
 
 
 def timed(sql, repeat):
@@ -138,6 +154,7 @@ def main():
     psql(f"CREATE DATABASE {DB}", db="postgres")
     psql_file(os.path.join(HERE, "setup.sql"))
     psql_file(os.path.join(HERE, "plpgsql.sql"))
+    psql_file(os.path.join(HERE, "plpgsql_replay.sql"))
     rows = []  # (workload, A, B, A value, B value, ratio, unit)
 
     def row(name, a_name, b_name, a, b, unit="tps"):
@@ -157,7 +174,21 @@ def main():
                  "VALUES (workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), 'step_created', 'step_' || :k) "
                  "ON CONFLICT (run_id, correlation_id, type) WHERE type IN "
                  "('run_created','step_created','wait_created','hook_created') DO NOTHING;\n")
-            ta, tb = side_by_side(a, b, clients, secs, rounds, v)
+            if runs == 1:
+                ta, tb = side_by_side(a, b, clients, secs, rounds, v)
+            else:
+                # The dense-seq floor in the same alternation: what bumping a
+                # run row in the insert's own statement costs, and no more.
+                f = ("\\set r random(1, :runs)\n\\set k random(1, 1000000000000)\n"
+                     "WITH u AS (UPDATE floor_runs SET last_seq = last_seq + 1 WHERE run_id = 'run-' || :r "
+                     "RETURNING last_seq) "
+                     "INSERT INTO floor_events (id, run_id, seq, type, correlation_id) "
+                     "SELECT workflow_ext.new_event_id(), 'run-' || :r, u.last_seq, 'step_created', 'step_' || :k "
+                     "FROM u ON CONFLICT (run_id, correlation_id, type) WHERE type IN "
+                     "('run_created','step_created','wait_created','hook_created') DO NOTHING;\n")
+                ta, tb, tf = alternate([a, b, f], clients, secs, rounds, v)
+                row(f"dense-seq floor, {clients} client(s), {label}", "floor", "raw_insert", tf, tb)
+                row(f"new key vs the floor, {clients} client(s), {label}", "append_suspension", "floor", ta, tf)
             row(f"new key, {clients} client(s), {label}", "append_suspension", "raw_insert", ta, tb)
 
     # 2. Duplicate path: the key exists. vs an indexed SELECT of that row.
@@ -210,15 +241,18 @@ def main():
         ta, tb = side_by_side(a, b, clients, secs, rounds)
         row(f"new key vs PL/pgSQL version, {clients} client(s)", "append_suspension", "plpgsql", ta, tb)
 
-    # 6. Replay vs the plain ordered read of the same rows, per run length.
+    # 6. Replay vs the plain ordered read of the same rows, per run length,
+    #    and vs the PL/pgSQL replay (bench/plpgsql_replay.sql, not installed).
     for n in sizes:
         psql(f"SELECT make_run('replay-{n}', {n})")
     for n in sizes:
         a = f"SELECT count(*) FROM workflow_ext.replay('replay-{n}');\n"
         b = (f"SELECT seq, id, type, correlation_id FROM workflow_ext.events "
              f"WHERE run_id = 'replay-{n}' ORDER BY seq;\n")
-        ta, tb = side_by_side(a, b, 1, secs, rounds)
+        p = f"SELECT count(*) FROM plpgsql_replay('replay-{n}');\n"
+        ta, tb, tp = alternate([a, b, p], 1, secs, rounds)
         row(f"replay {n:,} events (runs/s)", "replay", "ordered_select", ta, tb, "runs/s")
+        row(f"replay {n:,} events vs PL/pgSQL replay (runs/s)", "replay", "plpgsql_replay", ta, tp, "runs/s")
         rows.append((f"replay {n:,} events: events/s", "replay", "", ta * n, 0, float("nan"), "events/s"))
 
     # 7. The database-wide scan.
@@ -235,12 +269,19 @@ def main():
     rows.append(("table+index bytes per event", "events", "raw_events", float(per_event), float(raw_per_event),
                  float(per_event) / float(raw_per_event), "bytes"))
     n = 200 if smoke else 5000
-    wal_a = wal_per_call(a_new_key_script(), n)
-    wal_b = wal_per_call(raw_new_key_script(), n)
-    rows.append(("WAL bytes per call, new key, own transaction", "append_suspension", "raw_insert",
-                 wal_a, wal_b, wal_a / wal_b, "bytes"))
+    wal = {"a": [], "b": []}
+    for _ in range(rounds):
+        wal["a"].append(wal_per_call(a_new_key_script(), n))
+        wal["b"].append(wal_per_call(raw_new_key_script(), n))
+    rec_a, fpi_a = (statistics.median(x[i] for x in wal["a"]) for i in (0, 1))
+    rec_b, fpi_b = (statistics.median(x[i] for x in wal["b"]) for i in (0, 1))
+    rows.append(("WAL record bytes per call, new key, own transaction", "append_suspension", "raw_insert",
+                 rec_a, rec_b, rec_a / rec_b, "bytes"))
+    rows.append(("WAL full-page-image bytes per call (after a CHECKPOINT)", "append_suspension", "raw_insert",
+                 fpi_a, fpi_b, fpi_a / fpi_b if fpi_b else float("nan"), "bytes"))
     print(f"bytes per event (table+indexes): {per_event} vs raw {raw_per_event}; "
-          f"WAL per call: {wal_a:.0f} vs raw {wal_b:.0f}", flush=True)
+          f"WAL records per call: {rec_a:.0f} vs raw {rec_b:.0f}; FPI per call: {fpi_a:.0f} vs raw {fpi_b:.0f}",
+          flush=True)
 
     if opt.out:
         write_markdown(opt.out, rows, smoke, secs, rounds)
@@ -264,8 +305,18 @@ def write_markdown(path, rows, smoke, secs, rounds):
             lines.append(f"| {name} | {an} | {bn} | {a:,.1f} {unit} | {b:,.1f} {unit} | **{ratio:.2f}** |")
         else:
             lines.append(f"| {name} | {an} | | {a:,.0f} {unit} | | |")
+    # Only the generated part between the markers is replaced: the analysis
+    # written around it (profile, what remains and why) survives a re-run.
+    begin, end = "<!-- bench:begin (written by bench/bench.py) -->", "<!-- bench:end -->"
+    generated = "\n".join([begin] + lines[2:] + [end])
+    text = "\n".join(lines[:2] + [generated]) + "\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if begin in old and end in old:
+            text = old[:old.index(begin)] + generated + old[old.index(end) + len(end):]
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
     print(f"wrote {path}")
 
 

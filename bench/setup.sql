@@ -6,6 +6,13 @@ CREATE EXTENSION workflow_ext;
 CREATE TABLE raw_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 CREATE SEQUENCE raw_seq;
 
+-- The floor of a dense per-run seq: the same table again, and a run row
+-- bumped in the same statement as the insert (no validation, no trigger, no
+-- idempotent read-back). What any implementation of the guarantee pays.
+CREATE TABLE floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE floor_runs (run_id text PRIMARY KEY, last_seq bigint NOT NULL) WITH (fillfactor = 80);
+INSERT INTO floor_runs SELECT 'run-' || i, 2 FROM generate_series(1, 1000) i;
+
 -- Runs for the append workloads, and a run whose 1,000 steps exist already.
 SELECT count(*) FROM (SELECT workflow_ext.append_event('run-' || i, NULL, 'run_created'),
                              workflow_ext.append_event('run-' || i, NULL, 'run_started')
