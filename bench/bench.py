@@ -78,15 +78,27 @@ def side_by_side(a, b, clients, seconds, rounds, variables=None):
     return alternate([a, b], clients, seconds, rounds, variables)
 
 
-def a_new_key_script():
-    return ("\\set r random(1, 1000)\n\\set k random(1, 1000000000000)\n"
-            "SELECT * FROM workflow_ext.append_suspension_event('run-' || :r, 'wal_' || :k, 'step_created');\n")
+# The pgbench scripts. `prefix` keeps each workload's keys apart; `runs` and
+# `keys` are the ranges the run and the key are drawn from.
+CREATION_CONFLICT = ("ON CONFLICT (run_id, correlation_id, type) WHERE type IN "
+                     "('run_created','step_created','wait_created','hook_created') DO NOTHING")
+KEYS = 1000000000000
 
 
-def raw_new_key_script():
-    return ("\\set r random(1, 1000)\n\\set k random(1, 1000000000000)\n"
-            "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) "
-            "VALUES (workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), 'step_created', 'wal_' || :k);\n")
+def draw(runs, keys):
+    return f"\\set r random(1, {runs})\n\\set k random(1, {keys})\n"
+
+
+def suspension_script(prefix, runs=1000, keys=KEYS, function="workflow_ext.append_suspension_event"):
+    """One new-key (or, with few keys, mostly existing-key) creation call."""
+    return draw(runs, keys) + f"SELECT * FROM {function}('run-' || :r, '{prefix}_' || :k, 'step_created');\n"
+
+
+def raw_insert_sql(prefix, on_conflict=True):
+    """The raw limit: one INSERT into raw_events, a sequence for seq."""
+    return ("INSERT INTO raw_events (id, run_id, seq, type, correlation_id) "
+            f"VALUES (workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), 'step_created', '{prefix}_' || :k)"
+            + (f" {CREATION_CONFLICT}" if on_conflict else ""))
 
 
 def wal_per_call(script, calls):
@@ -167,25 +179,18 @@ def main():
     for clients in (1, 4):
         for runs, label in ((1000, "many runs"), (1, "one run")):
             v = {"runs": runs}
-            a = ("\\set r random(1, :runs)\n\\set k random(1, 1000000000000)\n"
-                 "SELECT * FROM workflow_ext.append_suspension_event('run-' || :r, 'step_' || :k, 'step_created');\n")
-            b = ("\\set r random(1, :runs)\n\\set k random(1, 1000000000000)\n"
-                 "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) "
-                 "VALUES (workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), 'step_created', 'step_' || :k) "
-                 "ON CONFLICT (run_id, correlation_id, type) WHERE type IN "
-                 "('run_created','step_created','wait_created','hook_created') DO NOTHING;\n")
+            a = suspension_script("step", runs=":runs")
+            b = draw(":runs", KEYS) + raw_insert_sql("step") + ";\n"
             if runs == 1:
                 ta, tb = side_by_side(a, b, clients, secs, rounds, v)
             else:
                 # The dense-seq floor in the same alternation: what bumping a
                 # run row in the insert's own statement costs, and no more.
-                f = ("\\set r random(1, :runs)\n\\set k random(1, 1000000000000)\n"
-                     "WITH u AS (UPDATE floor_runs SET last_seq = last_seq + 1 WHERE run_id = 'run-' || :r "
+                f = (draw(":runs", KEYS) + "WITH u AS (UPDATE floor_runs SET last_seq = last_seq + 1 WHERE run_id = 'run-' || :r "
                      "RETURNING last_seq) "
                      "INSERT INTO floor_events (id, run_id, seq, type, correlation_id) "
                      "SELECT workflow_ext.new_event_id(), 'run-' || :r, u.last_seq, 'step_created', 'step_' || :k "
-                     "FROM u ON CONFLICT (run_id, correlation_id, type) WHERE type IN "
-                     "('run_created','step_created','wait_created','hook_created') DO NOTHING;\n")
+                     f"FROM u {CREATION_CONFLICT};\n")
                 ta, tb, tf = alternate([a, b, f], clients, secs, rounds, v)
                 row(f"dense-seq floor, {clients} client(s), {label}", "floor", "raw_insert", tf, tb)
                 row(f"new key vs the floor, {clients} client(s), {label}", "append_suspension", "floor", ta, tf)
@@ -203,11 +208,11 @@ def main():
 
     # 3. A step lifecycle (created, started, completed) through append_event vs
     #    raw inserts of the same three events.
-    a = ("\\set r random(1, 1000)\n\\set k random(1, 1000000000000)\nBEGIN;\n"
+    a = (draw(1000, KEYS) + "BEGIN;\n"
          "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_created');\n"
          "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_started');\n"
          "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_completed');\nCOMMIT;\n")
-    b = ("\\set r random(1, 1000)\n\\set k random(1, 1000000000000)\nBEGIN;\n"
+    b = (draw(1000, KEYS) + "BEGIN;\n"
          + "".join(
              "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) VALUES "
              f"(workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), '{t}', 'life_' || :k);\n"
@@ -219,13 +224,8 @@ def main():
 
     # 4. The client-side way (what world-postgres does): INSERT … ON CONFLICT
     #    DO NOTHING, then read the winner back in a second round trip.
-    a = ("\\set r random(1, 1000)\n\\set k random(1, 2000)\n"
-         "SELECT * FROM workflow_ext.append_suspension_event('run-' || :r, 'cs_' || :k, 'step_created');\n")
-    b = ("\\set r random(1, 1000)\n\\set k random(1, 2000)\n"
-         "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) VALUES "
-         "(workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), 'step_created', 'cs_' || :k) "
-         "ON CONFLICT (run_id, correlation_id, type) WHERE type IN "
-         "('run_created','step_created','wait_created','hook_created') DO NOTHING RETURNING id;\n"
+    a = suspension_script("cs", keys=2000)
+    b = (draw(1000, 2000) + raw_insert_sql("cs") + " RETURNING id;\n"
          "SELECT id, seq FROM raw_events WHERE run_id = 'run-' || :r AND correlation_id = 'cs_' || :k "
          "AND type = 'step_created';\n")
     for clients in (1, 4):
@@ -233,10 +233,8 @@ def main():
         row(f"client-side insert+read vs one call, {clients} client(s)", "append_suspension", "client_side", ta, tb)
 
     # 5. PL/pgSQL with the same semantics (bench/plpgsql.sql, not installed).
-    a = ("\\set r random(1, 1000)\n\\set k random(1, 1000000000000)\n"
-         "SELECT * FROM workflow_ext.append_suspension_event('run-' || :r, 'pl_' || :k, 'step_created');\n")
-    b = ("\\set r random(1, 1000)\n\\set k random(1, 1000000000000)\n"
-         "SELECT * FROM plpgsql_append_suspension_event('run-' || :r, 'pl_' || :k, 'step_created');\n")
+    a = suspension_script("pl")
+    b = suspension_script("pl", function="plpgsql_append_suspension_event")
     for clients in (1, 4):
         ta, tb = side_by_side(a, b, clients, secs, rounds)
         row(f"new key vs PL/pgSQL version, {clients} client(s)", "append_suspension", "plpgsql", ta, tb)
@@ -271,8 +269,8 @@ def main():
     n = 200 if smoke else 5000
     wal = {"a": [], "b": []}
     for _ in range(rounds):
-        wal["a"].append(wal_per_call(a_new_key_script(), n))
-        wal["b"].append(wal_per_call(raw_new_key_script(), n))
+        wal["a"].append(wal_per_call(suspension_script("wal"), n))
+        wal["b"].append(wal_per_call(draw(1000, KEYS) + raw_insert_sql("wal", on_conflict=False) + ";\n", n))
     rec_a, fpi_a = (statistics.median(x[i] for x in wal["a"]) for i in (0, 1))
     rec_b, fpi_b = (statistics.median(x[i] for x in wal["b"]) for i in (0, 1))
     rows.append(("WAL record bytes per call, new key, own transaction", "append_suspension", "raw_insert",
