@@ -26,17 +26,28 @@ enum Outcome {
 }
 
 fn classify(e: &tokio_postgres::Error) -> Outcome {
-    let Some(db) = e.as_db_error() else { return Outcome::Other(e.to_string()) };
+    let Some(db) = e.as_db_error() else {
+        return Outcome::Other(e.to_string());
+    };
     let code = db.code();
-    if *code == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("workflow_events_entity_creation_unique") {
+    if *code == SqlState::UNIQUE_VIOLATION
+        && db.constraint() == Some("workflow_events_entity_creation_unique")
+    {
         Outcome::AlreadyExists
     } else if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE {
-        let anomaly = db.detail().and_then(|d| d.strip_prefix("anomaly: ")).and_then(|d| d.split(';').next());
+        let anomaly = db
+            .detail()
+            .and_then(|d| d.strip_prefix("anomaly: "))
+            .and_then(|d| d.split(';').next());
         Outcome::IllegalTransition(anomaly.unwrap_or("?").to_string())
     } else if *code == SqlState::FOREIGN_KEY_VIOLATION {
         Outcome::MissingRunOrEntity
-    } else if [SqlState::NULL_VALUE_NOT_ALLOWED, SqlState::INVALID_PARAMETER_VALUE, SqlState::STRING_DATA_RIGHT_TRUNCATION]
-        .contains(code)
+    } else if [
+        SqlState::NULL_VALUE_NOT_ALLOWED,
+        SqlState::INVALID_PARAMETER_VALUE,
+        SqlState::STRING_DATA_RIGHT_TRUNCATION,
+    ]
+    .contains(code)
     {
         Outcome::BadInput
     } else if *code == SqlState::T_R_SERIALIZATION_FAILURE {
@@ -50,9 +61,12 @@ async fn connect(db: &str) -> Client {
     let host = env::var("PGHOST").unwrap_or_else(|_| "/work/main/.pgcluster".into());
     let port = env::var("PGPORT").unwrap_or_else(|_| "54315".into());
     let user = env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
-    let (client, conn) = tokio_postgres::connect(&format!("host={host} port={port} user={user} dbname={db}"), NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host={host} port={port} user={user} dbname={db}"),
+        NoTls,
+    )
+    .await
+    .expect("connect");
     tokio::spawn(conn);
     client
 }
@@ -65,8 +79,15 @@ async fn main() {
     let check = env::args().any(|a| a == "--check");
     let db = format!("wfx_example_rust_{}", std::process::id());
     let admin = connect("postgres").await;
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
-    connect(&db).await.batch_execute("CREATE EXTENSION workflow_ext").await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    connect(&db)
+        .await
+        .batch_execute("CREATE EXTENSION workflow_ext")
+        .await
+        .unwrap();
 
     let mut failures = Vec::new();
     let mut fail = |what: String| failures.push(what);
@@ -80,8 +101,14 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let c = connect(&db).await;
             gate.wait().await;
-            let applied: bool = c.query_one("SELECT workflow_ext.bootstrap($1, $2)", &[&"example_app@v1", &APP_DDL])
-                .await.expect("bootstrap").get(0);
+            let applied: bool = c
+                .query_one(
+                    "SELECT workflow_ext.bootstrap($1, $2)",
+                    &[&"example_app@v1", &APP_DDL],
+                )
+                .await
+                .expect("bootstrap")
+                .get(0);
             (c, applied)
         }));
     }
@@ -93,12 +120,24 @@ async fn main() {
         clients.push(Arc::new(c));
     }
     println!("FIGURE: bootstrap: {WORKERS} connections at once, {applied} applied it");
-    if applied != 1 { fail(format!("bootstrap applied {applied} times")); }
+    if applied != 1 {
+        fail(format!("bootstrap applied {applied} times"));
+    }
 
     let run = "wrun_rust_example";
     let c0 = clients[0].clone();
-    c0.query_one("SELECT * FROM workflow_ext.append_suspension_event($1, NULL, 'run_created')", &[&run]).await.unwrap();
-    c0.query_one("SELECT * FROM workflow_ext.append_event($1, NULL, 'run_started')", &[&run]).await.unwrap();
+    c0.query_one(
+        "SELECT * FROM workflow_ext.append_suspension_event($1, NULL, 'run_created')",
+        &[&run],
+    )
+    .await
+    .unwrap();
+    c0.query_one(
+        "SELECT * FROM workflow_ext.append_event($1, NULL, 'run_started')",
+        &[&run],
+    )
+    .await
+    .unwrap();
 
     // The race of #2039: every worker creates every step, in its own order.
     // No retry loop: under READ COMMITTED a loser waits for the winner and
@@ -132,14 +171,22 @@ async fn main() {
             *winners.entry(step).or_default() += inserted as usize;
         }
     }
-    let rows: i64 = c0.query_one("SELECT count(*) FROM workflow_ext.events WHERE run_id = $1 AND type = 'step_created'",
-        &[&run]).await.unwrap().get(0);
+    let rows: i64 = c0
+        .query_one(
+            "SELECT count(*) FROM workflow_ext.events WHERE run_id = $1 AND type = 'step_created'",
+            &[&run],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let split = ids.values().filter(|s| s.len() != 1).count();
     let not_one_winner = winners.values().filter(|n| **n != 1).count();
     println!("FIGURE: suspension race: {WORKERS} connections, {calls} calls, {STEPS} keys, {} duplicates, \
               {split} keys whose callers saw different ids, {not_one_winner} keys without exactly one winner",
              rows - STEPS as i64);
-    if rows != STEPS as i64 || split != 0 || not_one_winner != 0 { fail("suspension race".into()); }
+    if rows != STEPS as i64 || split != 0 || not_one_winner != 0 {
+        fail("suspension race".into());
+    }
 
     // Step lifecycles through append_event, split across workers.
     let mut tasks = Vec::new();
@@ -149,21 +196,42 @@ async fn main() {
             for i in (w..STEPS).step_by(WORKERS) {
                 let step = format!("step_{i}");
                 for t in ["step_started", "step_completed"] {
-                    c.query_one("SELECT * FROM workflow_ext.append_event($1, $2, $3)", &[&run, &step, &t])
-                        .await.expect("lifecycle");
+                    c.query_one(
+                        "SELECT * FROM workflow_ext.append_event($1, $2, $3)",
+                        &[&run, &step, &t],
+                    )
+                    .await
+                    .expect("lifecycle");
                 }
             }
         }));
     }
-    for t in tasks { t.await.unwrap(); }
+    for t in tasks {
+        t.await.unwrap();
+    }
 
     // The error map, one example each.
     let cases: [(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)], Outcome); 4] = [
-        ("SELECT * FROM workflow_ext.append_event($1, 'step_0', 'step_created')", &[&run], Outcome::AlreadyExists),
-        ("SELECT * FROM workflow_ext.append_event($1, 'step_0', 'step_started')", &[&run],
-         Outcome::IllegalTransition("event_after_terminal".into())),
-        ("SELECT * FROM workflow_ext.append_event('no-such-run', 's', 'step_started')", &[], Outcome::MissingRunOrEntity),
-        ("SELECT * FROM workflow_ext.append_event($1, NULL, 'step_create')", &[&run], Outcome::BadInput),
+        (
+            "SELECT * FROM workflow_ext.append_event($1, 'step_0', 'step_created')",
+            &[&run],
+            Outcome::AlreadyExists,
+        ),
+        (
+            "SELECT * FROM workflow_ext.append_event($1, 'step_0', 'step_started')",
+            &[&run],
+            Outcome::IllegalTransition("event_after_terminal".into()),
+        ),
+        (
+            "SELECT * FROM workflow_ext.append_event('no-such-run', 's', 'step_started')",
+            &[],
+            Outcome::MissingRunOrEntity,
+        ),
+        (
+            "SELECT * FROM workflow_ext.append_event($1, NULL, 'step_create')",
+            &[&run],
+            Outcome::BadInput,
+        ),
     ];
     let mut mapped = 0;
     for (sql, params, want) in cases {
@@ -181,26 +249,48 @@ async fn main() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let item = format!("item_{}", w % ITEMS); // 16 deliveries of 5 items
-            c.query_one("SELECT workflow_ext.join_arrive($1, 'after_items', $2, $3)", &[&run, &item, &(ITEMS as i32)])
-                .await.expect("join_arrive").get::<_, bool>(0)
+            c.query_one(
+                "SELECT workflow_ext.join_arrive($1, 'after_items', $2, $3)",
+                &[&run, &item, &(ITEMS as i32)],
+            )
+            .await
+            .expect("join_arrive")
+            .get::<_, bool>(0)
         }));
     }
     let mut fires = 0;
-    for t in tasks { fires += t.await.unwrap() as usize; }
+    for t in tasks {
+        fires += t.await.unwrap() as usize;
+    }
     println!("FIGURE: fan-in: {WORKERS} deliveries of {ITEMS} items, successor dispatched {fires} time(s)");
-    if fires != 1 { fail(format!("fan-in fired {fires} times")); }
+    if fires != 1 {
+        fail(format!("fan-in fired {fires} times"));
+    }
 
     let (events, max_seq, anomalies): (i64, i64, i64) = {
-        let r = c0.query_one("SELECT count(*), max(seq), (SELECT count(*) FROM workflow_ext.replay($1)) \
-                              FROM workflow_ext.events WHERE run_id = $1", &[&run]).await.unwrap();
+        let r = c0
+            .query_one(
+                "SELECT count(*), max(seq), (SELECT count(*) FROM workflow_ext.replay($1)) \
+                              FROM workflow_ext.events WHERE run_id = $1",
+                &[&run],
+            )
+            .await
+            .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    println!("FIGURE: run log: {events} events, seqs 1..{max_seq}, {anomalies} anomalies on replay");
-    if events != max_seq || anomalies != 0 { fail("log not dense or not clean".into()); }
+    println!(
+        "FIGURE: run log: {events} events, seqs 1..{max_seq}, {anomalies} anomalies on replay"
+    );
+    if events != max_seq || anomalies != 0 {
+        fail("log not dense or not clean".into());
+    }
 
     drop(clients);
     drop(c0);
-    admin.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
     if !check {
         println!("Done: one creation per step, one successor, a clean log.");
     }
