@@ -3,19 +3,40 @@
 // workflow_ext: one creation per step, legal transitions, a dense seq, one
 // fan-in fire. `node worker.js` narrates one run; `node worker.js --check`
 // asserts every figure and exits 1 if any is off.
-// Connection: PGHOST / PGPORT / PGUSER (defaults: the project cluster).
+// Connection: PGHOST / PGPORT / PGUSER; any of them unset is taken from the
+// project cluster (`bash scripts/cluster.sh env` of this checkout).
 
 const crypto = require('node:crypto');
+const { execFileSync } = require('node:child_process');
+const path = require('node:path');
 const { Client } = require('pg');
 
 const CHECK = process.argv.includes('--check');
 const WORKERS = 16; // connections racing on one run
 const STEPS = 50;   // step correlation ids every worker tries to create
 const ITEMS = 12;   // members of the fan-in
+// Where the project cluster listens, as the checkout's scripts/cluster.sh env
+// says (asked once, only if a PG* variable is unset).
+let cluster = null;
+function setting(name) {
+  if (process.env[name]) return process.env[name];
+  if (!cluster) {
+    const script = path.join(__dirname, '..', '..', 'scripts', 'cluster.sh');
+    let out;
+    try {
+      out = execFileSync('bash', [script, 'env'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (err) {
+      console.error(`${name} is not set and ${script} env failed (${err.message.trim()}): set PGHOST, PGPORT, PGUSER`);
+      process.exit(1);
+    }
+    cluster = Object.fromEntries([...out.matchAll(/\b(PG[A-Z]+)=(\S+)/g)].map((m) => [m[1], m[2]]));
+  }
+  return cluster[name];
+}
 const conn = (database) => new Client({
-  host: process.env.PGHOST || '/work/main/.pgcluster',
-  port: Number(process.env.PGPORT || 54315),
-  user: process.env.PGUSER || 'postgres',
+  host: setting('PGHOST'),
+  port: Number(setting('PGPORT')),
+  user: setting('PGUSER'),
   database,
 });
 

@@ -3,7 +3,8 @@
 workflow_ext: one creation per step, legal transitions, a dense seq, one
 fan-in fire. `python3 worker.py` narrates one run; `python3 worker.py --check`
 asserts every figure and exits 1 if any is off.
-Connection: PGHOST / PGPORT / PGUSER (defaults: the project cluster).
+Connection: PGHOST / PGPORT / PGUSER; any of them unset is taken from the
+project cluster (`bash scripts/cluster.sh env` of this checkout).
 Needs only psycopg 3: pip install "psycopg[binary]==3.2.13"
 """
 
@@ -11,6 +12,8 @@ import os
 import random
 import re
 import secrets
+import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -31,11 +34,30 @@ SUSPEND = "SELECT event_id, seq, inserted FROM workflow_ext.append_suspension_ev
 APPEND = "SELECT event_id, seq FROM workflow_ext.append_event(%s, %s, %s, %s)"
 
 
+_cluster = {}
+
+
+def setting(name):
+    """PGHOST/PGPORT/PGUSER from the environment; when unset, where the
+    project cluster listens, as the checkout's scripts/cluster.sh env says
+    (asked once)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    if not _cluster:
+        here = os.path.dirname(os.path.abspath(__file__))
+        script = os.path.normpath(os.path.join(here, "..", "..", "scripts", "cluster.sh"))
+        try:
+            out = subprocess.run(["bash", script, "env"], capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError) as e:
+            sys.exit(f"{name} is not set and {script} env failed ({e}): set PGHOST, PGPORT, PGUSER")
+        _cluster.update(kv.split("=", 1) for kv in shlex.split(out) if "=" in kv)
+    return _cluster[name]
+
+
 def connect(dbname):
     # autocommit: every call is its own READ COMMITTED transaction.
-    return psycopg.connect(host=os.environ.get("PGHOST", "/work/main/.pgcluster"),
-                           port=int(os.environ.get("PGPORT", "54315")),
-                           user=os.environ.get("PGUSER", "postgres"), dbname=dbname, autocommit=True)
+    return psycopg.connect(host=setting("PGHOST"), port=int(setting("PGPORT")),
+                           user=setting("PGUSER"), dbname=dbname, autocommit=True)
 
 
 def classify(err):

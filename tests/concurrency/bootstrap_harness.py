@@ -1,7 +1,7 @@
 """Races for workflow_ext.bootstrap() and CREATE EXTENSION on fresh databases.
 
-Self-contained (used only by test_bootstrap_race.py and
-test_create_extension_race.py). A race opens n sessions, each on its own
+Self-contained but for the connection settings, which come from harness.py
+(used only by test_bootstrap_race.py and test_create_extension_race.py). A race opens n sessions, each on its own
 connection and thread; every session runs up to a gate, then all are released
 at the same instant *inside PostgreSQL*: the gate is an advisory lock held
 exclusively by a gate session, each racer blocks on a shared lock on it, and
@@ -11,13 +11,14 @@ even reaches the server).
 """
 
 import contextlib
-import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 import psycopg
+
+from harness import conninfo
 
 # Template with workflow_ext installed: a trial database is a cheap copy of it.
 TEMPLATE = "wfx_boot_template"
@@ -35,10 +36,7 @@ alter table graphile_worker.migrations add column if not exists breaking boolean
 
 def connect(dbname):
     return psycopg.connect(
-        host=os.environ.get("PGHOST", "/work/main/.pgcluster"),
-        port=int(os.environ.get("PGPORT", "54315")),
-        user=os.environ.get("PGUSER", "postgres"),
-        dbname=dbname,
+        **conninfo(dbname),
         autocommit=True,  # transactions are spelled out as BEGIN/COMMIT
         options=f"-c statement_timeout={HANG_GUARD_S}s",
     )

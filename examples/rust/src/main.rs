@@ -2,11 +2,14 @@
 //!
 //! `cargo run -- --check` races 16 connections on one run and asserts what
 //! the extension promises; without `--check` it narrates the same run.
-//! Connection: PGHOST / PGPORT / PGUSER (defaults: the project cluster).
+//! Connection: PGHOST / PGPORT / PGUSER; any of them unset is taken from the
+//! project cluster (`bash scripts/cluster.sh env` of this checkout).
 
 use std::collections::{HashMap, HashSet};
 use std::env;
-use std::sync::Arc;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Barrier;
 use tokio_postgres::{error::SqlState, Client, NoTls};
 
@@ -57,10 +60,51 @@ fn classify(e: &tokio_postgres::Error) -> Outcome {
     }
 }
 
+/// PGHOST / PGPORT / PGUSER from the environment; when unset, where the
+/// project cluster listens, as the checkout's `scripts/cluster.sh env` says
+/// (asked once). The checkout is found from this crate's manifest directory.
+fn setting(name: &str) -> String {
+    static CLUSTER: OnceLock<HashMap<String, String>> = OnceLock::new();
+    if let Ok(v) = env::var(name) {
+        if !v.is_empty() {
+            return v;
+        }
+    }
+    let cluster = CLUSTER.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh");
+        let out = Command::new("bash").arg(&script).arg("env").output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!(
+                    "{name} is not set and {} env failed ({why}): set PGHOST, PGPORT, PGUSER",
+                    script.display()
+                );
+                std::process::exit(1);
+            }
+        }
+    });
+    match cluster.get(name) {
+        Some(v) => v.clone(),
+        None => {
+            eprintln!("{name} is not set and scripts/cluster.sh env does not print it");
+            std::process::exit(1);
+        }
+    }
+}
+
 async fn connect(db: &str) -> Client {
-    let host = env::var("PGHOST").unwrap_or_else(|_| "/work/main/.pgcluster".into());
-    let port = env::var("PGPORT").unwrap_or_else(|_| "54315".into());
-    let user = env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    let host = setting("PGHOST");
+    let port = setting("PGPORT");
+    let user = setting("PGUSER");
     let (client, conn) = tokio_postgres::connect(
         &format!("host={host} port={port} user={user} dbname={db}"),
         NoTls,
