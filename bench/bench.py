@@ -22,9 +22,11 @@ import sys
 import tempfile
 import time
 
-BIN = "/usr/lib/postgresql/15/bin"
 DB = "wfx_bench"
 HERE = os.path.dirname(os.path.abspath(__file__))
+# psql and pgbench of the PostgreSQL under test: scripts/pg.sh names it (PG=…).
+BIN = subprocess.run(["bash", os.path.join(HERE, "..", "scripts", "pg.sh"), "get", "PG_BIN"],
+                     capture_output=True, text=True, check=True).stdout.strip()
 
 
 def psql(sql, db=DB, quiet=True):

@@ -6,17 +6,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
+. scripts/pg.sh   # PG_CONFIG
 bash scripts/setup.sh
 if [ -n "${WFX_BENCH_SMOKE:-}" ]; then
   bash scripts/cluster.sh stop >/dev/null   # never replace the .so under a live cluster
-  cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+  cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
   bash scripts/cluster.sh start
   eval "$(bash scripts/cluster.sh env)"; export PGHOST PGPORT PGUSER
   exec python3 bench/bench.py --smoke
 fi
 bash scripts/cluster.sh stop >/dev/null
 WFX_PORT=54316 WFX_PGDATA="$ROOT/.pgbench-cluster" bash scripts/cluster.sh stop >/dev/null
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
 export WFX_PORT=54316 WFX_PGDATA="$ROOT/.pgbench-cluster"
 bash scripts/cluster.sh start
 eval "$(bash scripts/cluster.sh env)"; export PGHOST PGPORT PGUSER

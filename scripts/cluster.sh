@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# A project-local PostgreSQL 15 cluster, owned and run by the `postgres` OS
-# user (initdb and postgres refuse root).
+# A project-local PostgreSQL cluster (the major of scripts/pg.sh, 15 by
+# default), owned and run by the `postgres` OS user (initdb and postgres
+# refuse root).
 #   scripts/cluster.sh start|stop|restart|status|psql [args]|env
+# `env` is the one source of truth for where the cluster listens (socket
+# directory and port): the test suites, benchmarks and examples ask it.
 # Settings: WFX_PORT (default 54315), WFX_PGDATA (default <repo>/.pgcluster;
 # falls back to /tmp when postgres cannot reach the repo, e.g. under /root).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN=/usr/lib/postgresql/15/bin
+. "$ROOT/scripts/pg.sh"   # PG_BIN
+BIN="$PG_BIN"
 PORT="${WFX_PORT:-54315}"
 DIR="${WFX_PGDATA:-$ROOT/.pgcluster}"
 

@@ -6,7 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 eval "$(bash "$ROOT/scripts/cluster.sh" env)"
 export PGHOST PGPORT PGUSER
-BIN=/usr/lib/postgresql/15/bin
+. "$ROOT/scripts/pg.sh"   # PG_BIN
+BIN="$PG_BIN"
 DB=workflow_demo
 CLIENTS=${DEMO_CLIENTS:-16}
 CALLS=${DEMO_CALLS:-200}

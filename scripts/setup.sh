@@ -6,15 +6,23 @@
 #     in postgresql-server-dev-15's pgxs tree.
 #   - cargo-pgrx 0.18.1, initialised against the system PostgreSQL 15 so it
 #     never tries to download PostgreSQL sources (no internet here).
+# Which PostgreSQL: scripts/pg.sh (PG=15 default).
 set -euo pipefail
+. "$(dirname "$0")/pg.sh"
 
 PGRX_VERSION=0.18.1
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+pg_pkgs=()
+if [ "$PG_PACKAGED" = debian ]; then
+  pg_pkgs=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" postgresql-contrib)
+elif [ ! -x "$PG_CONFIG" ]; then
+  echo "setup: PostgreSQL $PG_MAJOR is expected at $PG_BIN (see scripts/pg.sh); it is not there" >&2
+  exit 1
+fi
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config; do
+for p in "${pg_pkgs[@]}" libclang-dev clang sudo pkg-config; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -26,7 +34,7 @@ fi
 # The Debian package starts a cluster on 5432; we never use it, and stopping it
 # frees memory on a 2-core machine. Ignore failure (no systemd in containers).
 if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q online; then
-  $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
+  $SUDO pg_ctlcluster "$PG_MAJOR" main stop 2>/dev/null || true
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -35,9 +43,9 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then
-  echo "setup: cargo pgrx init against the system PostgreSQL 15"
-  cargo pgrx init --pg15 "$PG_CONFIG"
+if ! grep -qs "pg$PG_MAJOR" "$HOME/.pgrx/config.toml"; then
+  echo "setup: cargo pgrx init against PostgreSQL $PG_MAJOR ($PG_CONFIG)"
+  cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
 fi
 
 # Client libraries used by the tests and examples, from their registries.
