@@ -1,26 +1,39 @@
 # workflow_ext: the two commands are `make demo` (the main job) and `make test`.
-.PHONY: setup install demo test test-pgrx test-regress test-concurrency psql stop clean bench bench-smoke
+.PHONY: setup install demo test lint test-pgrx test-regress test-docs test-concurrency \
+        test-clients test-faults psql stop clean bench bench-smoke
+
+# The PostgreSQL to build against: scripts/pg.sh is the one place that names
+# it (PG=16 make … picks another major). Expanded only where it is used.
+PG_CONFIG = $(shell bash scripts/pg.sh get PG_CONFIG)
 
 setup:            ## install PostgreSQL 15, libclang, cargo-pgrx 0.18.1, test clients
 	bash scripts/setup.sh
 
-install: setup    ## build and install the extension into the system PostgreSQL 15
+install: setup    ## build (release: the build that was benchmarked) and install the extension
 	bash scripts/cluster.sh stop   # never replace the .so under a live cluster
-	cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config
+	cargo pgrx install --release --pg-config "$(PG_CONFIG)"
 
 demo: install     ## start the local cluster and race workers on one run
 	bash scripts/cluster.sh start
 	bash scripts/demo.sh
 
-test:             ## every suite: cargo pgrx test, pg_regress, concurrency
+test:             ## every suite: lint, cargo pgrx test, pg_regress, README SQL, concurrency, clients, faults, bench smoke
 	bash scripts/test.sh
 
+lint:             ## cargo fmt --check, cargo clippy -D warnings
+	WFX_SUITES=lint bash scripts/test.sh
 test-pgrx:
 	WFX_SUITES=pgrx bash scripts/test.sh
 test-regress:
 	WFX_SUITES=regress bash scripts/test.sh
+test-docs:        ## every ```sql block of README.md, its claimed results checked
+	WFX_SUITES=docs bash scripts/test.sh
 test-concurrency:
 	WFX_SUITES=concurrency bash scripts/test.sh
+test-clients:     ## examples/{node,python,rust} --check
+	WFX_SUITES=clients bash scripts/test.sh
+test-faults:      ## kills, crashes, timeouts, bad input (own cluster, port 54317)
+	WFX_SUITES=faults bash scripts/test.sh
 
 psql:             ## a psql session on the local cluster
 	bash scripts/cluster.sh psql

@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`): every suite, against real
-# PostgreSQL 15. Safe to run again; does its own set-up.
-#   1. unit + #[pg_test] tests:   cargo pgrx test pg15 (as the postgres user)
-#   2. pg_regress suite:          tests/pg_regress (SQL surface, errors, matrix)
-#   3. concurrency suite:         tests/concurrency (≥16 real sessions, pytest)
-#   4. client examples:           examples/{node,python,rust} --check (16 connections each)
-#   5. fault suite:               tests/faults (killed sessions, crashed server,
+# PostgreSQL 15 (another major: PG=…, see scripts/pg.sh). Safe to run again;
+# does its own set-up.
+#   1. lint:                      cargo fmt --check (crate and examples/rust),
+#                                 cargo clippy -D warnings over every target
+#   2. unit + #[pg_test] tests:   cargo pgrx test pg15 (as the postgres user)
+#   3. pg_regress suite:          tests/pg_regress (SQL surface, errors, matrix)
+#   4. README's SQL:              tests/docs (every ```sql block of README.md
+#                                 run, its claimed results and errors checked)
+#   5. concurrency suite:         tests/concurrency (≥16 real sessions, pytest)
+#   6. client examples:           examples/{node,python,rust} --check (16 connections each)
+#   7. fault suite:               tests/faults (killed sessions, crashed server,
 #                                 timeouts; on a cluster of its own, port 54317)
-#   6. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
-# Pick suites with WFX_SUITES="pgrx regress concurrency clients faults bench" (default: all).
+#   8. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
+# Pick suites with WFX_SUITES="lint pgrx regress docs concurrency clients faults bench"
+# (default: all, in that order).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"      # pgrx-tests needs $USER
-SUITES="${WFX_SUITES:-pgrx regress concurrency clients faults bench}"
-PGXS=/usr/lib/postgresql/15/lib/pgxs
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+SUITES="${WFX_SUITES:-lint pgrx regress docs concurrency clients faults bench}"
+. scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
 failed=0; passed=0
 
+# Every suite but lint installs a build into $PG_CONFIG's tree (cargo pgrx
+# test installs its own): those, and only those, touch the clusters.
+touches_pg=""
+for s in $SUITES; do [ "$s" = lint ] || touches_pg=1; done
+
 bash scripts/setup.sh
-# Installing a new .so under a running cluster can crash its backends
-# (SIGBUS on the replaced mapping): stop the project cluster first.
-bash scripts/cluster.sh stop >/dev/null
-WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
+if [ -n "$touches_pg" ]; then
+  # Installing a new .so under a running cluster can crash its backends
+  # (SIGBUS on the replaced mapping): stop the project cluster first.
+  bash scripts/cluster.sh stop >/dev/null
+  WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
+fi
 
 run_suite() {  # name, command...
   local name="$1"; shift
@@ -32,15 +44,29 @@ run_suite() {  # name, command...
   else failed=$((failed + 1)); echo "==> $name: FAILED"; fi
 }
 
+lint() {
+  # #[pg_test] modules are cfg(any(test, feature = "pg_test")): the pg_test
+  # feature compiles them into the lib; the cfg(test)-only unit tests
+  # (lifecycle, validate, audit, event_id) need the test target, hence
+  # --all-targets. --no-default-features: the pgNN feature is PG_MAJOR's.
+  local ok=0
+  echo "-- cargo fmt --check";          cargo fmt --check || ok=1
+  echo "-- cargo fmt --check (examples/rust)"
+  cargo fmt --check --manifest-path examples/rust/Cargo.toml || ok=1
+  echo "-- cargo clippy -D warnings"
+  cargo clippy --no-deps --all-targets --no-default-features --features "pg$PG_MAJOR pg_test" -- -D warnings || ok=1
+  return $ok
+}
+
 pgrx_tests() {
   # initdb refuses root: pgrx runs its temporary cluster as `postgres`, in a
   # directory that user can reach, removed first (pgrx issue #1671).
   local pgdata=/tmp/workflow_ext_pgrx_test
   rm -rf "$pgdata"
   if [ "$(id -u)" -eq 0 ]; then
-    cargo pgrx test pg15 --runas postgres --pgdata "$pgdata"
+    cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
   else
-    cargo pgrx test pg15
+    cargo pgrx test "pg$PG_MAJOR"
   fi
 }
 
@@ -48,6 +74,14 @@ installed=""
 install_extension() {
   # `cargo pgrx test` installed its own (pg_test) build; put the real one
   # back, with the cluster stopped (see above).
+  # A debug build, where `make install` and `make bench` build release. The
+  # release profile (lto = "fat", codegen-units = 1) re-optimises the whole
+  # crate graph, pgrx included, as one unit on one core after every source
+  # change: many minutes per edit-and-test cycle on 2 cores, where debug is
+  # incremental. The suites check behaviour, not speed; both profiles set
+  # panic = "unwind", and debug adds overflow checks and debug assertions.
+  # After `make test` the installed build is this debug one: `make install`
+  # puts the release build back.
   [ -n "$installed" ] && return 0
   bash scripts/cluster.sh stop >/dev/null
   cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
@@ -59,11 +93,17 @@ regress() {
   local out="$ROOT/target/regress"
   rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
   eval "$(bash scripts/cluster.sh env)"
-  "$PGXS/src/test/regress/pg_regress" \
-    --bindir=/usr/lib/postgresql/15/bin --host="$PGHOST" --port="$PGPORT" --user=postgres \
+  "$PG_PGXS/src/test/regress/pg_regress" \
+    --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
     --inputdir="$ROOT/tests/pg_regress" --outputdir="$out" --dbname=wfx_regress \
     --schedule="$ROOT/tests/pg_regress/schedule" \
     || { cat "$out/regression.diffs" 2>/dev/null | head -200; return 1; }
+}
+
+docs() {
+  eval "$(bash scripts/cluster.sh env)"
+  export PGHOST PGPORT PGUSER
+  python3 -m pytest -q -s -p no:cacheprovider tests/docs
 }
 
 concurrency() {
@@ -94,8 +134,10 @@ bench_smoke() {
 
 for s in $SUITES; do
   case "$s" in
+    lint) run_suite "lint (cargo fmt, cargo clippy)" lint ;;
     pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
     regress) install_extension; run_suite "pg_regress" regress ;;
+    docs) install_extension; run_suite "README SQL (pytest)" docs ;;
     concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
     clients) install_extension; run_suite "client examples" clients ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
@@ -104,7 +146,7 @@ for s in $SUITES; do
   esac
 done
 # Leave the machine as we found it (the demo cluster is `make demo`'s).
-bash scripts/cluster.sh stop >/dev/null
+[ -z "$touches_pg" ] || bash scripts/cluster.sh stop >/dev/null
 echo
 echo "suites: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
