@@ -94,6 +94,19 @@ CREATE FUNCTION workflow_ext.bootstrap(name text, ddl text) RETURNS boolean
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'bootstrap_wrapper';
 
+-- The same ledger and lock around any migrator (src/bootstrap.rs). SECURITY
+-- INVOKER: they run no caller-supplied SQL; the ledger row is written as its
+-- owner (as in bootstrap). Everything is qualified, like bootstrap. Not
+-- STRICT: NULL arguments get a named error.
+CREATE FUNCTION workflow_ext.bootstrap_begin(name text, timeout interval DEFAULT NULL, checksum text DEFAULT NULL)
+RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'bootstrap_begin_wrapper';
+
+CREATE FUNCTION workflow_ext.bootstrap_end(name text) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'bootstrap_end_wrapper';
+
 -- Replay audit ------------------------------------------------------------------
 
 -- SECURITY INVOKER: reading a source needs the caller's own SELECT right, so

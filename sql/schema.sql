@@ -81,11 +81,11 @@ SELECT pg_catalog.pg_extension_config_dump('workflow_ext.joins', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.join_members', '');
 
 -- The bootstrap ledger: one row per applied bootstrap name. Readable by all,
--- written only by workflow_ext.bootstrap().
+-- written only by workflow_ext.bootstrap() and bootstrap_end().
 CREATE TABLE workflow_ext.bootstraps (
     name       text        PRIMARY KEY,
-    checksum   text        NOT NULL,   -- sha256 of the DDL, hex
-    ddl        text        NOT NULL,
+    checksum   text,                   -- sha256 of the DDL (hex), or the one given to bootstrap_begin
+    ddl        text,                   -- the DDL text; NULL for a migrator run by bootstrap_begin/end
     applied_at timestamptz NOT NULL DEFAULT now(),
     applied_by text        NOT NULL    -- session_user of the applying call
 );

@@ -7,7 +7,7 @@
 //! Memory grows with the number of entities of the run (each is remembered
 //! to catch late events after its terminal), never with the number of events.
 
-use crate::lifecycle::{self, CorrelationRule, EntityKind, EventType, State, Violation};
+use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::validate;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -23,7 +23,11 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -63,11 +67,35 @@ pub struct Auditor {
     last_seq: Option<i64>,
 }
 
-fn slot(kind: EntityKind) -> usize {
-    match kind {
-        EntityKind::Step => 0,
-        EntityKind::Wait => 1,
-        _ => 2,
+/// A stored event's seq, as the source has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seq {
+    /// The source has no seq column (the DevKit's own table).
+    NotStored,
+    /// The source has one, and this row's is NULL.
+    Null,
+    Value(i64),
+}
+
+/// One stored event, as read from the source.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredEvent<'a> {
+    /// 1-based position of the event in replay order.
+    pub position: i64,
+    pub seq: Seq,
+    pub id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub type_name: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+}
+
+impl StoredEvent<'_> {
+    /// Where a finding is reported: the stored seq, else the position.
+    pub fn at(&self) -> i64 {
+        match self.seq {
+            Seq::Value(s) => s,
+            Seq::NotStored | Seq::Null => self.position,
+        }
     }
 }
 
@@ -76,79 +104,87 @@ impl Auditor {
         Self::default()
     }
 
-    /// Judges the next event. `position` is the event's seq (or its 1-based
-    /// position when the source has no seq); `seq` is the stored seq, if the
-    /// source has one. Returns the findings for this event (usually none).
-    pub fn feed(
-        &mut self,
-        position: i64,
-        seq: Option<i64>,
-        type_name: &str,
-        correlation_id: Option<&str>,
-    ) -> Vec<Finding> {
-        self.events += 1;
+    /// Judges the next stored event of the run and returns the findings for
+    /// it (usually none).
+    pub fn feed(&mut self, e: &StoredEvent<'_>) -> Vec<Finding> {
+        self.events = self.events.saturating_add(1);
         let mut found = Vec::new();
-        if let Some(seq) = seq {
-            self.check_seq(seq, &mut found);
+        if let Some(f) = self.check_seq(e.seq) {
+            found.push(f);
         }
-        if let Some(f) = self.check_event(position, type_name, correlation_id) {
+        if let Some(f) = self.check_event(e) {
             found.push(f);
         }
         found
     }
 
-    fn check_seq(&mut self, seq: i64, found: &mut Vec<Finding>) {
-        let expected = self.last_seq.map_or(1, |s| s + 1);
-        if Some(seq) == self.last_seq {
-            found.push(Finding {
+    /// The writer numbers every event of a run 1, 2, 3, … in commit order.
+    /// A NULL or non-positive seq is no seq the writer could have stored; it
+    /// is reported and does not move the expected next seq. Arithmetic is
+    /// checked: after i64::MAX nothing but a duplicate can follow.
+    fn check_seq(&mut self, seq: Seq) -> Option<Finding> {
+        let seq = match seq {
+            Seq::NotStored => return None,
+            Seq::Null => {
+                return Some(Finding {
+                    anomaly: INVALID_EVENT,
+                    detail: "seq is null; every stored event has a seq".into(),
+                })
+            }
+            Seq::Value(s) if s < 1 => {
+                return Some(Finding {
+                    anomaly: INVALID_EVENT,
+                    detail: format!("seq {s} is not positive; a run's seqs start at 1"),
+                })
+            }
+            Seq::Value(s) => s,
+        };
+        let last = self.last_seq;
+        self.last_seq = Some(last.map_or(seq, |l| l.max(seq)));
+        if last == Some(seq) {
+            return Some(Finding {
                 anomaly: SEQ_DUPLICATE,
                 detail: format!("seq {seq} is used by more than one event of this run"),
             });
-        } else if seq > expected {
-            found.push(Finding {
+        }
+        match last.map_or(Some(1), |l| l.checked_add(1)) {
+            Some(expected) if seq > expected => Some(Finding {
                 anomaly: SEQ_GAP,
                 detail: format!(
                     "seq jumps from {} to {seq}: {} position(s) missing before this event",
                     expected - 1,
                     seq - expected
                 ),
-            });
+            }),
+            _ => None,
         }
-        self.last_seq = Some(self.last_seq.map_or(seq, |s| s.max(seq)));
     }
 
-    fn check_event(&mut self, position: i64, type_name: &str, corr: Option<&str>) -> Option<Finding> {
-        let Some(event) = EventType::parse(type_name) else {
-            return Some(Finding {
-                anomaly: INVALID_EVENT,
-                detail: format!("\"{type_name}\" is not a workflow event type; no consumer will accept it"),
-            });
+    fn check_event(&mut self, e: &StoredEvent<'_>) -> Option<Finding> {
+        // The writer's own argument rules (src/validate.rs), so the audit
+        // reports exactly the rows the writer would have refused.
+        let checked = validate::address(e.run_id, e.correlation_id, e.type_name)
+            .and_then(|addr| validate::optional_ident("id", e.id).map(|_| addr));
+        let addr = match checked {
+            Ok(addr) => addr,
+            Err(err) => {
+                return Some(Finding {
+                    anomaly: INVALID_EVENT,
+                    detail: err.message(),
+                })
+            }
         };
-        match (event.correlation_rule(), corr) {
-            (CorrelationRule::Required, None) => {
-                return Some(Finding {
-                    anomaly: INVALID_EVENT,
-                    detail: format!("{event} has no correlation id, so it belongs to no {}", event.kind()),
-                })
-            }
-            (CorrelationRule::Forbidden, Some(c)) => {
-                return Some(Finding {
-                    anomaly: INVALID_EVENT,
-                    detail: format!("{event} is a run-level event but carries correlation id \"{c}\""),
-                })
-            }
-            _ => {}
-        }
-        // The writer's argument rules (empty or over-long ids) apply too.
-        if let Err(e) = validate::optional_ident("correlation_id", corr) {
-            return Some(Finding { anomaly: INVALID_EVENT, detail: e.message() });
-        }
+        let (position, event, corr) = (e.position, addr.event, addr.correlation_id);
 
         let run_state = self.run.map(|r| r.state);
         if event == EventType::RunCreated && self.run.is_none() && self.events > 1 {
             // Events before it were reported as missing_run_created; accept
             // it as the run's creation so what follows is judged normally.
-            self.run = Some(Entity { state: State::RunPending, since: position, created: position });
+            self.run = Some(Entity {
+                state: State::RunPending,
+                since: position,
+                created: position,
+            });
             return Some(Finding {
                 anomaly: RUN_CREATED_NOT_FIRST,
                 detail: format!(
@@ -160,11 +196,16 @@ impl Auditor {
 
         let entity = match (event.kind(), corr) {
             (EntityKind::Run, _) | (_, None) => None,
-            (kind, Some(c)) => self.entities.get(c).and_then(|slots| slots[slot(kind)]),
+            (kind, Some(c)) => kind
+                .index()
+                .and_then(|i| self.entities.get(c).and_then(|slots| slots[i])),
         };
 
         if let Err(v) = lifecycle::check(run_state, entity.map(|e| e.state), event) {
-            return Some(Finding { anomaly: v.code(), detail: self.explain(v, event, corr, entity) });
+            return Some(Finding {
+                anomaly: v.code(),
+                detail: self.explain(v, event, corr, entity),
+            });
         }
 
         // Accepted: advance exactly as the writer would have.
@@ -173,20 +214,35 @@ impl Auditor {
             if after != run_state {
                 if let Some(state) = after {
                     let created = self.run.map_or(position, |r| r.created);
-                    self.run = Some(Entity { state, since: position, created });
+                    self.run = Some(Entity {
+                        state,
+                        since: position,
+                        created,
+                    });
                 }
             }
-        } else if let (Some(c), Some(state)) = (corr, lifecycle::entity_state_after(event)) {
-            let i = slot(event.kind());
+        } else if let (Some(c), Some(state), Some(i)) = (
+            corr,
+            lifecycle::entity_state_after(event),
+            event.kind().index(),
+        ) {
             // Look up by &str first: allocate the key only for a new entity.
             match self.entities.get_mut(c) {
                 Some(slots) => {
                     let created = slots[i].map_or(position, |e| e.created);
-                    slots[i] = Some(Entity { state, since: position, created });
+                    slots[i] = Some(Entity {
+                        state,
+                        since: position,
+                        created,
+                    });
                 }
                 None => {
                     let mut slots = [None; 3];
-                    slots[i] = Some(Entity { state, since: position, created: position });
+                    slots[i] = Some(Entity {
+                        state,
+                        since: position,
+                        created: position,
+                    });
                     self.entities.insert(c.to_string(), slots);
                 }
             }
@@ -195,7 +251,13 @@ impl Auditor {
     }
 
     /// A sentence a person can act on.
-    fn explain(&self, v: Violation, event: EventType, corr: Option<&str>, entity: Option<Entity>) -> String {
+    fn explain(
+        &self,
+        v: Violation,
+        event: EventType,
+        corr: Option<&str>,
+        entity: Option<Entity>,
+    ) -> String {
         let what = match corr {
             Some(c) if event.kind() != EntityKind::Run => format!("{} \"{c}\"", event.kind()),
             _ => "the run".to_string(),
@@ -212,7 +274,10 @@ impl Auditor {
                 )
             }
             Violation::MissingCreation => {
-                format!("{event} for {what}, which was never created (no {}_created before it)", event.kind())
+                format!(
+                    "{event} for {what}, which was never created (no {}_created before it)",
+                    event.kind()
+                )
             }
             Violation::EventAfterTerminal { state } => {
                 let at = match event.kind() {
@@ -234,13 +299,145 @@ impl Auditor {
 
     /// Distinct entities remembered: the auditor's memory, for the tests.
     pub fn entities_remembered(&self) -> usize {
-        self.entities.values().map(|s| s.iter().flatten().count()).sum()
+        self.entities
+            .values()
+            .map(|s| s.iter().flatten().count())
+            .sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::CorrelationRule;
+
+    impl Auditor {
+        /// `feed` for a well-formed row of run "r"; `seq` None: no seq column.
+        fn feed_at(
+            &mut self,
+            position: i64,
+            seq: Option<i64>,
+            t: &str,
+            c: Option<&str>,
+        ) -> Vec<Finding> {
+            self.feed(&StoredEvent {
+                position,
+                seq: seq.map_or(Seq::NotStored, Seq::Value),
+                id: Some("wevt_x"),
+                run_id: Some("r"),
+                type_name: Some(t),
+                correlation_id: c,
+            })
+        }
+    }
+
+    /// Feeds rows of one run with explicit seqs (None = NULL) and returns
+    /// (at, anomaly) pairs.
+    fn audit_seqs(seqs: &[Option<i64>]) -> Vec<(i64, &'static str)> {
+        let mut a = Auditor::new();
+        let mut out = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            let t = if i == 0 { "run_created" } else { "attr_set" };
+            let e = StoredEvent {
+                position: i as i64 + 1,
+                seq: s.map_or(Seq::Null, Seq::Value),
+                id: Some("wevt_x"),
+                run_id: Some("r"),
+                type_name: Some(t),
+                correlation_id: None,
+            };
+            out.extend(a.feed(&e).into_iter().map(|f| (e.at(), f.anomaly)));
+        }
+        out
+    }
+
+    /// Extreme and odd seqs are findings, never an overflow.
+    #[test]
+    fn extreme_seqs_are_reported_without_overflow() {
+        let max = i64::MAX;
+        let min = i64::MIN;
+        #[rustfmt::skip]
+        type Case = (Vec<Option<i64>>, Vec<(i64, &'static str)>);
+        let cases: Vec<Case> = vec![
+            (vec![Some(1), Some(2), Some(3)], vec![]),
+            (
+                vec![Some(max), Some(max)],
+                vec![(max, SEQ_GAP), (max, SEQ_DUPLICATE)],
+            ),
+            (vec![Some(min), Some(1)], vec![(min, INVALID_EVENT)]),
+            (vec![Some(0), Some(1), Some(2)], vec![(0, INVALID_EVENT)]),
+            (vec![Some(1), Some(max)], vec![(max, SEQ_GAP)]),
+            (
+                vec![Some(1), Some(max), Some(max)],
+                vec![(max, SEQ_GAP), (max, SEQ_DUPLICATE)],
+            ),
+            (vec![Some(1), None, Some(2)], vec![(2, INVALID_EVENT)]),
+            (
+                vec![None, None],
+                vec![(1, INVALID_EVENT), (2, INVALID_EVENT)],
+            ),
+        ];
+        for (seqs, want) in cases {
+            assert_eq!(audit_seqs(&seqs), want, "{seqs:?}");
+        }
+    }
+
+    /// The audit applies the writer's argument rules to every stored column.
+    #[test]
+    fn rows_the_writer_refuses_are_invalid_events() {
+        let long = "x".repeat(crate::errors::MAX_IDENT_BYTES + 1);
+        #[rustfmt::skip]
+        let cases: Vec<(Option<&str>, Option<&str>, &str)> = vec![
+            (Some("r"), Some("wevt_1"), "ok"),
+            (Some("r"), None, "ok"),                       // the writer assigns a NULL id
+            (Some("r"), Some(""), INVALID_EVENT),
+            (Some("r"), Some(&long), INVALID_EVENT),
+            (Some(""), Some("wevt_1"), INVALID_EVENT),
+            (Some(&long), Some("wevt_1"), INVALID_EVENT),
+            (None, Some("wevt_1"), INVALID_EVENT),
+        ];
+        for (run, id, want) in cases {
+            let mut a = Auditor::new();
+            let e = StoredEvent {
+                position: 1,
+                seq: Seq::NotStored,
+                id,
+                run_id: run,
+                type_name: Some("run_created"),
+                correlation_id: None,
+            };
+            let got = a.feed(&e).first().map_or("ok", |f| f.anomaly);
+            assert_eq!(got, want, "run {run:?} id {id:?}");
+        }
+    }
+
+    /// An event for a hook that ended (disposed, or born in conflict) is an
+    /// event after its terminal, whichever type it is.
+    #[test]
+    fn ended_hooks_report_event_after_terminal() {
+        for (end, then) in [
+            ("hook_disposed", "hook_conflict"),
+            ("hook_disposed", "hook_received"),
+            ("hook_conflict", "hook_created"),
+            ("hook_conflict", "hook_conflict"),
+            ("hook_conflict", "hook_disposed"),
+        ] {
+            let mut a = Auditor::new();
+            let mut log = vec![("run_created", None), ("run_started", None)];
+            if end == "hook_disposed" {
+                log.push(("hook_created", Some("h")));
+            }
+            log.push((end, Some("h")));
+            for (i, (t, c)) in log.iter().enumerate() {
+                assert!(a.feed_at(i as i64 + 1, None, t, *c).is_empty(), "{t}");
+            }
+            let got = a.feed_at(9, None, then, Some("h"));
+            assert_eq!(
+                got[0].anomaly, "event_after_terminal",
+                "{then} after {end}: {got:?}"
+            );
+        }
+    }
 
     /// A tiny deterministic generator, so failures reproduce by seed.
     struct Rng(u64);
@@ -266,7 +463,7 @@ mod tests {
     fn valid_history(rng: &mut Rng, len: usize) -> Vec<Event> {
         let mut model = Auditor::new();
         let mut log = vec![(EventType::RunCreated, None)];
-        assert!(model.feed(1, Some(1), "run_created", None).is_empty());
+        assert!(model.feed_at(1, Some(1), "run_created", None).is_empty());
         while log.len() < len {
             let pos = log.len() as i64 + 1;
             let mut legal = Vec::new();
@@ -277,7 +474,7 @@ mod tests {
                 };
                 for c in corrs {
                     let mut probe = model.clone();
-                    if probe.feed(pos, Some(pos), t.as_str(), c).is_empty() {
+                    if probe.feed_at(pos, Some(pos), t.as_str(), c).is_empty() {
                         legal.push((t, c.map(str::to_string)));
                     }
                 }
@@ -286,7 +483,9 @@ mod tests {
                 break;
             }
             let (t, c) = legal.swap_remove(rng.below(legal.len()));
-            assert!(model.feed(pos, Some(pos), t.as_str(), c.as_deref()).is_empty());
+            assert!(model
+                .feed_at(pos, Some(pos), t.as_str(), c.as_deref())
+                .is_empty());
             log.push((t, c));
         }
         log
@@ -298,7 +497,7 @@ mod tests {
         for (i, (t, c)) in log.iter().enumerate() {
             let seq = seqs.map(|s| s[i]);
             let pos = seq.unwrap_or(i as i64 + 1);
-            for f in a.feed(pos, seq, t.as_str(), c.as_deref()) {
+            for f in a.feed_at(pos, seq, t.as_str(), c.as_deref()) {
                 out.push((pos, f.anomaly));
             }
         }
@@ -325,16 +524,27 @@ mod tests {
             let log = valid_history(&mut rng, 30);
             let n = log.len();
             // Duplicate an entity creation at the end (#2039).
-            if let Some(i) = log.iter().position(|(t, _)| t.is_suspension() && *t != EventType::RunCreated) {
+            if let Some(i) = log
+                .iter()
+                .position(|(t, _)| t.is_suspension() && *t != EventType::RunCreated)
+            {
                 let mut bad = log.clone();
                 bad.push(log[i].clone());
-                assert_eq!(audit(&bad, None), vec![(n as i64 + 1, "duplicate_creation")], "seed {seed}");
+                assert_eq!(
+                    audit(&bad, None),
+                    vec![(n as i64 + 1, "duplicate_creation")],
+                    "seed {seed}"
+                );
                 *checked.entry("duplicate_creation").or_insert(0) += 1;
             }
             // A second run_created (#2983).
             let mut bad = log.clone();
             bad.insert(n / 2 + 1, (EventType::RunCreated, None));
-            assert_eq!(audit(&bad, None), vec![(n as i64 / 2 + 2, "duplicate_creation")], "seed {seed}");
+            assert_eq!(
+                audit(&bad, None),
+                vec![(n as i64 / 2 + 2, "duplicate_creation")],
+                "seed {seed}"
+            );
             // A late start after a completed step (#2331).
             if let Some(i) = log.iter().position(|(t, _)| *t == EventType::StepCompleted) {
                 let mut bad = log.clone();
@@ -342,13 +552,20 @@ mod tests {
                 let got = audit(&bad, None);
                 assert_eq!(got.len(), 1, "seed {seed}: {got:?}");
                 assert_eq!(got[0].0, n as i64 + 1);
-                assert!(["event_after_terminal"].contains(&got[0].1), "seed {seed}: {got:?}");
+                assert!(
+                    ["event_after_terminal"].contains(&got[0].1),
+                    "seed {seed}: {got:?}"
+                );
                 *checked.entry("event_after_terminal").or_insert(0) += 1;
             }
             // An event for an entity never created.
             let mut bad = log.clone();
             bad.push((EventType::StepStarted, Some("never".into())));
-            assert_eq!(audit(&bad, None), vec![(n as i64 + 1, "missing_creation")], "seed {seed}");
+            assert_eq!(
+                audit(&bad, None),
+                vec![(n as i64 + 1, "missing_creation")],
+                "seed {seed}"
+            );
             // run_created not first.
             let mut bad = log.clone();
             bad.swap(0, 1.min(n - 1));
@@ -370,11 +587,22 @@ mod tests {
                 for s in dup.iter_mut().skip(4) {
                     *s -= 1;
                 }
-                assert_eq!(audit(&log, Some(&dup)), vec![(3, SEQ_DUPLICATE)], "seed {seed}");
+                assert_eq!(
+                    audit(&log, Some(&dup)),
+                    vec![(3, SEQ_DUPLICATE)],
+                    "seed {seed}"
+                );
             }
         }
-        for code in ["duplicate_creation", "event_after_terminal", RUN_CREATED_NOT_FIRST] {
-            assert!(checked.get(code).copied().unwrap_or(0) > 100, "{code} checked too rarely: {checked:?}");
+        for code in [
+            "duplicate_creation",
+            "event_after_terminal",
+            RUN_CREATED_NOT_FIRST,
+        ] {
+            assert!(
+                checked.get(code).copied().unwrap_or(0) > 100,
+                "{code} checked too rarely: {checked:?}"
+            );
         }
     }
 
@@ -384,21 +612,46 @@ mod tests {
         let r = |t: EventType| (t, None::<String>);
         let s = |t: EventType, c: &str| (t, Some(c.to_string()));
         let cases: Vec<(Vec<Event>, (i64, &str))> = vec![
-            (vec![r(E::RunCreated), r(E::RunCreated)], (2, "duplicate_creation")),
-            (vec![r(E::RunStarted)], (1, "missing_run_created")),
-            (vec![s(E::StepCreated, "a"), r(E::RunCreated)], (2, RUN_CREATED_NOT_FIRST)),
-            (vec![r(E::RunCreated), s(E::StepStarted, "a")], (2, "missing_creation")),
             (
-                vec![r(E::RunCreated), r(E::RunStarted), s(E::StepCreated, "a"), s(E::StepStarted, "a"),
-                     s(E::StepCompleted, "a"), s(E::StepStarted, "a")],
+                vec![r(E::RunCreated), r(E::RunCreated)],
+                (2, "duplicate_creation"),
+            ),
+            (vec![r(E::RunStarted)], (1, "missing_run_created")),
+            (
+                vec![s(E::StepCreated, "a"), r(E::RunCreated)],
+                (2, RUN_CREATED_NOT_FIRST),
+            ),
+            (
+                vec![r(E::RunCreated), s(E::StepStarted, "a")],
+                (2, "missing_creation"),
+            ),
+            (
+                vec![
+                    r(E::RunCreated),
+                    r(E::RunStarted),
+                    s(E::StepCreated, "a"),
+                    s(E::StepStarted, "a"),
+                    s(E::StepCompleted, "a"),
+                    s(E::StepStarted, "a"),
+                ],
                 (6, "event_after_terminal"),
             ),
             (
                 vec![r(E::RunCreated), r(E::RunCancelled), s(E::StepCreated, "a")],
                 (3, "event_after_run_terminal"),
             ),
-            (vec![r(E::RunCreated), s(E::StepCreated, "a"), s(E::StepRetrying, "a")], (3, "illegal_transition")),
-            (vec![r(E::RunCreated), s(E::StepCreated, "")], (2, INVALID_EVENT)),
+            (
+                vec![
+                    r(E::RunCreated),
+                    s(E::StepCreated, "a"),
+                    s(E::StepRetrying, "a"),
+                ],
+                (3, "illegal_transition"),
+            ),
+            (
+                vec![r(E::RunCreated), s(E::StepCreated, "")],
+                (2, INVALID_EVENT),
+            ),
             (vec![r(E::RunCreated), s(E::StepCreated, "a")], (2, "ok")),
         ];
         for (log, (pos, code)) in cases {
@@ -410,19 +663,25 @@ mod tests {
             }
         }
         let mut a = Auditor::new();
-        assert_eq!(a.feed(1, None, "run_created", None), vec![]);
-        assert_eq!(a.feed(2, None, "step_exploded", Some("a"))[0].anomaly, INVALID_EVENT);
-        assert_eq!(a.feed(3, None, "step_created", None)[0].anomaly, INVALID_EVENT);
+        assert_eq!(a.feed_at(1, None, "run_created", None), vec![]);
+        assert_eq!(
+            a.feed_at(2, None, "step_exploded", Some("a"))[0].anomaly,
+            INVALID_EVENT
+        );
+        assert_eq!(
+            a.feed_at(3, None, "step_created", None)[0].anomaly,
+            INVALID_EVENT
+        );
     }
 
     #[test]
     fn memory_grows_with_entities_not_events() {
         let mut a = Auditor::new();
-        a.feed(1, Some(1), "run_created", None);
-        a.feed(2, Some(2), "run_started", None);
-        a.feed(3, Some(3), "hook_created", Some("h"));
+        a.feed_at(1, Some(1), "run_created", None);
+        a.feed_at(2, Some(2), "run_started", None);
+        a.feed_at(3, Some(3), "hook_created", Some("h"));
         for i in 4..100_000 {
-            assert!(a.feed(i, Some(i), "hook_received", Some("h")).is_empty());
+            assert!(a.feed_at(i, Some(i), "hook_received", Some("h")).is_empty());
         }
         assert_eq!(a.entities_remembered(), 1);
     }

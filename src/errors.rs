@@ -1,8 +1,20 @@
 //! Every error a caller can cause, and the SQLSTATE it is raised with.
 //!
 //! Nothing else in the crate calls `ereport` for a user error: the other
-//! modules build a [`WfError`] and call [`WfError::raise`], so the README's
-//! SQLSTATE table can be checked against this one file.
+//! modules build a [`WfError`] and raise it with [`raise!`] or
+//! [`or_raise!`], so the README's SQLSTATE table can be checked against this
+//! one file. Bugs (statements of our own that cannot fail unless the
+//! extension is broken) are raised with [`internal!`] / [`or_internal!`] as
+//! XX000.
+//!
+//! Messages follow PostgreSQL's style: a short primary message stating the
+//! fact, with no function names; the facts as a sentence in DETAIL; advice
+//! in HINT. The macros record the real source line and function of the
+//! raise (PostgreSQL's LOCATION), not this file's.
+//!
+//! **API contract**: a refused event's DETAIL is `anomaly: <code>; run state:
+//! <state>`, where `<code>` is one of the anomaly codes `replay` reports.
+//! Clients parse it; change it only with a major version.
 
 use crate::lifecycle::{EventType, State, Violation};
 use pgrx::pg_sys::panic::ErrorReport;
@@ -34,7 +46,8 @@ pub enum WfError {
     PayloadTooLarge { bytes: usize, limit: usize },
     /// A raw INSERT that names a seq other than the next one. 22023.
     SeqMismatch { given: i64, next: i64 },
-    /// The lifecycle forbids the event. 23503 (missing run / entity) or 55000.
+    /// The lifecycle forbids the event. 23503 (missing run / entity),
+    /// 23505 (a duplicate the index cannot see) or 55000.
     Refused {
         violation: Violation,
         run_id: String,
@@ -42,26 +55,52 @@ pub enum WfError {
         event: EventType,
         run_state: Option<State>,
     },
-    /// UPDATE / DELETE / TRUNCATE of the append-only log. 0A000.
+    /// UPDATE / DELETE / TRUNCATE of the append-only log (`op`: "update",
+    /// "delete from", "truncate"). 0A000.
     AppendOnly { op: &'static str },
     /// A join called with an `expected` other than the join's. 22023.
-    JoinExpectedMismatch { join_key: String, expected: i32, recorded: i32 },
+    JoinExpectedMismatch {
+        join_key: String,
+        expected: i32,
+        recorded: i32,
+    },
     /// `expected` below 1. 22023.
     JoinExpectedInvalid { expected: i32 },
     /// A new member arriving at a join that already fired. 55000.
-    JoinAlreadyComplete { join_key: String, member_key: String, expected: i32 },
+    JoinAlreadyComplete {
+        join_key: String,
+        member_key: String,
+        expected: i32,
+    },
     /// `purge_runs` with a negative interval. 22023.
     NegativeInterval,
-    /// `bootstrap` with a name already applied with another DDL. 55000.
-    BootstrapDdlChanged { name: String, applied: String, given: String },
+    /// A bootstrap name already applied with another checksum. 55000.
+    BootstrapChecksumChanged {
+        name: String,
+        applied: String,
+        given: String,
+    },
+    /// Bootstrap DDL with BEGIN / COMMIT / ROLLBACK / SAVEPOINT. 0A000.
+    BootstrapTransactionControl { name: String },
+    /// Bootstrap DDL with COPY to or from the client. 0A000.
+    BootstrapCopy { name: String },
+    /// `bootstrap_end` for a name this session did not begin. 55000.
+    BootstrapNotBegun { name: String },
+    /// `bootstrap_begin` for a name this session already holds. 55000.
+    BootstrapAlreadyBegun { name: String },
+    /// `bootstrap`/`bootstrap_begin` gave up waiting. 55P03 / 57014.
+    BootstrapWaitTimedOut { name: String, which: &'static str },
+    /// `bootstrap_begin` with a negative or non-finite timeout. 22023.
+    InvalidTimeout,
     /// `replay`/`scan` source that is not a relation. 42P01.
     SourceNotFound { oid: u32 },
     /// `replay`/`scan` source that is an index, sequence, …. 42809.
     SourceNotATable { source: String },
     /// `replay`/`scan` source without the needed columns. 42703.
-    SourceMissingColumns { source: String, missing: Vec<&'static str> },
-    /// `bootstrap` gave up waiting for another session's bootstrap. 55P03 / 57014.
-    BootstrapWaitTimedOut { name: String, which: String },
+    SourceMissingColumns {
+        source: String,
+        missing: Vec<&'static str>,
+    },
 }
 
 impl WfError {
@@ -72,7 +111,9 @@ impl WfError {
             }
             WfError::TooLong { .. } => Code::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
             WfError::PayloadTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            WfError::AppendOnly { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            WfError::AppendOnly { .. }
+            | WfError::BootstrapTransactionControl { .. }
+            | WfError::BootstrapCopy { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             WfError::Refused { violation, .. } => match violation {
                 Violation::MissingRunCreated | Violation::MissingCreation => {
                     Code::ERRCODE_FOREIGN_KEY_VIOLATION
@@ -80,13 +121,17 @@ impl WfError {
                 Violation::DuplicateCreation => Code::ERRCODE_UNIQUE_VIOLATION,
                 _ => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             },
-            WfError::JoinAlreadyComplete { .. } | WfError::BootstrapDdlChanged { .. } => {
+            WfError::JoinAlreadyComplete { .. }
+            | WfError::BootstrapChecksumChanged { .. }
+            | WfError::BootstrapNotBegun { .. }
+            | WfError::BootstrapAlreadyBegun { .. } => {
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
-            WfError::BootstrapWaitTimedOut { which, .. } if which == "lock_timeout" => {
-                Code::ERRCODE_LOCK_NOT_AVAILABLE
-            }
-            WfError::BootstrapWaitTimedOut { .. } => Code::ERRCODE_QUERY_CANCELED,
+            WfError::BootstrapWaitTimedOut {
+                which: "statement_timeout",
+                ..
+            } => Code::ERRCODE_QUERY_CANCELED,
+            WfError::BootstrapWaitTimedOut { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
             WfError::SourceNotFound { .. } => Code::ERRCODE_UNDEFINED_TABLE,
             WfError::SourceNotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             WfError::SourceMissingColumns { .. } => Code::ERRCODE_UNDEFINED_COLUMN,
@@ -98,45 +143,54 @@ impl WfError {
             | WfError::SeqMismatch { .. }
             | WfError::JoinExpectedMismatch { .. }
             | WfError::JoinExpectedInvalid { .. }
-            | WfError::NegativeInterval => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            | WfError::NegativeInterval
+            | WfError::InvalidTimeout => Code::ERRCODE_INVALID_PARAMETER_VALUE,
         }
     }
 
+    /// The primary message: short, factual, lower case, no function names.
     pub fn message(&self) -> String {
         match self {
-            WfError::NullArgument { arg } => format!("{arg} must not be NULL"),
+            WfError::NullArgument { arg } => format!("{arg} must not be null"),
             WfError::EmptyArgument { arg } => format!("{arg} must not be empty"),
-            WfError::TooLong { arg, len } => {
-                format!("{arg} is {len} bytes long; at most {MAX_IDENT_BYTES} are allowed")
-            }
+            WfError::TooLong { arg, .. } => format!("{arg} is too long"),
             WfError::UnknownEventType { given } => {
                 format!("unknown event type \"{}\"", clip(given))
             }
-            WfError::NotSuspension { event } => format!(
-                "\"{event}\" is not a suspension event type; append_suspension_event takes \
-                 run_created, step_created, wait_created or hook_created"
-            ),
+            WfError::NotSuspension { event } => format!("\"{event}\" is not a creation event type"),
             WfError::CorrelationRequired { event } => {
-                format!("correlation_id must not be NULL for a {event} event")
+                format!("correlation_id must not be null for a {event} event")
             }
             WfError::CorrelationForbidden { event } => {
-                format!("correlation_id must be NULL for a {event} event")
+                format!("correlation_id must be null for a {event} event")
             }
-            WfError::PayloadNotObject => "payload must be a JSON object (or NULL)".into(),
-            WfError::PayloadTooLarge { bytes, limit } => {
-                format!("payload is {bytes} bytes; workflow_ext.max_payload_bytes is {limit}")
+            WfError::PayloadNotObject => "payload must be a JSON object".into(),
+            WfError::PayloadTooLarge { .. } => "payload is too large".into(),
+            WfError::SeqMismatch { given, .. } => {
+                format!("seq {given} is not the next seq of the run")
             }
-            WfError::SeqMismatch { given, next } => format!(
-                "seq is assigned by workflow_ext: the next seq of this run is {next}, not {given}"
-            ),
-            WfError::Refused { violation, run_id, correlation_id, event, .. } => {
+            WfError::Refused {
+                violation,
+                run_id,
+                correlation_id,
+                event,
+                ..
+            } => {
                 let target = match correlation_id {
-                    Some(c) => format!("{} \"{}\" of run \"{}\"", event.kind(), clip(c), clip(run_id)),
+                    Some(c) => format!(
+                        "{} \"{}\" of run \"{}\"",
+                        event.kind(),
+                        clip(c),
+                        clip(run_id)
+                    ),
                     None => format!("run \"{}\"", clip(run_id)),
                 };
                 match violation {
                     Violation::MissingRunCreated => {
-                        format!("{event} refused: run \"{}\" has no run_created event", clip(run_id))
+                        format!(
+                            "{event} refused: run \"{}\" has no run_created event",
+                            clip(run_id)
+                        )
                     }
                     Violation::MissingCreation => format!(
                         "{event} refused: {target} was never created (no {}_created event)",
@@ -148,84 +202,157 @@ impl WfError {
                     Violation::EventAfterTerminal { state } => {
                         format!("{event} refused: {target} is already {state}")
                     }
-                    Violation::EventAfterRunTerminal { run_state } => format!(
-                        "{event} refused for {target}: the run is already {run_state}"
-                    ),
+                    Violation::EventAfterRunTerminal { run_state } => {
+                        format!("{event} refused for {target}: the run is already {run_state}")
+                    }
                     Violation::IllegalTransition { state } => {
                         format!("{event} refused: {target} is {state}")
                     }
                 }
             }
-            WfError::AppendOnly { op } => {
-                format!("workflow_ext.events is append-only: {op} is not allowed")
+            WfError::AppendOnly { op } => format!("cannot {op} workflow_ext.events"),
+            WfError::JoinExpectedMismatch { join_key, .. } => {
+                format!("member count does not match join \"{}\"", clip(join_key))
             }
-            WfError::JoinExpectedMismatch { join_key, expected, recorded } => format!(
-                "join \"{}\" expects {recorded} members, but this call says {expected}",
-                clip(join_key)
-            ),
-            WfError::JoinExpectedInvalid { expected } => {
-                format!("expected must be at least 1, got {expected}")
+            WfError::JoinExpectedInvalid { .. } => "expected must be at least 1".into(),
+            WfError::JoinAlreadyComplete { join_key, .. } => {
+                format!("join \"{}\" has already fired", clip(join_key))
             }
-            WfError::JoinAlreadyComplete { join_key, member_key, expected } => format!(
-                "join \"{}\" already fired with its {expected} members; member \"{}\" is one too many",
-                clip(join_key),
-                clip(member_key)
-            ),
             WfError::NegativeInterval => "older_than must not be negative".into(),
-            WfError::SourceNotFound { oid } => format!("source relation with OID {oid} does not exist"),
+            WfError::BootstrapChecksumChanged { name, .. } => {
+                format!(
+                    "bootstrap \"{}\" was applied with a different checksum",
+                    clip(name)
+                )
+            }
+            WfError::BootstrapTransactionControl { name } => {
+                format!("bootstrap \"{}\" contains transaction control", clip(name))
+            }
+            WfError::BootstrapCopy { name } => {
+                format!(
+                    "bootstrap \"{}\" contains COPY to or from the client",
+                    clip(name)
+                )
+            }
+            WfError::BootstrapNotBegun { name } => {
+                format!("bootstrap \"{}\" was not begun in this session", clip(name))
+            }
+            WfError::BootstrapAlreadyBegun { name } => {
+                format!(
+                    "bootstrap \"{}\" is already begun in this session",
+                    clip(name)
+                )
+            }
+            WfError::BootstrapWaitTimedOut { name, .. } => {
+                format!("could not obtain the lock of bootstrap \"{}\"", clip(name))
+            }
+            WfError::InvalidTimeout => "timeout must be a positive interval".into(),
+            WfError::SourceNotFound { oid } => format!("relation with OID {oid} does not exist"),
             WfError::SourceNotATable { source } => {
-                format!("source {source} is not a table, view or materialized view")
+                format!("\"{source}\" is not a table, view or materialized view")
             }
-            WfError::SourceMissingColumns { source, missing } => format!(
-                "source {source} lacks column(s) {}; an event source needs id, run_id, type and correlation_id",
-                missing.join(", ")
-            ),
-            WfError::BootstrapDdlChanged { name, .. } => {
-                format!("bootstrap \"{}\" was applied with another DDL", clip(name))
+            WfError::SourceMissingColumns { source, .. } => {
+                format!("relation \"{source}\" is not an event source")
             }
-            WfError::BootstrapWaitTimedOut { name, which } => format!(
-                "bootstrap \"{}\": gave up waiting for another session's bootstrap ({which})",
-                clip(name)
-            ),
         }
     }
 
-    fn detail(&self) -> Option<String> {
-        match self {
-            WfError::Refused { violation, run_state, .. } => Some(format!(
+    /// The facts behind the message, as a sentence.
+    pub fn detail(&self) -> Option<String> {
+        Some(match self {
+            WfError::TooLong { len, .. } => {
+                format!("The value is {len} bytes long; at most {MAX_IDENT_BYTES} are allowed.")
+            }
+            WfError::PayloadTooLarge { bytes, limit } => {
+                format!("The payload is {bytes} bytes; workflow_ext.max_payload_bytes is {limit}.")
+            }
+            WfError::SeqMismatch { next, .. } => format!("The next seq of this run is {next}."),
+            // The API contract of the module doc.
+            WfError::Refused {
+                violation,
+                run_state,
+                ..
+            } => format!(
                 "anomaly: {}; run state: {}",
                 violation.code(),
                 run_state.map_or("none", State::as_str)
-            )),
-            WfError::BootstrapDdlChanged { applied, given, .. } => Some(format!(
-                "applied checksum {applied}, this call's {given}"
-            )),
-            _ => None,
-        }
+            ),
+            WfError::AppendOnly { .. } => "The event log is append-only.".into(),
+            WfError::JoinExpectedMismatch {
+                expected, recorded, ..
+            } => {
+                format!("The join waits for {recorded} members; this call says {expected}.")
+            }
+            WfError::JoinExpectedInvalid { expected } => format!("The call says {expected}."),
+            WfError::JoinAlreadyComplete {
+                member_key,
+                expected,
+                ..
+            } => format!(
+                "It fired with its {expected} members; member \"{}\" is one too many.",
+                clip(member_key)
+            ),
+            WfError::BootstrapChecksumChanged { applied, given, .. } => {
+                format!("Applied with checksum {applied}; this call's is {given}.")
+            }
+            WfError::BootstrapWaitTimedOut { which, .. } => {
+                format!("Another session holds it; {which} expired while waiting.")
+            }
+            WfError::SourceMissingColumns { missing, .. } => {
+                format!("It lacks the column(s) {}.", missing.join(", "))
+            }
+            _ => return None,
+        })
     }
 
-    fn hint(&self) -> Option<&'static str> {
-        match self {
+    /// Advice, where there is some to give.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
             WfError::Refused { violation: Violation::MissingRunCreated, .. } => {
-                Some("Append run_created for the run first.")
+                "Append run_created for the run first."
             }
             WfError::Refused { violation: Violation::DuplicateCreation, .. } => {
-                Some("append_suspension_event returns the existing event instead of failing.")
+                "append_suspension_event returns the existing event instead of failing."
             }
-            WfError::NotSuspension { .. } => Some("Use append_event for other event types."),
-            WfError::BootstrapDdlChanged { .. } => {
-                Some("Bootstraps are versioned by name: give a changed DDL a new name, e.g. app@v2.")
+            WfError::NotSuspension { .. } => {
+                "The creation types are run_created, step_created, wait_created and hook_created; \
+                 append other types with append_event."
             }
-            WfError::AppendOnly { .. } => {
-                Some("Remove whole finished runs with workflow_ext.purge_runs(interval).")
+            WfError::UnknownEventType { .. } => {
+                "The event types are the values of the enum workflow_ext.event_type."
             }
-            _ => None,
-        }
+            WfError::PayloadNotObject => "Pass NULL for an event without payload.",
+            WfError::SeqMismatch { .. } => "Leave seq out: it is assigned on insert.",
+            WfError::BootstrapChecksumChanged { .. } => {
+                "Bootstraps are versioned by name: give a changed migration a new name, e.g. app@v2."
+            }
+            WfError::BootstrapTransactionControl { .. } => {
+                "Remove BEGIN, COMMIT, ROLLBACK and SAVEPOINT: the DDL already runs in one \
+                 transaction. To wrap a migrator that runs its own transactions, use \
+                 bootstrap_begin and bootstrap_end."
+            }
+            WfError::BootstrapCopy { .. } => {
+                "Load data with INSERT, or run the migration between bootstrap_begin and bootstrap_end."
+            }
+            WfError::BootstrapNotBegun { .. } => {
+                "Call bootstrap_begin on the same connection first; a bootstrap that returned false \
+                 needs no bootstrap_end."
+            }
+            WfError::BootstrapAlreadyBegun { .. } => "Finish it with bootstrap_end first.",
+            WfError::AppendOnly { .. } => "Remove whole finished runs with workflow_ext.purge_runs(interval).",
+            WfError::SourceMissingColumns { .. } => {
+                "An event source needs the columns id, run_id, type and correlation_id \
+                 (and created_at for scan with since)."
+            }
+            _ => return None,
+        })
     }
 
-    /// Raises the error as a PostgreSQL ERROR; never returns.
-    pub fn raise(self) -> ! {
-        let mut report = ErrorReport::new(self.sqlstate(), self.message(), "workflow_ext");
+    /// Raises the error as a PostgreSQL ERROR, reporting `funcname` and the
+    /// caller's source line; never returns. Use [`raise!`].
+    #[track_caller]
+    pub fn raise_in(self, funcname: &'static str) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.message(), funcname);
         if let Some(d) = self.detail() {
             report = report.set_detail(d);
         }
@@ -237,9 +364,84 @@ impl WfError {
     }
 }
 
+/// A bug in workflow_ext, not a user error: XX000 with a message that says
+/// so. Use [`internal!`].
+#[track_caller]
+pub fn internal_in(what: String, funcname: &'static str) -> ! {
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("workflow_ext internal error: {what}"),
+        funcname,
+    )
+    .set_hint("This is a bug in workflow_ext; please report it.")
+    .report(PgLogLevel::ERROR);
+    unreachable!("ERROR-level reports do not return")
+}
+
+/// The enclosing function's path, without closure suffixes, for LOCATION.
+macro_rules! function_name {
+    () => {{
+        fn f() {}
+        fn name_of<T>(_: T) -> &'static str {
+            ::core::any::type_name::<T>()
+        }
+        $crate::errors::trim_function_name(name_of(f))
+    }};
+}
+pub(crate) use function_name;
+
+/// `a::b::{{closure}}::{{closure}}::f` → `a::b`.
+pub fn trim_function_name(name: &'static str) -> &'static str {
+    let mut name = name.strip_suffix("::f").unwrap_or(name);
+    while let Some(outer) = name.strip_suffix("::{{closure}}") {
+        name = outer;
+    }
+    name
+}
+
+/// Raises a [`WfError`] at this line: `raise!(WfError::NegativeInterval)`.
+macro_rules! raise {
+    ($e:expr) => {
+        $crate::errors::WfError::raise_in($e, $crate::errors::function_name!())
+    };
+}
+pub(crate) use raise;
+
+/// The value of a [`WfResult`], or its error raised at this line.
+macro_rules! or_raise {
+    ($r:expr) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => $crate::errors::raise!(e),
+        }
+    };
+}
+pub(crate) use or_raise;
+
+/// Raises an internal error (XX000) at this line: `internal!("what: {x}")`.
+macro_rules! internal {
+    ($($arg:tt)*) => {
+        $crate::errors::internal_in(format!($($arg)*), $crate::errors::function_name!())
+    };
+}
+pub(crate) use internal;
+
+/// The `Ok` value, or an internal error naming `what` and the cause:
+/// `or_internal!(client.update(..), "lock run")`. Only for statements of our
+/// own that cannot fail unless the extension is broken.
+macro_rules! or_internal {
+    ($r:expr, $($what:tt)*) => {
+        match $r {
+            Ok(v) => v,
+            Err(e) => $crate::errors::internal!("{}: {}", format!($($what)*), e),
+        }
+    };
+}
+pub(crate) use or_internal;
+
 /// Keeps messages short when an identifier is huge (the error for a 10 MB
 /// id should not itself be 10 MB).
-fn clip(s: &str) -> String {
+pub fn clip(s: &str) -> String {
     const SHOWN: usize = 64;
     if s.len() <= SHOWN {
         return s.to_string();
@@ -254,13 +456,77 @@ fn clip(s: &str) -> String {
 /// `Result` alias for code that raises at the SQL boundary.
 pub type WfResult<T> = Result<T, WfError>;
 
-/// Unwraps a [`WfResult`] or raises its error.
-pub trait OrRaise<T> {
-    fn or_raise(self) -> T;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<T> OrRaise<T> for WfResult<T> {
-    fn or_raise(self) -> T {
-        self.unwrap_or_else(|e| e.raise())
+    #[test]
+    fn function_names_lose_closure_suffixes() {
+        assert_eq!(
+            trim_function_name("workflow_ext::append::admit::f"),
+            "workflow_ext::append::admit"
+        );
+        assert_eq!(
+            trim_function_name("workflow_ext::replay::scan::{{closure}}::{{closure}}::f"),
+            "workflow_ext::replay::scan"
+        );
+    }
+
+    /// PostgreSQL's style: a primary message starts lower case, has no
+    /// trailing period and names no function; DETAIL and HINT are sentences.
+    #[test]
+    fn messages_follow_postgres_style() {
+        let samples = vec![
+            WfError::NullArgument { arg: "run_id" },
+            WfError::TooLong {
+                arg: "run_id",
+                len: 300,
+            },
+            WfError::NotSuspension {
+                event: EventType::StepCompleted,
+            },
+            WfError::PayloadTooLarge {
+                bytes: 10,
+                limit: 5,
+            },
+            WfError::SeqMismatch { given: 7, next: 3 },
+            WfError::AppendOnly { op: "update" },
+            WfError::JoinExpectedMismatch {
+                join_key: "j".into(),
+                expected: 4,
+                recorded: 3,
+            },
+            WfError::BootstrapTransactionControl {
+                name: "m@v1".into(),
+            },
+            WfError::BootstrapWaitTimedOut {
+                name: "m".into(),
+                which: "lock_timeout",
+            },
+            WfError::SourceMissingColumns {
+                source: "t".into(),
+                missing: vec!["id"],
+            },
+        ];
+        for e in samples {
+            let m = e.message();
+            assert!(!m.ends_with('.'), "{m}");
+            assert!(m.chars().next().is_some_and(|c| !c.is_uppercase()), "{m}");
+            for f in [
+                "append_event",
+                "append_suspension_event",
+                "bootstrap(",
+                "replay(",
+                "scan(",
+            ] {
+                assert!(!m.contains(f), "{m}");
+            }
+            for s in e.detail().into_iter().chain(e.hint().map(str::to_string)) {
+                assert!(
+                    s.ends_with('.') && s.chars().next().is_some_and(char::is_uppercase),
+                    "{s}"
+                );
+            }
+        }
     }
 }

@@ -12,13 +12,17 @@ thread_local! {
     // One generator per backend: a ULID drawn in the same millisecond as the
     // previous one increments its random part, so ids never go backwards
     // within a session.
-    static GENERATOR: RefCell<Generator> = RefCell::new(Generator::new());
+    static GENERATOR: RefCell<Generator> = const { RefCell::new(Generator::new()) };
 }
 
 /// A fresh event id. The monotonic generator can only fail after 2^80 ids in
 /// one millisecond; fall back to a fresh random ULID rather than erroring.
 pub fn next() -> String {
-    let ulid = GENERATOR.with(|g| g.borrow_mut().generate().unwrap_or_else(|_| ulid::Ulid::new()));
+    let ulid = GENERATOR.with(|g| {
+        g.borrow_mut()
+            .generate()
+            .unwrap_or_else(|_| ulid::Ulid::new())
+    });
     let mut id = String::with_capacity(PREFIX.len() + 26);
     id.push_str(PREFIX);
     id.push_str(&ulid.to_string());
@@ -42,7 +46,9 @@ mod tests {
         for id in &ids {
             assert_eq!(id.len(), 31);
             assert!(id.starts_with("wevt_"));
-            assert!(id[5..].chars().all(|c| "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c)));
+            assert!(id[5..]
+                .chars()
+                .all(|c| "0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(c)));
         }
     }
 }

@@ -8,16 +8,12 @@
 //! A member row makes redelivery idempotent; the count moves only when a new
 //! member row was inserted, in the same statement.
 
-use crate::append::internal;
-use crate::errors::{OrRaise, WfError, WfResult};
+use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
+use crate::plans::{self, INT4, TEXT};
 use crate::validate;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use pgrx::PgOid;
 use std::cell::OnceCell;
-
-const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
-const INT4: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT4OID);
 
 struct Plans {
     lock_join: OwnedPreparedStatement,
@@ -29,19 +25,16 @@ thread_local! {
 }
 
 fn build(c: &SpiClient<'_>) -> Plans {
-    let prep = |sql: &str, args: &[PgOid]| {
-        c.prepare_mut(sql, args)
-            .unwrap_or_else(|e| internal(&format!("cannot prepare join statement: {e}")))
-            .keep()
-    };
     Plans {
-        lock_join: prep(
+        lock_join: plans::keep(
+            c,
             "INSERT INTO workflow_ext.joins AS j (run_id, join_key, expected) VALUES ($1, $2, $3) \
              ON CONFLICT (run_id, join_key) DO UPDATE SET expected = j.expected \
              RETURNING expected",
             &[TEXT, TEXT, INT4],
         ),
-        add_member: prep(
+        add_member: plans::keep(
+            c,
             "WITH m AS (INSERT INTO workflow_ext.join_members (run_id, join_key, member_key) \
                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1) \
              UPDATE workflow_ext.joins j SET arrived = j.arrived + 1, \
@@ -57,10 +50,16 @@ fn arrive(run_id: &str, join_key: &str, member_key: &str, expected: i32) -> WfRe
     Spi::connect_mut(|c| {
         PLANS.with(|cell| {
             let plans = cell.get_or_init(|| build(c));
-            let join = c
-                .update(&plans.lock_join, Some(1), &[run_id.into(), join_key.into(), expected.into()])
-                .unwrap_or_else(|e| internal(&format!("lock join: {e}")));
-            let recorded: i32 = join.first().get(1).ok().flatten().unwrap_or(expected);
+            let join = or_internal!(
+                c.update(
+                    &plans.lock_join,
+                    Some(1),
+                    &[run_id.into(), join_key.into(), expected.into()]
+                ),
+                "lock join"
+            );
+            let recorded: i32 = or_internal!(join.first().get(1), "join size")
+                .unwrap_or_else(|| internal!("join size is NULL"));
             if recorded != expected {
                 return Err(WfError::JoinExpectedMismatch {
                     join_key: join_key.to_string(),
@@ -68,13 +67,19 @@ fn arrive(run_id: &str, join_key: &str, member_key: &str, expected: i32) -> WfRe
                     recorded,
                 });
             }
-            let added = c
-                .update(&plans.add_member, Some(1), &[run_id.into(), join_key.into(), member_key.into()])
-                .unwrap_or_else(|e| internal(&format!("add member: {e}")));
+            let added = or_internal!(
+                c.update(
+                    &plans.add_member,
+                    Some(1),
+                    &[run_id.into(), join_key.into(), member_key.into()]
+                ),
+                "add member"
+            );
             if added.is_empty() {
                 return Ok(false); // a redelivery of a member already counted
             }
-            let arrived: i32 = added.first().get(1).ok().flatten().unwrap_or(0);
+            let arrived: i32 = or_internal!(added.first().get(1), "arrivals")
+                .unwrap_or_else(|| internal!("arrivals is NULL"));
             if arrived > expected {
                 return Err(WfError::JoinAlreadyComplete {
                     join_key: join_key.to_string(),
@@ -97,14 +102,16 @@ fn join_arrive(
     member_key: Option<&str>,
     expected: Option<i32>,
 ) -> bool {
-    let run_id = validate::ident("run_id", run_id).or_raise();
-    let join_key = validate::ident("join_key", join_key).or_raise();
-    let member_key = validate::ident("member_key", member_key).or_raise();
-    let expected = expected.ok_or(WfError::NullArgument { arg: "expected" }).or_raise();
+    let run_id = or_raise!(validate::ident("run_id", run_id));
+    let join_key = or_raise!(validate::ident("join_key", join_key));
+    let member_key = or_raise!(validate::ident("member_key", member_key));
+    let Some(expected) = expected else {
+        raise!(WfError::NullArgument { arg: "expected" })
+    };
     if expected < 1 {
-        WfError::JoinExpectedInvalid { expected }.raise();
+        raise!(WfError::JoinExpectedInvalid { expected });
     }
-    arrive(run_id, join_key, member_key, expected).or_raise()
+    or_raise!(arrive(run_id, join_key, member_key, expected))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -123,11 +130,14 @@ mod tests {
 
     #[pg_test]
     fn fires_once_for_the_completing_member_and_ignores_redelivery() {
-        let fired: Vec<bool> = ["a", "a", "b", "b", "c", "c", "a"].into_iter().map(arrive).collect();
+        let fired: Vec<bool> = ["a", "a", "b", "b", "c", "c", "a"]
+            .into_iter()
+            .map(arrive)
+            .collect();
         assert_eq!(fired, [false, false, false, false, true, false, false]);
     }
 
-    #[pg_test(error = "join \"j\" expects 3 members, but this call says 4")]
+    #[pg_test(error = "member count does not match join \"j\"")]
     fn expected_must_match() {
         arrive("a");
         Spi::run("SELECT workflow_ext.join_arrive('r', 'j', 'b', 4)").unwrap();

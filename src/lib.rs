@@ -12,11 +12,15 @@
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
 //! - [`fanin`]: the exactly-once join barrier.
 //! - [`retention`]: removing whole finished runs.
-//! - [`bootstrap`]: run schema DDL once per database, race-free.
+//! - [`bootstrap`]: run a migration once per database, race-free: DDL text,
+//!   or any migrator between `bootstrap_begin` and `bootstrap_end`.
+//! - [`plans`]: SPI plans kept for the life of the backend.
 //! - [`subxact`]: run work in a subtransaction and catch its error.
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), `finalize.sql` last (triggers, privileges, search_path pins).
+//! Released install scripts and upgrade scripts are kept there too
+//! (`workflow_ext--<old>.sql`, `workflow_ext--<old>--<new>.sql`).
 
 use pgrx::prelude::*;
 
@@ -28,6 +32,7 @@ pub mod event_id;
 pub mod fanin;
 pub mod lifecycle;
 pub mod payload;
+pub mod plans;
 pub mod replay;
 pub mod retention;
 pub mod subxact;
@@ -36,14 +41,17 @@ pub mod validate;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/functions.sql",
+    name = "functions",
+    requires = ["schema"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     payload::register_gucs();
 }
-
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

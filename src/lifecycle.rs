@@ -187,6 +187,20 @@ impl EntityKind {
         }
     }
 
+    /// The entity kinds that have correlation ids, in slot order.
+    pub const ENTITIES: [EntityKind; 3] = [EntityKind::Step, EntityKind::Wait, EntityKind::Hook];
+
+    /// This kind's slot in per-entity arrays (`ENTITIES` order); `None` for
+    /// the run, which has no correlation id.
+    pub const fn index(self) -> Option<usize> {
+        match self {
+            EntityKind::Run => None,
+            EntityKind::Step => Some(0),
+            EntityKind::Wait => Some(1),
+            EntityKind::Hook => Some(2),
+        }
+    }
+
     /// The event types that belong to an entity of this kind.
     pub fn event_types(self) -> impl Iterator<Item = EventType> {
         EventType::ALL.into_iter().filter(move |t| t.kind() == self)
@@ -396,10 +410,16 @@ pub fn check(run: Option<State>, entity: Option<State>, event: EventType) -> Res
     if event.creates_entity() {
         return match entity {
             // A hook born in conflict, or a conflict reported for an existing
-            // hook, is not a duplicate of the same creation: the unique index
-            // would not catch it, so it is an illegal move instead.
+            // hook, is not a second copy of the same creation (the unique
+            // index would not catch it): after the hook ended it is an event
+            // after its terminal, like any other; on a live hook it is an
+            // illegal move.
             Some(state) if event == E::HookConflict || state == S::HookConflict => {
-                Err(Violation::IllegalTransition { state })
+                if state.is_terminal() {
+                    Err(Violation::EventAfterTerminal { state })
+                } else {
+                    Err(Violation::IllegalTransition { state })
+                }
             }
             Some(_) => Err(Violation::DuplicateCreation),
             None if run.is_terminal() => Err(Violation::EventAfterRunTerminal { run_state: run }),
@@ -440,7 +460,10 @@ mod tests {
             assert_eq!(State::parse(s.kind(), s.as_str()), Some(s));
         }
         assert_eq!(EventType::parse("step_create"), None);
-        assert_eq!(EventType::ALL.iter().filter(|t| t.is_suspension()).count(), 4);
+        assert_eq!(
+            EventType::ALL.iter().filter(|t| t.is_suspension()).count(),
+            4
+        );
     }
 
     #[test]
@@ -540,12 +563,14 @@ mod tests {
             }
             None if event.creates_entity() => Ok(()),
             None => Err(Violation::MissingCreation),
+            // hook_conflict is no copy of hook_created: on a live hook it is
+            // illegal, on an ended one (disposed, or born in conflict) it
+            // comes after the terminal, as does every event for that hook.
+            Some(state) if event == E::HookConflict && !state.is_terminal() => {
+                Err(Violation::IllegalTransition { state })
+            }
             Some(state) if event == E::HookConflict || state == S::HookConflict => {
-                if event.creates_entity() {
-                    Err(Violation::IllegalTransition { state })
-                } else {
-                    Err(Violation::EventAfterTerminal { state })
-                }
+                Err(Violation::EventAfterTerminal { state })
             }
             Some(_) if event.creates_entity() => Err(Violation::DuplicateCreation),
             Some(state) if state.is_terminal() => Err(Violation::EventAfterTerminal { state }),
@@ -560,12 +585,28 @@ mod tests {
     #[test]
     fn devkit_exceptions() {
         // A running step may still record its terminal after the run ended.
-        assert_eq!(check(Some(S::RunCancelled), Some(S::StepRunning), E::StepCompleted), Ok(()));
-        assert_eq!(check(Some(S::RunFailed), Some(S::StepRunning), E::StepFailed), Ok(()));
+        assert_eq!(
+            check(
+                Some(S::RunCancelled),
+                Some(S::StepRunning),
+                E::StepCompleted
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(Some(S::RunFailed), Some(S::StepRunning), E::StepFailed),
+            Ok(())
+        );
         // A second run_cancelled is a no-op, and leaves the state as it was.
         assert_eq!(check(Some(S::RunCancelled), None, E::RunCancelled), Ok(()));
-        assert_eq!(run_state_after(Some(S::RunCancelled), E::RunCancelled), Some(S::RunCancelled));
-        assert_eq!(run_state_after(Some(S::RunRunning), E::AttrSet), Some(S::RunRunning));
+        assert_eq!(
+            run_state_after(Some(S::RunCancelled), E::RunCancelled),
+            Some(S::RunCancelled)
+        );
+        assert_eq!(
+            run_state_after(Some(S::RunRunning), E::AttrSet),
+            Some(S::RunRunning)
+        );
     }
 
     #[test]
@@ -578,12 +619,16 @@ mod tests {
         // #2331: a late step_started after step_completed.
         assert_eq!(
             check(Some(S::RunRunning), Some(S::StepCompleted), E::StepStarted),
-            Err(Violation::EventAfterTerminal { state: S::StepCompleted })
+            Err(Violation::EventAfterTerminal {
+                state: S::StepCompleted
+            })
         );
         // step_retrying while pending.
         assert_eq!(
             check(Some(S::RunRunning), Some(S::StepPending), E::StepRetrying),
-            Err(Violation::IllegalTransition { state: S::StepPending })
+            Err(Violation::IllegalTransition {
+                state: S::StepPending
+            })
         );
     }
 }

@@ -48,7 +48,11 @@ impl Payload {
             let ptr = self.0.cast_mut_ptr::<pg_sys::varlena>();
             let len = pgrx::varlena::varsize_any_exhdr(ptr);
             let data = pgrx::varlena::vardata_any(ptr) as *const u8;
-            let header = if len >= 4 { u32::from_ne_bytes(*(data as *const [u8; 4])) } else { 0 };
+            let header = if len >= 4 {
+                u32::from_ne_bytes(*(data as *const [u8; 4]))
+            } else {
+                0
+            };
             (header, len)
         };
         let limit = MAX_PAYLOAD_BYTES.get().max(0) as usize;
@@ -78,7 +82,11 @@ impl Payload {
 }
 
 impl FromDatum for Payload {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         if is_null {
             None
         } else {
@@ -101,7 +109,7 @@ unsafe impl<'fcx> ArgAbi<'fcx> for Payload {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
         unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| crate::append::internal(&format!("argument {index} must not be null")))
+            .unwrap_or_else(|| crate::errors::internal!("argument {index} must not be null"))
     }
     unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
         unsafe { arg.unbox_arg_using_from_datum() }.into()

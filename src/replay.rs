@@ -8,17 +8,20 @@
 //! PostgreSQL's own regclass output (quoted, schema-qualified), so no text
 //! supplied by a caller is ever spliced into SQL. Both functions run as the
 //! caller, so reading a source needs the caller's own SELECT right.
+//!
+//! Memory: rows come from a cursor [`BATCH`] at a time and each batch's tuple
+//! table is freed before the next fetch, so a replay holds one batch plus
+//! the auditor's per-entity state, however long the log is.
 
-use crate::append::internal;
-use crate::audit::{Auditor, Finding};
-use crate::errors::{OrRaise, WfError, WfResult};
+use crate::audit::{Auditor, Finding, Seq, StoredEvent};
+use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::validate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::PgMemoryContexts;
 use std::cell::RefCell;
 
-/// Rows fetched from the cursor at a time: memory stays flat however long
-/// the run is.
+/// Rows fetched from the cursor at a time.
 const BATCH: i64 = 1_000;
 
 struct Source {
@@ -29,50 +32,61 @@ struct Source {
 }
 
 fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
-    let rel = client
-        .select(
+    let rel = or_internal!(
+        client.select(
             "SELECT c.oid::pg_catalog.regclass::text, c.relkind::text, \
                     pg_catalog.array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped) \
              FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
              WHERE c.oid = $1 GROUP BY c.oid, c.relkind",
             Some(1),
             &[oid.into()],
-        )
-        .unwrap_or_else(|e| internal(&format!("inspect source: {e}")));
+        ),
+        "inspect source"
+    );
     if rel.is_empty() {
         return Err(WfError::SourceNotFound { oid: oid.to_u32() });
     }
     let row = rel.first();
-    let name: String = row.get(1).ok().flatten().unwrap_or_default();
-    let kind: String = row.get(2).ok().flatten().unwrap_or_default();
-    let columns: Vec<String> = row.get(3).ok().flatten().unwrap_or_default();
+    let name: String = or_internal!(row.get(1), "source name")
+        .unwrap_or_else(|| internal!("source without a name"));
+    let kind: String = or_internal!(row.get(2), "source kind")
+        .unwrap_or_else(|| internal!("source without a relkind"));
+    // No columns at all (a table with every column dropped) reads as NULL.
+    let columns: Vec<String> = or_internal!(row.get(3), "source columns").unwrap_or_default();
     if !["r", "p", "v", "m", "f"].contains(&kind.as_str()) {
         return Err(WfError::SourceNotATable { source: name });
     }
     let has = |c: &str| columns.iter().any(|x| x == c);
-    let missing: Vec<&'static str> =
-        ["id", "run_id", "type", "correlation_id"].into_iter().filter(|c| !has(c)).collect();
+    let missing: Vec<&'static str> = ["id", "run_id", "type", "correlation_id"]
+        .into_iter()
+        .filter(|c| !has(c))
+        .collect();
     if !missing.is_empty() {
-        return Err(WfError::SourceMissingColumns { source: name, missing });
+        return Err(WfError::SourceMissingColumns {
+            source: name,
+            missing,
+        });
     }
-    Ok(Source { has_seq: has("seq"), has_created_at: has("created_at"), name })
+    Ok(Source {
+        has_seq: has("seq"),
+        has_created_at: has("created_at"),
+        name,
+    })
 }
 
 /// One anomaly row of `replay`.
-type Row = (i64, Option<String>, Option<String>, Option<String>, String, String);
-
-/// The columns of one fetched row, read in place from the SPI tuple table.
-struct RowView<'a> {
-    seq: Option<i64>,
-    event_type: Option<&'a str>,
-    correlation_id: Option<&'a str>,
-    id: Option<&'a str>,
-    run_id: Option<&'a str>,
-}
+type Row = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+);
 
 /// A text datum as &str without copying it: short, uncompressed values (all
 /// of an event's ids and types) are read where they lie; anything toasted
-/// goes through PostgreSQL's detoaster. Invalid UTF-8 reads as absent.
+/// goes through PostgreSQL's detoaster (into the current memory context). Invalid UTF-8 reads as absent.
 ///
 /// # Safety
 /// `d` must be a non-null text/varchar datum that outlives `'a`.
@@ -89,7 +103,9 @@ unsafe fn text<'a>(d: pg_sys::Datum) -> Option<&'a str> {
 }
 
 /// Streams `query` (columns, in this order: seq, type, correlation_id, id,
-/// run_id) through one auditor per run, calling `emit` for every finding.
+/// run_id; ordered by run, then replay order) through one auditor per run.
+/// `emit` gets every finding; `on_run_end` the run id and its event count.
+/// NULL and '' run ids are different runs (and both invalid).
 ///
 /// Rows are deformed with one call each and their text read in place: going
 /// through pgrx's per-value accessors (a guarded FFI call per value) cost as
@@ -99,62 +115,89 @@ fn stream(
     query: &str,
     args: &[pgrx::datum::DatumWithOid<'_>],
     has_seq: bool,
-    mut on_run_end: impl FnMut(&str, i64),
-    mut emit: impl FnMut(&str, i64, Option<&str>, Option<&str>, Option<&str>, Finding),
+    mut on_run_end: impl FnMut(Option<&str>, i64),
+    mut emit: impl FnMut(&StoredEvent<'_>, Finding),
 ) {
-    let mut cursor = client
-        .try_open_cursor(query, args)
-        .unwrap_or_else(|e| internal(&format!("open replay cursor: {e}")));
+    let mut cursor = or_internal!(client.try_open_cursor(query, args), "open replay cursor");
     let mut auditor = Auditor::new();
-    let mut current: Option<String> = None;
+    // The run being audited: None before the first row; Some(None) for the
+    // rows whose run_id is NULL.
+    let mut current: Option<Option<String>> = None;
     let mut position = 0i64;
     let mut values = [pg_sys::Datum::from(0usize); 5];
     let mut nulls = [true; 5];
+    let mut scratch = PgMemoryContexts::new("workflow_ext audit batch");
     loop {
-        let batch = cursor
-            .fetch(BATCH)
-            .unwrap_or_else(|e| internal(&format!("fetch replay rows: {e}")));
-        if batch.is_empty() {
-            break;
-        }
-        // SAFETY: `batch` owns SPI_tuptable until it is dropped at the end
-        // of this iteration; every datum read below lives in it.
-        let (tuples, desc) = unsafe {
-            let tt = pg_sys::SPI_tuptable;
-            (std::slice::from_raw_parts((*tt).vals, (*tt).numvals as usize), (*tt).tupdesc)
+        // SAFETY: SPI_tuptable is the table the fetch just filled; every
+        // datum read below lives in it until it is freed at the end of this
+        // iteration.
+        let table = {
+            let batch = or_internal!(cursor.fetch(BATCH), "fetch replay rows");
+            if batch.is_empty() {
+                break;
+            }
+            unsafe { pg_sys::SPI_tuptable }
         };
-        for &tuple in tuples {
-            let row = unsafe {
-                pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-                let txt = |i: usize| if nulls[i] { None } else { text(values[i]) };
-                RowView {
-                    seq: (!nulls[0]).then(|| values[0].value() as i64),
-                    event_type: txt(1),
-                    correlation_id: txt(2),
-                    id: txt(3),
-                    run_id: txt(4),
+        let (tuples, desc) = unsafe {
+            (
+                std::slice::from_raw_parts((*table).vals, (*table).numvals as usize),
+                (*table).tupdesc,
+            )
+        };
+        // Detoasted copies (rare: ids and types are short) go to a scratch
+        // context reset with each batch.
+        // SAFETY: the closure only reads the batch and writes Rust memory.
+        unsafe {
+            scratch.switch_to(|_| {
+                for &tuple in tuples {
+                    let mut event = {
+                        pg_sys::heap_deform_tuple(
+                            tuple,
+                            desc,
+                            values.as_mut_ptr(),
+                            nulls.as_mut_ptr(),
+                        );
+                        let txt = |i: usize| if nulls[i] { None } else { text(values[i]) };
+                        StoredEvent {
+                            position: 0,
+                            seq: match (has_seq, nulls[0]) {
+                                (false, _) => Seq::NotStored,
+                                (true, true) => Seq::Null,
+                                (true, false) => Seq::Value(values[0].value() as i64),
+                            },
+                            type_name: txt(1),
+                            correlation_id: txt(2),
+                            id: txt(3),
+                            run_id: txt(4),
+                        }
+                    };
+                    if current.as_ref().map(Option::as_deref) != Some(event.run_id) {
+                        if let Some(done) = current.take() {
+                            on_run_end(done.as_deref(), position);
+                        }
+                        auditor = Auditor::new();
+                        position = 0;
+                        current = Some(event.run_id.map(str::to_string));
+                    }
+                    position = position.saturating_add(1);
+                    event.position = position;
+                    for f in auditor.feed(&event) {
+                        emit(&event, f);
+                    }
                 }
-            };
-            let run = row.run_id.unwrap_or_default();
-            if current.as_deref() != Some(run) {
-                if let Some(done) = current.take() {
-                    on_run_end(&done, position);
-                }
-                auditor = Auditor::new();
-                position = 0;
-                current = Some(run.to_string());
-            }
-            position += 1;
-            let seq = if has_seq { row.seq } else { None };
-            let at = seq.unwrap_or(position);
-            for f in auditor.feed(at, seq, row.event_type.unwrap_or(""), row.correlation_id) {
-                emit(run, at, row.id, row.event_type, row.correlation_id, f);
-            }
+            });
+            scratch.reset();
         }
-        drop(batch);
+        // pgrx's tuple table has no Drop: free it here, or every batch stays
+        // allocated until the function returns.
+        // SAFETY: nothing refers to the table any more.
+        unsafe {
+            pg_sys::SPI_freetuptable(table);
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+        }
     }
     if let Some(done) = current {
-        on_run_end(&done, position);
+        on_run_end(done.as_deref(), position);
     }
 }
 
@@ -182,6 +225,10 @@ fn seq_column(src: &Source) -> &'static str {
 
 /// Replays one run's log and returns one row per anomaly; a clean run
 /// returns no rows.
+#[allow(
+    clippy::type_complexity,
+    reason = "pgrx spells a set-returning function's columns as a tuple of name! types"
+)]
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn replay(
     run_id: Option<&str>,
@@ -197,11 +244,13 @@ fn replay(
         name!(detail, String),
     ),
 > {
-    let run_id = validate::ident("run_id", run_id).or_raise();
-    let source = source.ok_or(WfError::NullArgument { arg: "source" }).or_raise();
+    let run_id = or_raise!(validate::ident("run_id", run_id));
+    let Some(source) = source else {
+        raise!(WfError::NullArgument { arg: "source" })
+    };
     let mut rows: Vec<Row> = Vec::new();
     Spi::connect(|client| {
-        let src = inspect(client, source).or_raise();
+        let src = or_raise!(inspect(client, source));
         let query = format!(
             "SELECT {}, type::text, correlation_id::text, id::text, run_id::text FROM {} \
              WHERE run_id = $1 ORDER BY {}",
@@ -209,16 +258,43 @@ fn replay(
             src.name,
             order_by(&src)
         );
-        stream(client, &query, &[run_id.into()], src.has_seq, |_, _| {}, |_, at, id, ty, corr, f| {
-            let own = |s: Option<&str>| s.map(str::to_string);
-            rows.push((at, own(id), own(ty), own(corr), f.anomaly.to_string(), f.detail));
-        });
+        stream(
+            client,
+            &query,
+            &[run_id.into()],
+            src.has_seq,
+            |_, _| {},
+            |e, f| {
+                let own = |s: Option<&str>| s.map(str::to_string);
+                rows.push((
+                    e.at(),
+                    own(e.id),
+                    own(e.type_name),
+                    own(e.correlation_id),
+                    f.anomaly.to_string(),
+                    f.detail,
+                ));
+            },
+        );
     });
     TableIterator::new(rows)
 }
 
+/// What `scan` keeps of a run while streaming it: the anomaly count and the
+/// first finding.
+struct FirstFinding {
+    anomalies: i64,
+    at: i64,
+    anomaly: &'static str,
+    detail: String,
+}
+
 /// Audits every run of a source (or only runs with events since `since`)
 /// and returns one row per run that has anomalies: for monitoring.
+#[allow(
+    clippy::type_complexity,
+    reason = "pgrx spells a set-returning function's columns as a tuple of name! types"
+)]
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn scan(
     source: Option<pg_sys::Oid>,
@@ -226,7 +302,7 @@ fn scan(
 ) -> TableIterator<
     'static,
     (
-        name!(run_id, String),
+        name!(run_id, Option<String>),
         name!(events, i64),
         name!(anomalies, i64),
         name!(first_seq, i64),
@@ -234,15 +310,23 @@ fn scan(
         name!(first_detail, String),
     ),
 > {
-    let source = source.ok_or(WfError::NullArgument { arg: "source" }).or_raise();
-    let mut out: Vec<(String, i64, i64, i64, String, String)> = Vec::new();
+    let Some(source) = source else {
+        raise!(WfError::NullArgument { arg: "source" })
+    };
+    let mut out: Vec<(Option<String>, i64, i64, i64, String, String)> = Vec::new();
     Spi::connect(|client| {
-        let src = inspect(client, source).or_raise();
+        let src = or_raise!(inspect(client, source));
         if since.is_some() && !src.has_created_at {
-            WfError::SourceMissingColumns { source: src.name.clone(), missing: vec!["created_at"] }.raise();
+            raise!(WfError::SourceMissingColumns {
+                source: src.name.clone(),
+                missing: vec!["created_at"]
+            });
         }
         let filter = if since.is_some() {
-            format!("WHERE run_id IN (SELECT run_id FROM {} WHERE created_at >= $1)", src.name)
+            format!(
+                "WHERE run_id IN (SELECT run_id FROM {} WHERE created_at >= $1)",
+                src.name
+            )
         } else {
             String::new()
         };
@@ -254,23 +338,36 @@ fn scan(
             order_by(&src)
         );
         let args: Vec<pgrx::datum::DatumWithOid<'_>> = since.into_iter().map(Into::into).collect();
-        // Per run: (count, first finding); flushed when the run ends.
-        let pending: RefCell<Option<(i64, i64, String, String)>> = RefCell::new(None);
+        let pending: RefCell<Option<FirstFinding>> = RefCell::new(None);
         stream(
             client,
             &query,
             &args,
             src.has_seq,
             |run, events| {
-                if let Some((n, seq, code, detail)) = pending.take() {
-                    out.push((run.to_string(), events, n, seq, code, detail));
+                if let Some(p) = pending.take() {
+                    out.push((
+                        run.map(str::to_string),
+                        events,
+                        p.anomalies,
+                        p.at,
+                        p.anomaly.to_string(),
+                        p.detail,
+                    ));
                 }
             },
-            |_, at, _, _, _, f| {
+            |e, f| {
                 let mut p = pending.borrow_mut();
                 match p.as_mut() {
-                    Some(p) => p.0 += 1,
-                    None => *p = Some((1, at, f.anomaly.to_string(), f.detail)),
+                    Some(p) => p.anomalies = p.anomalies.saturating_add(1),
+                    None => {
+                        *p = Some(FirstFinding {
+                            anomalies: 1,
+                            at: e.at(),
+                            anomaly: f.anomaly,
+                            detail: f.detail,
+                        })
+                    }
                 }
             },
         );
@@ -332,7 +429,11 @@ mod tests {
             let run = format!("prop-{run_no}");
             let mut expected: Vec<(i64, String)> = Vec::new();
             for pos in 1..=60i64 {
-                let t = if pos == 1 && rand(10) > 0 { EventType::RunCreated } else { EventType::ALL[rand(17)] };
+                let t = if pos == 1 && rand(10) > 0 {
+                    EventType::RunCreated
+                } else {
+                    EventType::ALL[rand(17)]
+                };
                 let corr = match (t.correlation_rule(), rand(20)) {
                     (CorrelationRule::Required, 0) => None, // a malformed event now and then
                     (CorrelationRule::Required, _) => Some(corrs[rand(corrs.len())]),
@@ -376,8 +477,15 @@ mod tests {
                 "SELECT count(*) FROM workflow_ext.replay($1)",
                 &[run.as_str().into()],
             );
-            assert_eq!(own, Ok(Some(0)), "the writer's own log of {run} must replay clean");
+            assert_eq!(
+                own,
+                Ok(Some(0)),
+                "the writer's own log of {run} must replay clean"
+            );
         }
-        assert!(refused_total > 400, "too few refusals to mean anything: {refused_total}");
+        assert!(
+            refused_total > 400,
+            "too few refusals to mean anything: {refused_total}"
+        );
     }
 }

@@ -1,10 +1,16 @@
 //! Retention: the one way to remove events. Whole finished runs only, so no
-//! run is ever left half-deleted.
+//! run is ever left half-deleted. The append-only trigger lives here too:
+//! it refuses every change to the log but the purge's own DELETE.
 
-use crate::append::{internal, PURGE_IN_PROGRESS};
-use crate::errors::{OrRaise, WfError};
+use crate::errors::{or_internal, raise, WfError};
 use pgrx::prelude::*;
+use std::cell::Cell;
+use std::convert::Infallible;
 
+thread_local! {
+    /// Set only by `purge_runs` around its DELETE; no SQL can reach it.
+    static PURGE_IN_PROGRESS: Cell<bool> = const { Cell::new(false) };
+}
 
 /// Resets the purge flag however the purge ends (an ERROR unwinds through
 /// Rust frames, dropping this).
@@ -23,44 +29,66 @@ impl Drop for PurgeGuard {
     }
 }
 
+/// BEFORE UPDATE / DELETE / TRUNCATE … FOR EACH STATEMENT (ENABLE ALWAYS):
+/// the log is append-only for every role; only `purge_runs` deletes.
+#[pg_trigger(sql = false)] // declared in sql/functions.sql
+fn events_refuse_change<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
+    let op = match trigger.op() {
+        Ok(PgTriggerOperation::Delete) if PURGE_IN_PROGRESS.with(Cell::get) => return Ok(None),
+        Ok(PgTriggerOperation::Delete) => "delete from",
+        Ok(PgTriggerOperation::Update) => "update",
+        Ok(PgTriggerOperation::Truncate) => "truncate",
+        _ => "change",
+    };
+    raise!(WfError::AppendOnly { op })
+}
+
 /// Deletes every run that reached a terminal state more than `older_than`
 /// ago, with all its events and joins. Returns the number of runs removed.
 /// Runs that are locked by an append right now are skipped (the next purge
 /// takes them).
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn purge_runs(older_than: Option<Interval>) -> i64 {
-    let older_than = older_than.ok_or(WfError::NullArgument { arg: "older_than" }).or_raise();
+    let Some(older_than) = older_than else {
+        raise!(WfError::NullArgument { arg: "older_than" })
+    };
     if older_than.micros() < 0 || older_than.days() < 0 || older_than.months() < 0 {
-        WfError::NegativeInterval.raise();
+        raise!(WfError::NegativeInterval);
     }
     Spi::connect_mut(|c| {
         // Statement 1 locks the doomed runs; statement 2 (a new snapshot,
         // taken after the locks) sees every event committed to them before
         // the lock, so none is left behind.
-        let locked = c
-            .update(
+        let locked = or_internal!(
+            c.update(
                 "SELECT coalesce(array_agg(run_id), '{}') FROM ( \
                    SELECT run_id FROM workflow_ext.runs \
                    WHERE finished_at <= now() - $1 FOR UPDATE SKIP LOCKED) d",
                 None,
                 &[older_than.into()],
-            )
-            .unwrap_or_else(|e| internal(&format!("purge lock: {e}")));
-        let ids: Vec<String> = locked.first().get(1).ok().flatten().unwrap_or_default();
+            ),
+            "purge lock"
+        );
+        // coalesce(…, '{}'): never NULL.
+        let ids: Vec<String> =
+            or_internal!(locked.first().get(1), "purge runs").unwrap_or_default();
         if ids.is_empty() {
             return 0;
         }
         let _guard = PurgeGuard::enter();
-        let deleted = c
-            .update(
+        let deleted = or_internal!(
+            c.update(
                 "WITH ev AS (DELETE FROM workflow_ext.events WHERE run_id = ANY($1)), \
                       jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
                       j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)) \
                  DELETE FROM workflow_ext.runs WHERE run_id = ANY($1)",
                 None,
                 &[ids.into()],
-            )
-            .unwrap_or_else(|e| internal(&format!("purge delete: {e}")));
+            ),
+            "purge delete"
+        );
         deleted.len() as i64
     })
 }
@@ -73,17 +101,39 @@ mod tests {
     #[pg_test]
     fn purges_whole_finished_runs_only() {
         for (run, finish) in [("done", true), ("live", false)] {
-            Spi::run_with_args("SELECT workflow_ext.append_event($1, NULL, 'run_created')", &[run.into()]).unwrap();
-            Spi::run_with_args("SELECT workflow_ext.append_event($1, NULL, 'run_started')", &[run.into()]).unwrap();
-            Spi::run_with_args("SELECT workflow_ext.append_event($1, 's', 'step_created')", &[run.into()]).unwrap();
+            Spi::run_with_args(
+                "SELECT workflow_ext.append_event($1, NULL, 'run_created')",
+                &[run.into()],
+            )
+            .unwrap();
+            Spi::run_with_args(
+                "SELECT workflow_ext.append_event($1, NULL, 'run_started')",
+                &[run.into()],
+            )
+            .unwrap();
+            Spi::run_with_args(
+                "SELECT workflow_ext.append_event($1, 's', 'step_created')",
+                &[run.into()],
+            )
+            .unwrap();
             if finish {
-                Spi::run_with_args("SELECT workflow_ext.append_event($1, NULL, 'run_failed')", &[run.into()]).unwrap();
+                Spi::run_with_args(
+                    "SELECT workflow_ext.append_event($1, NULL, 'run_failed')",
+                    &[run.into()],
+                )
+                .unwrap();
             }
         }
-        assert_eq!(Spi::get_one::<i64>("SELECT workflow_ext.purge_runs('0')"), Ok(Some(1)));
-        let left = Spi::get_one::<String>("SELECT string_agg(DISTINCT run_id, ',') FROM workflow_ext.events");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT workflow_ext.purge_runs('0')"),
+            Ok(Some(1))
+        );
+        let left = Spi::get_one::<String>(
+            "SELECT string_agg(DISTINCT run_id, ',') FROM workflow_ext.events",
+        );
         assert_eq!(left, Ok(Some("live".to_string())));
-        let runs = Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.runs WHERE run_id = 'done'");
+        let runs =
+            Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.runs WHERE run_id = 'done'");
         assert_eq!(runs, Ok(Some(0)));
     }
 }

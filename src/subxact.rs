@@ -6,7 +6,9 @@ use pgrx::pg_sys::{self, PgTryBuilder};
 
 /// Runs `f` in a subtransaction; an error rolls the subtransaction back and
 /// is returned instead of aborting the caller's transaction.
-pub fn in_subtransaction(f: impl FnOnce() + std::panic::UnwindSafe) -> Result<(), CaughtError> {
+pub fn in_subtransaction(
+    f: impl FnOnce() + std::panic::UnwindSafe,
+) -> Result<(), Box<CaughtError>> {
     // SAFETY: the BeginInternalSubTransaction / Release / RollbackAndRelease
     // protocol of PL/pgSQL's exception blocks, restoring the memory context
     // and resource owner afterwards as it does.
@@ -19,7 +21,7 @@ pub fn in_subtransaction(f: impl FnOnce() + std::panic::UnwindSafe) -> Result<()
             f();
             Ok(())
         })
-        .catch_others(Err)
+        .catch_others(|e| Err(Box::new(e)))
         .execute();
         match result {
             Ok(()) => pg_sys::ReleaseCurrentSubTransaction(),
@@ -30,4 +32,3 @@ pub fn in_subtransaction(f: impl FnOnce() + std::panic::UnwindSafe) -> Result<()
         result
     }
 }
-

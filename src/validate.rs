@@ -31,7 +31,9 @@ pub fn optional_ident<'a>(arg: &'static str, value: Option<&'a str>) -> WfResult
 
 pub fn event_type(value: Option<&str>) -> WfResult<EventType> {
     let v = value.ok_or(WfError::NullArgument { arg: "type" })?;
-    EventType::parse(v).ok_or_else(|| WfError::UnknownEventType { given: v.to_string() })
+    EventType::parse(v).ok_or_else(|| WfError::UnknownEventType {
+        given: v.to_string(),
+    })
 }
 
 /// Validates the three columns that address an event.
@@ -46,7 +48,11 @@ pub fn address<'a>(
     match (event.correlation_rule(), correlation_id) {
         (CorrelationRule::Required, None) => Err(WfError::CorrelationRequired { event }),
         (CorrelationRule::Forbidden, Some(_)) => Err(WfError::CorrelationForbidden { event }),
-        _ => Ok(EventAddress { run_id, correlation_id, event }),
+        _ => Ok(EventAddress {
+            run_id,
+            correlation_id,
+            event,
+        }),
     }
 }
 
@@ -72,7 +78,8 @@ mod tests {
         let long = "x".repeat(MAX_IDENT_BYTES + 1);
         let max = "x".repeat(MAX_IDENT_BYTES);
         #[rustfmt::skip]
-        let cases: &[(Option<&str>, Option<&str>, Option<&str>, &str)] = &[
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+        let cases: &[Case<'_>] = &[
             (Some("r"), None, Some("run_created"), "ok"),
             (Some("r"), Some("step_1"), Some("step_created"), "ok"),
             (Some("r"), None, Some("attr_set"), "ok"),
@@ -87,13 +94,37 @@ mod tests {
             (Some("r"), Some("s"), Some("step_create"), "unknown_type"),
             (Some("r"), Some("s"), Some("STEP_CREATED"), "unknown_type"),
             (Some("r"), Some("s"), Some(""), "unknown_type"),
-            (Some("r"), None, Some("step_created"), "correlation_required"),
-            (Some("r"), None, Some("hook_received"), "correlation_required"),
-            (Some("r"), Some("c"), Some("run_created"), "correlation_forbidden"),
-            (Some("r"), Some("c"), Some("run_cancelled"), "correlation_forbidden"),
+            (
+                Some("r"),
+                None,
+                Some("step_created"),
+                "correlation_required",
+            ),
+            (
+                Some("r"),
+                None,
+                Some("hook_received"),
+                "correlation_required",
+            ),
+            (
+                Some("r"),
+                Some("c"),
+                Some("run_created"),
+                "correlation_forbidden",
+            ),
+            (
+                Some("r"),
+                Some("c"),
+                Some("run_cancelled"),
+                "correlation_forbidden",
+            ),
         ];
         for (run, corr, ty, want) in cases {
-            assert_eq!(code(address(*run, *corr, *ty)), *want, "{run:?} {corr:?} {ty:?}");
+            assert_eq!(
+                code(address(*run, *corr, *ty)),
+                *want,
+                "{run:?} {corr:?} {ty:?}"
+            );
         }
     }
 }

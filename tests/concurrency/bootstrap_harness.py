@@ -53,6 +53,7 @@ class Outcome:
     value: object = None
     sqlstate: str = None
     message: str = None
+    detail: str = None
 
     @property
     def ok(self):
@@ -67,7 +68,7 @@ def call(conn, sql, params=None):
     try:
         return Outcome(value=conn.execute(sql, params).fetchone()[0])
     except psycopg.Error as e:
-        return Outcome(sqlstate=e.sqlstate, message=e.diag.message_primary)
+        return Outcome(sqlstate=e.sqlstate, message=e.diag.message_primary, detail=e.diag.message_detail)
 
 
 @contextlib.contextmanager

@@ -259,7 +259,7 @@ def test_lock_timeout_names_the_bootstrap_and_writes_nothing(boot_template):
         f"retry_after_commit={retried.value} ledger_rows={rows[0]} row_is_a={rows[1]}"
     )
     assert refused.sqlstate == "55P03"
-    assert 'bootstrap "slow@v1"' in refused.message and "lock_timeout" in refused.message
+    assert 'bootstrap "slow@v1"' in refused.message and "lock_timeout" in refused.detail
     # B gave up after its lock_timeout: it never ran the 3 s DDL ...
     assert waited < 1.5
     # ... and the only ledger row is A's (applied_at is A's transaction time).

@@ -1,0 +1,198 @@
+"""ALTER EXTENSION workflow_ext UPDATE from every released version.
+
+For each released install script kept in sql/ (workflow_ext--<v>.sql):
+install that version, fill it with events from every lifecycle, update to the
+current version, then
+  (a) the extension's objects equal a fresh install's, object by object
+      (catalog descriptions, not pg_dump: pg_dump skips extension members);
+  (b) the data is intact and scan() is clean;
+  (c) appends keep working, at the next seq.
+Released scripts are frozen: their sha256 is pinned here, and a test fails if
+one is edited (write an upgrade script instead).
+"""
+
+import hashlib
+import os
+import pathlib
+import re
+import uuid
+
+import psycopg
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SQL = ROOT / "sql"
+
+# Released install scripts and their sha256: never edit a released script.
+RELEASED = {
+    "0.1.0": "349a20fd3f8e47675a933d7f71e58406a312e919c5a93fbd9bfee4dc1aca1966",
+}
+
+
+def current_version():
+    text = (ROOT / "Cargo.toml").read_text()
+    return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+
+
+def connect(dbname):
+    return psycopg.connect(
+        host=os.environ["PGHOST"],
+        port=int(os.environ.get("PGPORT", "54315")),
+        user=os.environ.get("PGUSER", "postgres"),
+        dbname=dbname,
+        autocommit=True,
+    )
+
+
+@pytest.fixture
+def fresh_db():
+    made = []
+
+    def make():
+        name = f"wfx_upgrade_{uuid.uuid4().hex[:8]}"
+        with connect("postgres") as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return name
+
+    yield make
+    with connect("postgres") as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# One row per extension member: (kind, identity, description). The
+# description holds what a user could observe: definitions, columns,
+# defaults, constraints, triggers and their firing mode, ACLs, comments.
+CATALOG = r"""
+WITH members AS (
+  SELECT d.classid::regclass::text AS cat, d.objid
+  FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+  WHERE e.extname = 'workflow_ext' AND d.deptype = 'e'
+)
+SELECT 'relation', c.oid::regclass::text,
+       concat_ws(' | ', c.relkind, c.relacl::text, c.reloptions::text,
+         (SELECT string_agg(format('%s %s %s %s', a.attname, format_type(a.atttypid, a.atttypmod),
+                                   a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid)), ', ' ORDER BY a.attnum)
+            FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+         (SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+            FROM pg_index i WHERE i.indrelid = c.oid),
+         (SELECT string_agg(format('%s %s', conname, pg_get_constraintdef(co.oid)), '; ' ORDER BY conname)
+            FROM pg_constraint co WHERE co.conrelid = c.oid),
+         (SELECT string_agg(format('%s %s', pg_get_triggerdef(t.oid), t.tgenabled), '; ' ORDER BY t.tgname)
+            FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+         obj_description(c.oid, 'pg_class'))
+FROM members m JOIN pg_class c ON m.cat = 'pg_class' AND c.oid = m.objid
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text,
+       concat_ws(' | ', pg_get_functiondef(p.oid), p.proacl::text, obj_description(p.oid, 'pg_proc'))
+FROM members m JOIN pg_proc p ON m.cat = 'pg_proc' AND p.oid = m.objid
+UNION ALL
+SELECT 'type', t.oid::regtype::text,
+       concat_ws(' | ', t.typtype, t.typacl::text,
+         (SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum WHERE enumtypid = t.oid))
+FROM members m JOIN pg_type t ON m.cat = 'pg_type' AND t.oid = m.objid
+UNION ALL
+SELECT 'schema', n.nspname, concat_ws(' | ', n.nspacl::text)
+FROM pg_namespace n WHERE n.nspname = 'workflow_ext'
+UNION ALL
+SELECT 'config_dump', (SELECT string_agg(x::regclass::text, ',' ORDER BY x::regclass::text)
+                         FROM unnest(extconfig) x), array_to_string(extcondition, ',')
+FROM pg_extension WHERE extname = 'workflow_ext'
+UNION ALL
+SELECT 'other', m.cat, count(*)::text FROM members m
+WHERE m.cat NOT IN ('pg_class', 'pg_proc', 'pg_type') GROUP BY m.cat
+ORDER BY 1, 2
+"""
+
+
+def catalog(dbname):
+    with connect(dbname) as c:
+        return [tuple(r) for r in c.execute(CATALOG).fetchall()]
+
+
+LIFECYCLES = [
+    ("wrun_a", None, "run_created"),
+    ("wrun_a", None, "run_started"),
+    ("wrun_a", "step_1", "step_created"),
+    ("wrun_a", "step_1", "step_started"),
+    ("wrun_a", "step_1", "step_retrying"),
+    ("wrun_a", "step_1", "step_started"),
+    ("wrun_a", "step_1", "step_completed"),
+    ("wrun_a", "step_2", "step_created"),
+    ("wrun_a", "step_2", "step_started"),
+    ("wrun_a", "step_2", "step_failed"),
+    ("wrun_a", "wait_1", "wait_created"),
+    ("wrun_a", "wait_1", "wait_completed"),
+    ("wrun_a", "hook_1", "hook_created"),
+    ("wrun_a", "hook_1", "hook_received"),
+    ("wrun_a", "hook_1", "hook_disposed"),
+    ("wrun_a", "hook_2", "hook_conflict"),
+    ("wrun_a", None, "attr_set"),
+    ("wrun_a", None, "run_completed"),
+    ("wrun_b", None, "run_created"),
+    ("wrun_b", None, "run_cancelled"),
+    ("wrun_c", None, "run_created"),
+    ("wrun_c", None, "run_started"),
+    ("wrun_c", None, "run_failed"),
+    ("wrun_d", None, "run_created"),
+    ("wrun_d", None, "run_started"),
+]
+
+
+def test_released_scripts_are_frozen():
+    for version, pinned in RELEASED.items():
+        path = SQL / f"workflow_ext--{version}.sql"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest == pinned, f"{path.name} was edited: released scripts are frozen; add an upgrade script"
+
+
+def test_every_release_has_an_upgrade_path():
+    current = current_version()
+    for version in RELEASED:
+        assert (SQL / f"workflow_ext--{version}--{current}.sql").exists() or any(
+            SQL.glob(f"workflow_ext--{version}--*.sql")
+        ), f"no upgrade script from {version}"
+
+
+@pytest.mark.parametrize("version", sorted(RELEASED))
+def test_update_equals_fresh_install_and_keeps_data(fresh_db, version):
+    current = current_version()
+    old, new = fresh_db(), fresh_db()
+    with connect(old) as c:
+        c.execute(f"CREATE EXTENSION workflow_ext VERSION '{version}'")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'workflow_ext'").fetchone()[0] == version
+        for run, corr, typ in LIFECYCLES:
+            c.execute("SELECT workflow_ext.append_event(%s, %s, %s)", (run, corr, typ))
+        c.execute("SELECT workflow_ext.join_arrive('wrun_d', 'j', 'm1', 2)")
+        c.execute("SELECT workflow_ext.bootstrap('app@v1', 'CREATE TABLE app_t (a int)')")
+        before = c.execute("SELECT run_id, seq, id, type::text, correlation_id FROM workflow_ext.events ORDER BY 1, 2").fetchall()
+        c.execute("ALTER EXTENSION workflow_ext UPDATE")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'workflow_ext'").fetchone()[0] == current
+    with connect(new) as c:
+        c.execute("CREATE EXTENSION workflow_ext")
+
+    upgraded, fresh = catalog(old), catalog(new)
+    only_upgraded = sorted(set(upgraded) - set(fresh))
+    only_fresh = sorted(set(fresh) - set(upgraded))
+    assert not only_upgraded and not only_fresh, (
+        f"upgraded {version} -> {current} differs from a fresh install:\n"
+        + "\n".join(f"  upgraded: {r}" for r in only_upgraded)
+        + "\n"
+        + "\n".join(f"  fresh:    {r}" for r in only_fresh)
+    )
+    print(f"FIGURE: upgrade {version} -> {current}: {len(fresh)} catalog objects identical to a fresh install")
+
+    with connect(old) as c:
+        after = c.execute("SELECT run_id, seq, id, type::text, correlation_id FROM workflow_ext.events ORDER BY 1, 2").fetchall()
+        assert after == before
+        assert c.execute("SELECT count(*) FROM workflow_ext.scan()").fetchone()[0] == 0
+        # Appends continue at the next seq; the new functions work.
+        seq = c.execute("SELECT seq FROM workflow_ext.append_event('wrun_d', 's9', 'step_created')").fetchone()[0]
+        assert seq == 3
+        assert c.execute("SELECT workflow_ext.join_arrive('wrun_d', 'j', 'm2', 2)").fetchone()[0] is True
+        assert c.execute("SELECT workflow_ext.bootstrap('app@v1', 'CREATE TABLE app_t (a int)')").fetchone()[0] is False
+        assert c.execute("SELECT workflow_ext.bootstrap_begin('mig@v1')").fetchone()[0] is True
+        c.execute("SELECT workflow_ext.bootstrap_end('mig@v1')")
+        assert c.execute("SELECT workflow_ext.bootstrap_begin('mig@v1')").fetchone()[0] is False
