@@ -1,6 +1,6 @@
 # workflow_ext: the two commands are `make demo` (the main job) and `make test`.
-.PHONY: setup install demo test lint test-pgrx test-regress test-docs test-concurrency \
-        test-clients test-faults psql stop clean bench bench-smoke
+.PHONY: setup install demo test lint test-pgrx test-regress test-upgrade test-docs test-concurrency \
+        test-migrators test-clients test-faults psql stop clean bench bench-smoke
 
 # The PostgreSQL to build against: scripts/pg.sh is the one place that names
 # it (PG=16 make … picks another major). Expanded only where it is used.
@@ -11,13 +11,13 @@ setup:            ## install PostgreSQL 15, libclang, cargo-pgrx 0.18.1, test cl
 
 install: setup    ## build (release: the build that was benchmarked) and install the extension
 	bash scripts/cluster.sh stop   # never replace the .so under a live cluster
-	cargo pgrx install --release --pg-config "$(PG_CONFIG)"
+	bash scripts/install.sh --release
 
 demo: install     ## start the local cluster and race workers on one run
 	bash scripts/cluster.sh start
 	bash scripts/demo.sh
 
-test:             ## every suite: lint, cargo pgrx test, pg_regress, README SQL, concurrency, clients, faults, bench smoke
+test:             ## every suite: lint, cargo pgrx test, pg_regress, upgrade, README SQL, concurrency, migrators, clients, faults, bench smoke
 	bash scripts/test.sh
 
 lint:             ## cargo fmt --check, cargo clippy -D warnings
@@ -26,6 +26,10 @@ test-pgrx:
 	WFX_SUITES=pgrx bash scripts/test.sh
 test-regress:
 	WFX_SUITES=regress bash scripts/test.sh
+test-upgrade:     ## ALTER EXTENSION UPDATE from every released version equals a fresh install
+	WFX_SUITES=upgrade bash scripts/test.sh
+test-migrators:   ## graphile-worker and the DevKit setup raced, raw and wrapped in bootstrap_begin/end
+	WFX_SUITES=migrators bash scripts/test.sh
 test-docs:        ## every ```sql block of README.md, its claimed results checked
 	WFX_SUITES=docs bash scripts/test.sh
 test-concurrency:

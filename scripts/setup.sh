@@ -52,10 +52,17 @@ fi
 if [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
   python3 -m pip install -q -r "$(dirname "$0")/../tests/requirements.txt"
 fi
-# node-postgres for the Node example (examples/node), from its lock file.
-if [ -f "$(dirname "$0")/../examples/node/package-lock.json" ] && command -v npm >/dev/null 2>&1; then
-  if [ ! -d "$(dirname "$0")/../examples/node/node_modules/pg" ]; then
-    (cd "$(dirname "$0")/../examples/node" && npm ci --silent --no-audit --no-fund)
-  fi
+# Node packages from their lock files: node-postgres for the Node example
+# (examples/node); graphile-worker and the DevKit's world-postgres for the
+# migrator race (tests/migrators). Node itself from Debian if missing.
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
+for pair in examples/node:pg tests/migrators:graphile-worker; do
+  dir="$(dirname "$0")/../${pair%%:*}"
+  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules/${pair##*:}" ]; then
+    (cd "$dir" && npm ci --silent --no-audit --no-fund)
+  fi
+done
 echo "setup: ok"

@@ -13,14 +13,18 @@
 #   7. fault suite:               tests/faults (killed sessions, crashed server,
 #                                 timeouts; on a cluster of its own, port 54317)
 #   8. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
-# Pick suites with WFX_SUITES="lint pgrx regress docs concurrency clients faults bench"
+#   9. upgrade:                   tests/upgrade (0.1.0 → current equals a fresh
+#                                 install; data intact; released scripts frozen)
+#  10. migrators:                 tests/migrators (graphile-worker and the DevKit's
+#                                 setup from npm, raced raw and in bootstrap_begin/end)
+# Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators clients faults bench"
 # (default: all, in that order).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"      # pgrx-tests needs $USER
-SUITES="${WFX_SUITES:-lint pgrx regress docs concurrency clients faults bench}"
+SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators clients faults bench}"
 . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
 failed=0; passed=0
 
@@ -84,7 +88,7 @@ install_extension() {
   # puts the release build back.
   [ -n "$installed" ] && return 0
   bash scripts/cluster.sh stop >/dev/null
-  cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
+  bash scripts/install.sh
   bash scripts/cluster.sh start
   installed=1
 }
@@ -98,6 +102,18 @@ regress() {
     --inputdir="$ROOT/tests/pg_regress" --outputdir="$out" --dbname=wfx_regress \
     --schedule="$ROOT/tests/pg_regress/schedule" \
     || { cat "$out/regression.diffs" 2>/dev/null | head -200; return 1; }
+}
+
+upgrade() {
+  eval "$(bash scripts/cluster.sh env)"
+  export PGHOST PGPORT PGUSER
+  python3 -m pytest -q -s -p no:cacheprovider tests/upgrade
+}
+
+migrators() {
+  eval "$(bash scripts/cluster.sh env)"
+  export PGHOST PGPORT PGUSER
+  python3 -m pytest -q -s -p no:cacheprovider tests/migrators
 }
 
 docs() {
@@ -137,8 +153,10 @@ for s in $SUITES; do
     lint) run_suite "lint (cargo fmt, cargo clippy)" lint ;;
     pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
     regress) install_extension; run_suite "pg_regress" regress ;;
+    upgrade) install_extension; run_suite "upgrade from released versions (pytest)" upgrade ;;
     docs) install_extension; run_suite "README SQL (pytest)" docs ;;
     concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
+    migrators) install_extension; run_suite "real migrators raced (pytest + node)" migrators ;;
     clients) install_extension; run_suite "client examples" clients ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
     bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;

@@ -15,6 +15,7 @@ import hashlib
 import os
 import pathlib
 import re
+import subprocess
 import uuid
 
 import psycopg
@@ -34,14 +35,22 @@ def current_version():
     return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
 
 
+def cluster_env():
+    """PGHOST/PGPORT/PGUSER from the environment, else the project cluster's
+    (scripts/cluster.sh env, found from this file's own location)."""
+    env = {k: os.environ[k] for k in ("PGHOST", "PGPORT", "PGUSER") if k in os.environ}
+    if len(env) < 3:
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "cluster.sh"), "env"],
+                             capture_output=True, text=True, check=True).stdout
+        for k, v in (kv.split("=", 1) for kv in out.replace("export ", "").split()):
+            env.setdefault(k, v)
+    return env
+
+
 def connect(dbname):
-    return psycopg.connect(
-        host=os.environ["PGHOST"],
-        port=int(os.environ.get("PGPORT", "54315")),
-        user=os.environ.get("PGUSER", "postgres"),
-        dbname=dbname,
-        autocommit=True,
-    )
+    env = cluster_env()
+    return psycopg.connect(host=env["PGHOST"], port=int(env["PGPORT"]), user=env["PGUSER"],
+                           dbname=dbname, autocommit=True)
 
 
 @pytest.fixture
