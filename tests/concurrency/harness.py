@@ -7,12 +7,9 @@ test, so the same checker runs against the extension and against a naive
 check-then-insert (which it must catch, or it proves nothing).
 """
 
-import functools
 import itertools
 import os
 import random
-import shlex
-import subprocess
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -26,31 +23,10 @@ BARRIER_TIMEOUT = 120
 SERIALIZATION_FAILURE = "40001"
 
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+import sys
 
-
-@functools.cache
-def project_cluster():
-    """Where the project cluster listens: `scripts/cluster.sh env` is the one
-    place that knows (a socket in the checkout, or its /tmp fallback)."""
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "env"],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(kv.split("=", 1) for kv in shlex.split(out) if "=" in kv)
-
-
-def setting(name):
-    """PGHOST / PGPORT / PGUSER: the environment's (scripts/test.sh sets
-    them), else the project cluster's."""
-    return os.environ.get(name) or project_cluster()[name]
-
-
-def conninfo(dbname):
-    return dict(
-        host=setting("PGHOST"),
-        port=int(setting("PGPORT")),
-        user=setting("PGUSER"),
-        dbname=dbname,
-    )
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pgcluster import conninfo  # noqa: E402,F401  (tests/pgcluster.py; bootstrap_harness imports it from here)
 
 
 def connect(dbname, autocommit=True):

@@ -61,15 +61,17 @@ failure at that line.
 """
 
 import contextlib
-import functools
 import os
 import re
-import shlex
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 
 import psycopg
+
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pgcluster import conninfo  # noqa: E402  (tests/pgcluster.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 README = os.path.join(ROOT, "README.md")
@@ -101,24 +103,8 @@ STATEMENT_TIMEOUT = "60s"
 
 # -- Connection ------------------------------------------------------------------
 
-@functools.cache
-def project_cluster():
-    """Where the project cluster listens: `scripts/cluster.sh env` is the one
-    place that knows (a socket in the checkout, or its /tmp fallback)."""
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "env"],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(kv.split("=", 1) for kv in shlex.split(out) if "=" in kv)
-
-
-def setting(name):
-    """PGHOST / PGPORT / PGUSER: the environment's (scripts/test.sh sets
-    them), else the project cluster's."""
-    return os.environ.get(name) or project_cluster()[name]
-
-
 def connect(dbname):
-    return psycopg.connect(host=setting("PGHOST"), port=int(setting("PGPORT")),
-                           user=setting("PGUSER"), dbname=dbname, autocommit=True,
+    return psycopg.connect(**conninfo(dbname), autocommit=True,
                            options=f"-c statement_timeout={STATEMENT_TIMEOUT}")
 
 

@@ -28,12 +28,16 @@ from the environment (scripts/test.sh sets them), else the project cluster's
 import functools
 import json
 import os
-import shlex
 import shutil
 import subprocess
 
 import psycopg
 import pytest
+
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pgcluster import conninfo, setting  # noqa: E402  (tests/pgcluster.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -45,18 +49,6 @@ RACE_TIMEOUT_S = 600
 KILL_TIMEOUT_S = 300
 
 
-@functools.cache
-def project_cluster():
-    """Where the project cluster listens: `scripts/cluster.sh env`."""
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "cluster.sh"), "env"],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(kv.split("=", 1) for kv in shlex.split(out) if "=" in kv)
-
-
-def setting(name):
-    return os.environ.get(name) or project_cluster()[name]
-
-
 def node_env():
     env = dict(os.environ)
     for k in ("PGHOST", "PGPORT", "PGUSER"):
@@ -65,8 +57,7 @@ def node_env():
 
 
 def connect(dbname):
-    return psycopg.connect(host=setting("PGHOST"), port=int(setting("PGPORT")),
-                           user=setting("PGUSER"), dbname=dbname, autocommit=True)
+    return psycopg.connect(**conninfo(dbname), autocommit=True)
 
 
 def figure(text):

@@ -15,11 +15,15 @@ import hashlib
 import os
 import pathlib
 import re
-import subprocess
 import uuid
 
 import psycopg
 import pytest
+
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pgcluster import conninfo  # noqa: E402  (tests/pgcluster.py)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SQL = ROOT / "sql"
@@ -35,22 +39,8 @@ def current_version():
     return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
 
 
-def cluster_env():
-    """PGHOST/PGPORT/PGUSER from the environment, else the project cluster's
-    (scripts/cluster.sh env, found from this file's own location)."""
-    env = {k: os.environ[k] for k in ("PGHOST", "PGPORT", "PGUSER") if k in os.environ}
-    if len(env) < 3:
-        out = subprocess.run(["bash", str(ROOT / "scripts" / "cluster.sh"), "env"],
-                             capture_output=True, text=True, check=True).stdout
-        for k, v in (kv.split("=", 1) for kv in out.replace("export ", "").split()):
-            env.setdefault(k, v)
-    return env
-
-
 def connect(dbname):
-    env = cluster_env()
-    return psycopg.connect(host=env["PGHOST"], port=int(env["PGPORT"]), user=env["PGUSER"],
-                           dbname=dbname, autocommit=True)
+    return psycopg.connect(**conninfo(dbname), autocommit=True)
 
 
 @pytest.fixture
