@@ -1,10 +1,15 @@
 # workflow_ext: the two commands are `make demo` (the main job) and `make test`.
 .PHONY: setup install demo test lint test-pgrx test-regress test-upgrade test-docs test-concurrency \
-        test-migrators test-clients test-faults psql stop clean bench bench-smoke
+        test-migrators test-clients test-faults test-matrix psql stop clean bench bench-smoke
 
 # The PostgreSQL to build against: scripts/pg.sh is the one place that names
-# it (PG=16 make … picks another major). Expanded only where it is used.
+# it (`make demo PG=17`, `PG=17 make install` … pick another major: 15, the
+# default, 16, 17 or 18; PG reaches the scripts through the environment).
+# Expanded only where it is used.
 PG_CONFIG = $(shell bash scripts/pg.sh get PG_CONFIG)
+# The majors `make test` runs (after 15's every suite, the others'
+# lint, pgrx, pg_regress and concurrency suites); `make test-matrix` runs all.
+MATRIX ?= 15 16 17 18
 
 setup:            ## install PostgreSQL 15, libclang, cargo-pgrx 0.18.1, test clients
 	bash scripts/setup.sh
@@ -17,8 +22,11 @@ demo: install     ## start the local cluster and race workers on one run
 	bash scripts/cluster.sh start
 	bash scripts/demo.sh
 
-test:             ## every suite: lint, cargo pgrx test, pg_regress, upgrade, README SQL, concurrency, migrators, clients, faults, bench smoke
-	bash scripts/test.sh
+test:             ## every suite on 15, then lint, pgrx, pg_regress, concurrency on each other major of MATRIX (PG=NN: that major only)
+	bash scripts/test.sh $(if $(PG),,--matrix "$(MATRIX)")
+
+test-matrix:      ## every suite on 15, then lint, pgrx, pg_regress, concurrency on 16, 17 and 18
+	bash scripts/test.sh --matrix "15 16 17 18"
 
 lint:             ## cargo fmt --check, cargo clippy -D warnings
 	WFX_SUITES=lint bash scripts/test.sh

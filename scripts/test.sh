@@ -1,31 +1,81 @@
 #!/usr/bin/env bash
 # The README's test command (`make test`): every suite, against real
-# PostgreSQL 15 (another major: PG=…, see scripts/pg.sh). Safe to run again;
-# does its own set-up.
+# PostgreSQL 15, then the version matrix (see "Majors" below). Safe to run
+# again; does its own set-up.
 #   1. lint:                      cargo fmt --check (crate and examples/rust),
 #                                 cargo clippy -D warnings over every target
-#   2. unit + #[pg_test] tests:   cargo pgrx test pg15 (as the postgres user)
+#   2. unit + #[pg_test] tests:   cargo pgrx test pgNN (as the postgres user)
 #   3. pg_regress suite:          tests/pg_regress (SQL surface, errors, matrix)
 #   4. README's SQL:              tests/docs (every ```sql block of README.md
 #                                 run, its claimed results and errors checked)
 #   5. concurrency suite:         tests/concurrency (≥16 real sessions, pytest)
 #   6. client examples:           examples/{node,python,rust} --check (16 connections each)
 #   7. fault suite:               tests/faults (killed sessions, crashed server,
-#                                 timeouts; on a cluster of its own, port 54317)
+#                                 timeouts; on a cluster of its own, port 54317;
+#                                 PostgreSQL 15 only)
 #   8. benchmark smoke:           bench/bench.py --smoke (the scripts still work)
 #   9. upgrade:                   tests/upgrade (0.1.0 → current equals a fresh
 #                                 install; data intact; released scripts frozen)
 #  10. migrators:                 tests/migrators (graphile-worker and the DevKit's
 #                                 setup from npm, raced raw and in bootstrap_begin/end)
 # Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators clients faults bench"
-# (default: all, in that order).
+# (default: all, in that order; on 16-18 all but faults).
+#
+# Majors:
+#   scripts/test.sh                       one major: PG (scripts/pg.sh, default 15),
+#                                         its own cluster and port, its own install
+#   scripts/test.sh --matrix "15 16 17 18"
+#                                         15 with every suite, then each other major
+#                                         with WFX_MATRIX_SUITES (default
+#                                         "lint pgrx regress concurrency"), one after
+#                                         the other; ends with one summary line across
+#                                         majors and a table (major, suite, result, seconds)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"      # pgrx-tests needs $USER
-SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators clients faults bench}"
+
+# --matrix: one run of this script per major (PG=…), each appending
+# "major suite result seconds" lines to one report; then the summary.
+if [ "${1:-}" = --matrix ]; then
+  majors="${2:-15 16 17 18}"
+  report="$(mktemp /tmp/workflow_ext_matrix.XXXXXX)"
+  trap 'rm -f "$report"' EXIT
+  start=$SECONDS
+  for m in $majors; do
+    echo; echo "######## PostgreSQL $m"
+    if [ "$m" = 15 ]; then suites="${WFX_SUITES:-}"
+    else suites="${WFX_MATRIX_SUITES:-lint pgrx regress concurrency}"; fi
+    # A run that dies before a suite (set-up, install) still leaves a line.
+    PG="$m" WFX_SUITES="$suites" WFX_REPORT="$report" bash "$0" \
+      || grep -q "^$m " "$report" || echo "$m setup FAILED 0" >> "$report"
+  done
+  echo
+  echo "PostgreSQL  suite          result  seconds"
+  awk '{ printf "%-11s %-14s %-7s %7d\n", $1, $2, $3, $4 }' "$report"
+  p="$(awk '$3 == "passed"' "$report" | wc -l)"
+  f="$(awk '$3 != "passed"' "$report" | wc -l)"
+  echo "majors: $majors; $((SECONDS - start)) s in all"
+  echo
+  echo "suites: $p passed, $f failed"
+  [ "$f" -eq 0 ]
+  exit
+fi
+
 . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
+if [ "$PG_MAJOR" = 15 ]; then
+  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators clients faults bench}"
+else
+  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators clients bench}"
+  for s in $SUITES; do
+    if [ "$s" = faults ]; then
+      # Its cluster (port 54317, .pgcluster-faults) is 15's.
+      echo "test.sh: the faults suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
+      exit 2
+    fi
+  done
+fi
 failed=0; passed=0
 
 # Every suite but lint installs a build into $PG_CONFIG's tree (cargo pgrx
@@ -36,17 +86,25 @@ for s in $SUITES; do [ "$s" = lint ] || touches_pg=1; done
 bash scripts/setup.sh
 if [ -n "$touches_pg" ]; then
   # Installing a new .so under a running cluster can crash its backends
-  # (SIGBUS on the replaced mapping): stop the project cluster first.
+  # (SIGBUS on the replaced mapping): stop this major's project cluster
+  # first (and on 15 the fault suite's; another major's clusters run
+  # another tree's .so and are left alone).
   bash scripts/cluster.sh stop >/dev/null
-  WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
+  if [ "$PG_MAJOR" = 15 ]; then
+    WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
+  fi
 fi
 
 run_suite() {  # name, command...
   local name="$1"; shift
+  local t0=$SECONDS result
   echo "==> $name"
-  if "$@"; then passed=$((passed + 1)); echo "==> $name: passed"
-  else failed=$((failed + 1)); echo "==> $name: FAILED"; fi
+  if "$@"; then passed=$((passed + 1)); result=passed
+  else failed=$((failed + 1)); result=FAILED; fi
+  echo "==> $name: $result ($((SECONDS - t0)) s, PostgreSQL $PG_MAJOR)"
+  [ -z "${WFX_REPORT:-}" ] || echo "$PG_MAJOR $suite $result $((SECONDS - t0))" >> "$WFX_REPORT"
 }
+
 
 lint() {
   # #[pg_test] modules are cfg(any(test, feature = "pg_test")): the pg_test
@@ -65,7 +123,7 @@ lint() {
 pgrx_tests() {
   # initdb refuses root: pgrx runs its temporary cluster as `postgres`, in a
   # directory that user can reach, removed first (pgrx issue #1671).
-  local pgdata=/tmp/workflow_ext_pgrx_test
+  local pgdata="/tmp/workflow_ext_pgrx_test_$PG_MAJOR"
   rm -rf "$pgdata"
   if [ "$(id -u)" -eq 0 ]; then
     cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata"
@@ -94,7 +152,7 @@ install_extension() {
 }
 
 regress() {
-  local out="$ROOT/target/regress"
+  local out="$ROOT/target/regress/pg$PG_MAJOR"
   rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
   eval "$(bash scripts/cluster.sh env)"
   "$PG_PGXS/src/test/regress/pg_regress" \
@@ -148,8 +206,8 @@ bench_smoke() {
   python3 bench/bench.py --smoke
 }
 
-for s in $SUITES; do
-  case "$s" in
+for suite in $SUITES; do
+  case "$suite" in
     lint) run_suite "lint (cargo fmt, cargo clippy)" lint ;;
     pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
     regress) install_extension; run_suite "pg_regress" regress ;;
@@ -160,11 +218,16 @@ for s in $SUITES; do
     clients) install_extension; run_suite "client examples" clients ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
     bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
-    *) echo "unknown suite $s"; exit 2 ;;
+    *) echo "unknown suite $suite"; exit 2 ;;
   esac
 done
 # Leave the machine as we found it (the demo cluster is `make demo`'s).
 [ -z "$touches_pg" ] || bash scripts/cluster.sh stop >/dev/null
 echo
-echo "suites: $passed passed, $failed failed"
+if [ -z "${WFX_REPORT:-}" ]; then
+  echo "suites: $passed passed, $failed failed"
+else
+  # In a --matrix run the one summary line is the matrix's.
+  echo "PostgreSQL $PG_MAJOR: $passed of $((passed + failed)) suites passed"
+fi
 [ "$failed" -eq 0 ]
