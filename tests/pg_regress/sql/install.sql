@@ -3,9 +3,17 @@ CREATE EXTENSION workflow_ext;
 SELECT extname, extversion, extrelocatable, n.nspname
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
  WHERE extname = 'workflow_ext';
+-- PostgreSQL 17+ also records the types a table or type brings with it (a
+-- table's row type, a type's array type) as extension members (upstream
+-- commit e5bc9454e5); they are left out so every major lists the same.
 SELECT pg_describe_object(classid, objid, 0) AS object
-  FROM pg_depend WHERE refclassid = 'pg_extension'::regclass
+  FROM pg_depend d WHERE refclassid = 'pg_extension'::regclass
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'workflow_ext')
+   AND NOT EXISTS (SELECT FROM pg_type t
+                    WHERE d.classid = 'pg_type'::regclass AND t.oid = d.objid
+                      AND (EXISTS (SELECT FROM pg_type a WHERE a.typarray = t.oid)
+                           OR EXISTS (SELECT FROM pg_class c
+                                       WHERE c.oid = t.typrelid AND c.relkind <> 'c')))
  ORDER BY 1;
 -- The full vocabulary.
 SELECT enum_range(NULL::workflow_ext.event_type);
