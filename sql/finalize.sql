@@ -6,6 +6,13 @@
 CREATE TRIGGER events_validate_insert
     BEFORE INSERT ON workflow_ext.events
     FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_before_insert();
+-- AFTER, so only rows the validator admitted (and an ON CONFLICT skip never)
+-- take or release tokens.
+CREATE TRIGGER events_hook_tokens
+    AFTER INSERT ON workflow_ext.events
+    FOR EACH ROW
+    WHEN (NEW.type IN ('hook_created', 'hook_disposed', 'run_completed', 'run_failed', 'run_cancelled'))
+    EXECUTE FUNCTION workflow_ext.events_track_hook_tokens();
 CREATE TRIGGER events_append_only
     BEFORE UPDATE OR DELETE ON workflow_ext.events
     FOR EACH STATEMENT EXECUTE FUNCTION workflow_ext.events_refuse_change();
@@ -13,6 +20,7 @@ CREATE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON workflow_ext.events
     FOR EACH STATEMENT EXECUTE FUNCTION workflow_ext.events_refuse_change();
 ALTER TABLE workflow_ext.events ENABLE ALWAYS TRIGGER events_validate_insert;
+ALTER TABLE workflow_ext.events ENABLE ALWAYS TRIGGER events_hook_tokens;
 ALTER TABLE workflow_ext.events ENABLE ALWAYS TRIGGER events_append_only;
 ALTER TABLE workflow_ext.events ENABLE ALWAYS TRIGGER events_no_truncate;
 
@@ -21,6 +29,8 @@ ALTER TABLE workflow_ext.events ENABLE ALWAYS TRIGGER events_no_truncate;
 REVOKE ALL ON FUNCTION workflow_ext.events_before_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.events_refuse_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_runs(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.events_track_hook_tokens() FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 
 -- Tables: the log is readable and appendable (through the trigger) by
 -- PUBLIC; REVOKE these and grant them to your application role to narrow
@@ -28,5 +38,5 @@ REVOKE ALL ON FUNCTION workflow_ext.purge_runs(interval) FROM PUBLIC;
 -- runs, joins and join_members are internal: no PUBLIC rights at all.
 GRANT USAGE ON SCHEMA workflow_ext TO PUBLIC;
 GRANT SELECT, INSERT ON workflow_ext.events TO PUBLIC;
-REVOKE ALL ON workflow_ext.runs, workflow_ext.joins, workflow_ext.join_members FROM PUBLIC;
+REVOKE ALL ON workflow_ext.runs, workflow_ext.joins, workflow_ext.join_members, workflow_ext.hook_tokens FROM PUBLIC;
 GRANT SELECT ON workflow_ext.bootstraps TO PUBLIC;

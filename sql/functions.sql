@@ -22,6 +22,59 @@ CREATE FUNCTION workflow_ext.events_refuse_change() RETURNS trigger
     LANGUAGE c SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'events_refuse_change_wrapper';
 
+-- Takes and releases hook tokens (AFTER INSERT, for the few event types that
+-- concern them; see the WHEN clause in finalize.sql). PL/pgSQL on purpose: a
+-- token taken by another active hook fails the INSERT with PostgreSQL's own
+-- 23505 on workflow_hook_token_unique, which reaches the client with its
+-- constraint, table and schema fields (an error re-raised through Rust loses
+-- them). SECURITY DEFINER: hook_tokens is internal; fixed statements only.
+CREATE FUNCTION workflow_ext.events_track_hook_tokens() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.type::text = 'hook_created' THEN
+        IF pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string' THEN
+            INSERT INTO workflow_ext.hook_tokens (token, run_id, correlation_id, event_id)
+            VALUES (NEW.payload OPERATOR(pg_catalog.->>) 'token', NEW.run_id, NEW.correlation_id, NEW.id);
+        END IF;
+    ELSIF NEW.type::text = 'hook_disposed' THEN
+        DELETE FROM workflow_ext.hook_tokens
+         WHERE run_id = NEW.run_id AND correlation_id = NEW.correlation_id;
+    ELSE  -- the run's terminal event
+        DELETE FROM workflow_ext.hook_tokens WHERE run_id = NEW.run_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Recomputes hook_tokens from the log: the token of every hook_created whose
+-- hook was neither disposed nor ended with its run, first taker first (a log
+-- with past double owners keeps the earliest; scan reports the rest as
+-- token_conflict). Returns the number of tokens held. SECURITY DEFINER for the
+-- internal table; not executable by PUBLIC (finalize.sql).
+CREATE FUNCTION workflow_ext.rebuild_hook_tokens() RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    LOCK TABLE workflow_ext.hook_tokens IN EXCLUSIVE MODE;
+    DELETE FROM workflow_ext.hook_tokens;
+    INSERT INTO workflow_ext.hook_tokens (token, run_id, correlation_id, event_id, taken_at)
+    SELECT c.payload ->> 'token', c.run_id, c.correlation_id, c.id, c.created_at
+      FROM workflow_ext.events c
+     WHERE c.type = 'hook_created' AND jsonb_typeof(c.payload -> 'token') = 'string'
+       AND NOT EXISTS (SELECT FROM workflow_ext.events e
+                        WHERE e.run_id = c.run_id
+                          AND ((e.type = 'hook_disposed' AND e.correlation_id = c.correlation_id)
+                               OR e.type IN ('run_completed', 'run_failed', 'run_cancelled')))
+     ORDER BY c.created_at, c.run_id, c.seq
+    ON CONFLICT (token) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
 -- Appends ----------------------------------------------------------------------
 
 -- Idempotent creation. SECURITY INVOKER: appending needs INSERT and SELECT on

@@ -72,6 +72,23 @@ CREATE TABLE workflow_ext.join_members (
     PRIMARY KEY (run_id, join_key, member_key)
 );
 
+-- Tokens held by active hooks: one row per token, database-wide (a token
+-- addresses a webhook from outside, so two active hooks holding one would
+-- wake two workflows with one delivery). Derived from the log, never written
+-- by clients: a hook_created whose payload carries "token" takes it (the
+-- unique constraint decides between racing creators), its hook_disposed or
+-- its run's terminal event releases it; rebuild_hook_tokens() recomputes it.
+CREATE TABLE workflow_ext.hook_tokens (
+    token          text        NOT NULL,
+    run_id         text        NOT NULL,
+    correlation_id text        NOT NULL,
+    event_id       text        NOT NULL,
+    taken_at       timestamptz NOT NULL DEFAULT now(),
+    -- The name is the contract: a losing creator's 23505 names it.
+    CONSTRAINT workflow_hook_token_unique PRIMARY KEY (token)
+);
+CREATE INDEX hook_tokens_run ON workflow_ext.hook_tokens (run_id, correlation_id);
+
 -- Keep the data in pg_dump output (extension tables are skipped otherwise).
 -- Restore data with triggers disabled (pg_restore --disable-triggers, as a
 -- superuser): the dump already holds assigned ids and seqs.
@@ -79,6 +96,7 @@ SELECT pg_catalog.pg_extension_config_dump('workflow_ext.events', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.joins', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.join_members', '');
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.hook_tokens', '');
 
 -- The bootstrap ledger: one row per applied bootstrap name. Readable by all,
 -- written only by workflow_ext.bootstrap() and bootstrap_end().

@@ -90,13 +90,21 @@ fn entity_last_sql(kind: EntityKind, alias: &str) -> String {
 
 /// The stored creation of suspension type `t`; the type is a literal so the
 /// planner can prove the partial index's predicate even for a generic plan.
+/// A hook's creation is its hook_created, or the hook_conflict recorded for
+/// it when its token was taken (an entity has at most one of the two), so a
+/// loser's redelivered hook_created gets its stored event back too.
 fn find_creation_sql(t: EventType) -> String {
     let corr = if t == EventType::RunCreated {
         "$2::text IS NULL AND correlation_id IS NULL"
     } else {
         "correlation_id = $2"
     };
-    format!("SELECT id, seq FROM workflow_ext.events WHERE run_id = $1 AND {corr} AND type = '{t}'")
+    let types = if t == EventType::HookCreated {
+        format!("type IN ('{t}', '{}')", EventType::HookConflict)
+    } else {
+        format!("type = '{t}'")
+    };
+    format!("SELECT id, seq FROM workflow_ext.events WHERE run_id = $1 AND {corr} AND {types}")
 }
 
 fn build_plans(c: &SpiClient<'_>) -> Plans {

@@ -41,6 +41,9 @@ pub const RUN_CREATED_NOT_FIRST: &str = "run_created_not_first";
 pub const SEQ_GAP: &str = "seq_gap";
 pub const SEQ_DUPLICATE: &str = "seq_duplicate";
 pub const INVALID_EVENT: &str = "invalid_event";
+/// A hook_created whose token another active hook holds (the writer's 23505
+/// on workflow_hook_token_unique).
+pub const TOKEN_CONFLICT: &str = "token_conflict";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
@@ -65,6 +68,8 @@ pub struct Auditor {
     entities: HashMap<String, [Option<Entity>; 3], BuildHasherDefault<Fnv>>,
     events: i64,
     last_seq: Option<i64>,
+    /// Tokens held by the run's active hooks: token → correlation id.
+    tokens: HashMap<String, String, BuildHasherDefault<Fnv>>,
 }
 
 /// A stored event's seq, as the source has it.
@@ -87,6 +92,9 @@ pub struct StoredEvent<'a> {
     pub run_id: Option<&'a str>,
     pub type_name: Option<&'a str>,
     pub correlation_id: Option<&'a str>,
+    /// The hook token a hook_created carries (`payload->>'token'`), if the
+    /// source has a jsonb payload.
+    pub token: Option<&'a str>,
 }
 
 impl StoredEvent<'_> {
@@ -208,6 +216,28 @@ impl Auditor {
             });
         }
 
+        // The writer's token rule (sql/functions.sql, events_track_hook_tokens):
+        // an admitted hook_created whose token an active hook of the run
+        // holds is refused. (Across runs, replay and scan ask the log.)
+        if let (EventType::HookCreated, Some(token), Some(c)) = (event, e.token, corr) {
+            if let Some(holder) = self.tokens.get(token) {
+                return Some(Finding {
+                    anomaly: TOKEN_CONFLICT,
+                    detail: format!(
+                        "token \"{token}\" is held by active hook \"{holder}\"; hook \"{c}\" cannot take it"
+                    ),
+                });
+            }
+            self.tokens.insert(token.to_string(), c.to_string());
+        }
+        match (event, corr) {
+            (EventType::HookDisposed, Some(c)) => self.tokens.retain(|_, holder| holder != c),
+            (EventType::RunCompleted | EventType::RunFailed | EventType::RunCancelled, _) => {
+                self.tokens.clear()
+            }
+            _ => {}
+        }
+
         // Accepted: advance exactly as the writer would have.
         if event.kind() == EntityKind::Run {
             let after = lifecycle::run_state_after(run_state, event);
@@ -327,6 +357,7 @@ mod tests {
                 run_id: Some("r"),
                 type_name: Some(t),
                 correlation_id: c,
+                token: None,
             })
         }
     }
@@ -345,6 +376,7 @@ mod tests {
                 run_id: Some("r"),
                 type_name: Some(t),
                 correlation_id: None,
+                token: None,
             };
             out.extend(a.feed(&e).into_iter().map(|f| (e.at(), f.anomaly)));
         }
@@ -405,10 +437,50 @@ mod tests {
                 run_id: run,
                 type_name: Some("run_created"),
                 correlation_id: None,
+                token: None,
             };
             let got = a.feed(&e).first().map_or("ok", |f| f.anomaly);
             assert_eq!(got, want, "run {run:?} id {id:?}");
         }
+    }
+
+    /// Two active hooks of a run cannot hold one token; dispose releases it.
+    #[test]
+    fn a_token_has_one_active_holder() {
+        let mut a = Auditor::new();
+        let mut pos = 0;
+        let mut feed = |t: &str, c: Option<&str>, token: Option<&str>| {
+            pos += 1;
+            a.feed(&StoredEvent {
+                position: pos,
+                seq: Seq::NotStored,
+                id: Some("wevt_x"),
+                run_id: Some("r"),
+                type_name: Some(t),
+                correlation_id: c,
+                token,
+            })
+            .into_iter()
+            .map(|f| f.anomaly)
+            .collect::<Vec<_>>()
+        };
+        assert!(feed("run_created", None, None).is_empty());
+        assert!(feed("run_started", None, None).is_empty());
+        assert!(feed("hook_created", Some("h1"), Some("t")).is_empty());
+        assert_eq!(
+            feed("hook_created", Some("h2"), Some("t")),
+            [TOKEN_CONFLICT]
+        );
+        // The refused creation left no hook behind: h2 may be born in conflict.
+        assert!(feed("hook_conflict", Some("h2"), Some("t")).is_empty());
+        assert!(feed("hook_created", Some("h3"), Some("u")).is_empty());
+        assert!(feed("hook_disposed", Some("h1"), None).is_empty());
+        assert!(feed("hook_created", Some("h4"), Some("t")).is_empty());
+        assert_eq!(
+            feed("hook_created", Some("h5"), Some("u")),
+            [TOKEN_CONFLICT]
+        );
+        assert!(feed("hook_created", Some("h6"), None).is_empty());
     }
 
     /// An event for a hook that ended (disposed, or born in conflict) is an

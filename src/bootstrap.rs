@@ -154,7 +154,10 @@ fn read_ledger(name: &str) -> Applied {
 
 /// Steps 1–3 of the module doc: wait for the name's lock (bounded by the
 /// caller's lock_timeout / statement_timeout, which keep their SQLSTATEs but
-/// name the bootstrap), refresh the catalog cache, read the ledger.
+/// name the bootstrap), refresh the catalog cache, read the ledger. The read
+/// after the lock must see what the session we waited for committed, so it
+/// needs a snapshot taken after the wait: READ COMMITTED only (see
+/// [`require_read_committed`]).
 fn lock_and_read_ledger(name: &str, scope: Scope) -> Applied {
     let sql = match scope {
         Scope::Transaction => {
@@ -191,6 +194,18 @@ fn lock_and_read_ledger(name: &str, scope: Scope) -> Applied {
     // SAFETY: always valid inside a transaction; see module doc, step 2.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     read_ledger(name)
+}
+
+/// Under REPEATABLE READ / SERIALIZABLE the transaction's snapshot predates
+/// the lock wait, so the ledger read after it could miss the row of the
+/// session waited for: refused up front, whatever the ledger says.
+fn require_read_committed(name: &str) {
+    // SAFETY: a plain read of a backend-local global.
+    if unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 } {
+        raise!(WfError::BootstrapNeedsReadCommitted {
+            name: name.to_string()
+        });
+    }
 }
 
 fn unlock_session(name: &str) {
@@ -272,6 +287,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
     if ddl.trim().is_empty() {
         raise!(WfError::EmptyArgument { arg: "ddl" });
     }
+    require_read_committed(name);
     let sum = checksum(ddl);
     let applied = lock_and_read_ledger(name, Scope::Transaction);
     if or_raise!(already_applied(name, &applied, Some(&sum))) {
@@ -299,6 +315,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
 fn bootstrap_begin(name: Option<&str>, timeout: Option<Interval>, checksum: Option<&str>) -> bool {
     let name = or_raise!(validate::ident("name", name));
     let checksum = or_raise!(validate::optional_ident("checksum", checksum));
+    require_read_committed(name);
     if BEGUN.with(|b| b.borrow().contains_key(name)) {
         raise!(WfError::BootstrapAlreadyBegun {
             name: name.to_string()

@@ -90,6 +90,10 @@ pub enum WfError {
     BootstrapAlreadyBegun { name: String },
     /// `bootstrap`/`bootstrap_begin` gave up waiting. 55P03 / 57014.
     BootstrapWaitTimedOut { name: String, which: &'static str },
+    /// `bootstrap`/`bootstrap_begin` under REPEATABLE READ or SERIALIZABLE,
+    /// whose snapshot predates the lock wait and could miss the ledger row
+    /// of the session it waited for. 0A000.
+    BootstrapNeedsReadCommitted { name: String },
     /// `bootstrap_begin` with a negative or non-finite timeout. 22023.
     InvalidTimeout,
     /// `replay`/`scan` source that is not a relation. 42P01.
@@ -113,7 +117,8 @@ impl WfError {
             WfError::PayloadTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             WfError::AppendOnly { .. }
             | WfError::BootstrapTransactionControl { .. }
-            | WfError::BootstrapCopy { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            | WfError::BootstrapCopy { .. }
+            | WfError::BootstrapNeedsReadCommitted { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             WfError::Refused { violation, .. } => match violation {
                 Violation::MissingRunCreated | Violation::MissingCreation => {
                     Code::ERRCODE_FOREIGN_KEY_VIOLATION
@@ -234,6 +239,12 @@ impl WfError {
                     clip(name)
                 )
             }
+            WfError::BootstrapNeedsReadCommitted { name } => {
+                format!(
+                    "bootstrap \"{}\" needs READ COMMITTED isolation",
+                    clip(name)
+                )
+            }
             WfError::BootstrapNotBegun { name } => {
                 format!("bootstrap \"{}\" was not begun in this session", clip(name))
             }
@@ -298,6 +309,10 @@ impl WfError {
             WfError::BootstrapWaitTimedOut { which, .. } => {
                 format!("Another session holds it; {which} expired while waiting.")
             }
+            WfError::BootstrapNeedsReadCommitted { .. } => "Under REPEATABLE READ or SERIALIZABLE the \
+                transaction's snapshot is older than the lock wait, so it could miss the migration of \
+                the session it waited for and apply it twice."
+                .into(),
             WfError::SourceMissingColumns { missing, .. } => {
                 format!("It lacks the column(s) {}.", missing.join(", "))
             }
@@ -339,6 +354,9 @@ impl WfError {
                  needs no bootstrap_end."
             }
             WfError::BootstrapAlreadyBegun { .. } => "Finish it with bootstrap_end first.",
+            WfError::BootstrapNeedsReadCommitted { .. } => {
+                "Call it in autocommit mode, or in a transaction begun with ISOLATION LEVEL READ COMMITTED."
+            }
             WfError::AppendOnly { .. } => "Remove whole finished runs with workflow_ext.purge_runs(interval).",
             WfError::SourceMissingColumns { .. } => {
                 "An event source needs the columns id, run_id, type and correlation_id \

@@ -13,13 +13,15 @@
 //! table is freed before the next fetch, so a replay holds one batch plus
 //! the auditor's per-entity state, however long the log is.
 
-use crate::audit::{Auditor, Finding, Seq, StoredEvent};
+use crate::audit::{Auditor, Finding, Seq, StoredEvent, TOKEN_CONFLICT};
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
+use crate::lifecycle::EventType;
 use crate::validate;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgMemoryContexts;
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 
 /// Rows fetched from the cursor at a time.
 const BATCH: i64 = 1_000;
@@ -29,13 +31,18 @@ struct Source {
     name: String,
     has_seq: bool,
     has_created_at: bool,
+    /// A jsonb `payload` column: hook tokens can be read (the DevKit's 4.x
+    /// rows keep their data in payload_cbor, which SQL cannot read).
+    has_jsonb_payload: bool,
 }
 
 fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
     let rel = or_internal!(
         client.select(
             "SELECT c.oid::pg_catalog.regclass::text, c.relkind::text, \
-                    pg_catalog.array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped) \
+                    pg_catalog.array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), \
+                    pg_catalog.bool_or(a.attname = 'payload' AND a.attnum > 0 AND NOT a.attisdropped \
+                                       AND a.atttypid = 'pg_catalog.jsonb'::pg_catalog.regtype) \
              FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
              WHERE c.oid = $1 GROUP BY c.oid, c.relkind",
             Some(1),
@@ -67,9 +74,11 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
             missing,
         });
     }
+    let has_jsonb_payload: bool = or_internal!(row.get(4), "source payload").unwrap_or(false);
     Ok(Source {
         has_seq: has("seq"),
         has_created_at: has("created_at"),
+        has_jsonb_payload,
         name,
     })
 }
@@ -103,7 +112,8 @@ unsafe fn text<'a>(d: pg_sys::Datum) -> Option<&'a str> {
 }
 
 /// Streams `query` (columns, in this order: seq, type, correlation_id, id,
-/// run_id; ordered by run, then replay order) through one auditor per run.
+/// run_id, hook token; ordered by run, then replay order) through one
+/// auditor per run.
 /// `emit` gets every finding; `on_run_end` the run id and its event count.
 /// NULL and '' run ids are different runs (and both invalid).
 ///
@@ -124,8 +134,8 @@ fn stream(
     // rows whose run_id is NULL.
     let mut current: Option<Option<String>> = None;
     let mut position = 0i64;
-    let mut values = [pg_sys::Datum::from(0usize); 5];
-    let mut nulls = [true; 5];
+    let mut values = [pg_sys::Datum::from(0usize); 6];
+    let mut nulls = [true; 6];
     let mut scratch = PgMemoryContexts::new("workflow_ext audit batch");
     loop {
         // SAFETY: SPI_tuptable is the table the fetch just filled; every
@@ -169,6 +179,7 @@ fn stream(
                             correlation_id: txt(2),
                             id: txt(3),
                             run_id: txt(4),
+                            token: txt(5),
                         }
                     };
                     if current.as_ref().map(Option::as_deref) != Some(event.run_id) {
@@ -215,6 +226,115 @@ fn order_by(src: &Source) -> &'static str {
     }
 }
 
+/// The select list `stream` reads.
+fn columns(src: &Source) -> String {
+    format!(
+        "{}, type::text, correlation_id::text, id::text, run_id::text, {}",
+        seq_column(src),
+        token_column(src)
+    )
+}
+
+/// A hook_created's token, as the writer reads it (events_track_hook_tokens).
+fn token_column(src: &Source) -> &'static str {
+    if src.has_jsonb_payload {
+        "CASE WHEN type::text = 'hook_created' \
+              AND pg_catalog.jsonb_typeof(payload OPERATOR(pg_catalog.->) 'token') = 'string' \
+         THEN payload OPERATOR(pg_catalog.->>) 'token' END"
+    } else {
+        "NULL::text"
+    }
+}
+
+/// A token conflict between runs, found in the log: the `at` (seq, or
+/// position), id and correlation id of a hook_created whose token an active
+/// hook of another run held when it was created.
+struct CrossRunConflict {
+    run_id: String,
+    at: i64,
+    id: Option<String>,
+    correlation_id: Option<String>,
+    detail: String,
+}
+
+/// The auditor sees one run at a time; a token held across runs is found
+/// here. Every hook_created with a token is replayed in created_at order
+/// (then run id, then position) under the writer's rule: it takes its token
+/// unless an active hook holds it (released by that hook's hook_disposed or
+/// its run's terminal event); a refused one takes nothing, as the writer
+/// would not have stored it. Conflicts within one run are the auditor's;
+/// those across runs are returned here. Only for sources with a jsonb
+/// payload and created_at. `run_id`: report only that run's hooks.
+fn cross_run_token_conflicts(
+    client: &SpiClient<'_>,
+    src: &Source,
+    run_id: Option<&str>,
+) -> Vec<CrossRunConflict> {
+    if !src.has_jsonb_payload || !src.has_created_at {
+        return Vec::new();
+    }
+    let at = if src.has_seq {
+        "c.seq::bigint".to_string()
+    } else {
+        format!(
+            "(SELECT pg_catalog.count(*) FROM {} x WHERE x.run_id = c.run_id \
+               AND x.id::text COLLATE \"C\" <= c.id::text COLLATE \"C\")",
+            src.name
+        )
+    };
+    let micros = |col: &str| format!("(pg_catalog.date_part('epoch', {col}) * 1000000)::bigint");
+    let query = format!(
+        "SELECT c.run_id::text, {at}, c.id::text, c.correlation_id::text, c.payload OPERATOR(pg_catalog.->>) 'token', \
+                {created}, \
+                (SELECT {released} FROM {src} e WHERE e.run_id = c.run_id \
+                   AND ((e.type::text = 'hook_disposed' AND e.correlation_id = c.correlation_id) \
+                        OR e.type::text IN ('run_completed', 'run_failed', 'run_cancelled'))) \
+           FROM {src} c \
+          WHERE c.type::text = 'hook_created' AND c.run_id IS NOT NULL AND c.correlation_id IS NOT NULL \
+            AND pg_catalog.jsonb_typeof(c.payload OPERATOR(pg_catalog.->) 'token') = 'string' \
+          ORDER BY c.created_at, c.run_id, 2",
+        src = src.name,
+        created = micros("c.created_at"),
+        released = micros("pg_catalog.min(e.created_at)"),
+    );
+    let rows = or_internal!(client.select(query.as_str(), None, &[]), "token hooks");
+    // token → (run, hook, released at)
+    let mut held: HashMap<String, (String, String, Option<i64>)> = HashMap::new();
+    let mut found = Vec::new();
+    for row in rows {
+        let get_text = |n: usize| -> String {
+            or_internal!(row.get::<String>(n), "token hook").unwrap_or_default()
+        };
+        let (run, hook, token) = (get_text(1), get_text(4), get_text(5));
+        let created: Option<i64> = or_internal!(row.get(6), "token hook time");
+        let released: Option<i64> = or_internal!(row.get(7), "token release time");
+        let holder_active = held
+            .get(&token)
+            .is_some_and(|(_, _, until)| match (until, created) {
+                (None, _) | (_, None) => true,
+                (Some(until), Some(at)) => *until > at,
+            });
+        if !holder_active {
+            held.insert(token, (run, hook, released));
+            continue;
+        }
+        let (holder_run, holder_hook, _) = &held[&token];
+        if *holder_run != run && run_id.is_none_or(|r| r == run) {
+            found.push(CrossRunConflict {
+                detail: format!(
+                    "token \"{token}\" was held by active hook \"{holder_hook}\" of run \"{holder_run}\"; \
+                     hook \"{hook}\" cannot take it"
+                ),
+                at: or_internal!(row.get(2), "token hook position").unwrap_or(0),
+                id: or_internal!(row.get(3), "token hook id"),
+                correlation_id: Some(hook),
+                run_id: run,
+            });
+        }
+    }
+    found
+}
+
 fn seq_column(src: &Source) -> &'static str {
     if src.has_seq {
         "seq::bigint"
@@ -252,9 +372,8 @@ fn replay(
     Spi::connect(|client| {
         let src = or_raise!(inspect(client, source));
         let query = format!(
-            "SELECT {}, type::text, correlation_id::text, id::text, run_id::text FROM {} \
-             WHERE run_id = $1 ORDER BY {}",
-            seq_column(&src),
+            "SELECT {} FROM {} WHERE run_id = $1 ORDER BY {}",
+            columns(&src),
             src.name,
             order_by(&src)
         );
@@ -276,8 +395,39 @@ fn replay(
                 ));
             },
         );
+        for c in cross_run_token_conflicts(client, &src, Some(run_id)) {
+            let hook_created = Some(EventType::HookCreated.to_string());
+            rows.push((
+                c.at,
+                c.id,
+                hook_created,
+                c.correlation_id,
+                TOKEN_CONFLICT.into(),
+                c.detail,
+            ));
+        }
     });
+    // Cross-run findings join the stream's, in log order (stable: a row's own
+    // findings keep their order).
+    rows.sort_by_key(|r| r.0);
     TableIterator::new(rows)
+}
+
+/// The number of events of one run of a source.
+fn run_events(client: &SpiClient<'_>, src: &Source, run_id: &str) -> i64 {
+    let query = format!(
+        "SELECT pg_catalog.count(*) FROM {} WHERE run_id = $1",
+        src.name
+    );
+    or_internal!(
+        client.select(query.as_str(), Some(1), &[run_id.into()]),
+        "count run events"
+    )
+    .first()
+    .get::<i64>(1)
+    .ok()
+    .flatten()
+    .unwrap_or(0)
 }
 
 /// What `scan` keeps of a run while streaming it: the anomaly count and the
@@ -331,20 +481,23 @@ fn scan(
             String::new()
         };
         let query = format!(
-            "SELECT {}, type::text, correlation_id::text, id::text, run_id::text FROM {} {filter} \
-             ORDER BY run_id, {}",
-            seq_column(&src),
+            "SELECT {} FROM {} {filter} ORDER BY run_id, {}",
+            columns(&src),
             src.name,
             order_by(&src)
         );
         let args: Vec<pgrx::datum::DatumWithOid<'_>> = since.into_iter().map(Into::into).collect();
         let pending: RefCell<Option<FirstFinding>> = RefCell::new(None);
+        let mut audited: HashSet<String> = HashSet::new();
         stream(
             client,
             &query,
             &args,
             src.has_seq,
             |run, events| {
+                if since.is_some() {
+                    audited.extend(run.map(str::to_string));
+                }
                 if let Some(p) = pending.take() {
                     out.push((
                         run.map(str::to_string),
@@ -371,6 +524,33 @@ fn scan(
                 }
             },
         );
+        // Runs whose hooks took a token another run held: add to their row
+        // (or give them one). With `since`, only runs the stream audited.
+        for c in cross_run_token_conflicts(client, &src, None) {
+            match out
+                .iter_mut()
+                .find(|r| r.0.as_deref() == Some(c.run_id.as_str()))
+            {
+                Some(r) => {
+                    r.2 = r.2.saturating_add(1);
+                    if c.at < r.3 {
+                        (r.3, r.4, r.5) = (c.at, TOKEN_CONFLICT.into(), c.detail);
+                    }
+                }
+                None if since.is_some() && !audited.contains(&c.run_id) => {}
+                None => {
+                    let events = run_events(client, &src, &c.run_id);
+                    out.push((
+                        Some(c.run_id),
+                        events,
+                        1,
+                        c.at,
+                        TOKEN_CONFLICT.into(),
+                        c.detail,
+                    ));
+                }
+            }
+        }
     });
     TableIterator::new(out)
 }
@@ -392,6 +572,13 @@ mod tests {
             CaughtError::RustPanic { ereport, .. } => ereport,
         };
         match r.sql_error_code() {
+            // The token's 23505 names its constraint; the creation index's is
+            // a duplicate creation.
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
+                if r.message().contains("workflow_hook_token_unique") =>
+            {
+                "token_conflict".into()
+            }
             PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => "duplicate_creation".into(),
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED
             | PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE => "invalid_event".into(),
@@ -425,12 +612,16 @@ mod tests {
             (state % n as u64) as usize
         };
         let mut refused_total = 0;
+        let mut token_conflicts = 0;
         for run_no in 0..40 {
             let run = format!("prop-{run_no}");
             let mut expected: Vec<(i64, String)> = Vec::new();
             for pos in 1..=60i64 {
+                // Extra hook creations, so tokens are contended.
                 let t = if pos == 1 && rand(10) > 0 {
                     EventType::RunCreated
+                } else if rand(6) == 0 {
+                    EventType::HookCreated
                 } else {
                     EventType::ALL[rand(17)]
                 };
@@ -439,16 +630,32 @@ mod tests {
                     (CorrelationRule::Required, _) => Some(corrs[rand(corrs.len())]),
                     _ => None,
                 };
+                // Hooks of a run draw their token from two per run, so some
+                // creations find it held by another active hook.
+                let payload = (t == EventType::HookCreated && rand(3) > 0)
+                    .then(|| format!("{{\"token\": \"{run}-t{}\"}}", rand(2)));
                 Spi::run_with_args(
-                    "INSERT INTO devkit_events (id, type, correlation_id, run_id) VALUES ($1, $2, $3, $4)",
-                    &[format!("wevt_{run_no:03}_{pos:04}").into(), t.as_str().into(), corr.into(), run.as_str().into()],
+                    "INSERT INTO devkit_events (id, type, correlation_id, run_id, payload) VALUES ($1, $2, $3, $4, $5::jsonb)",
+                    &[
+                        format!("wevt_{run_no:03}_{pos:04}").into(),
+                        t.as_str().into(),
+                        corr.into(),
+                        run.as_str().into(),
+                        payload.as_deref().into(),
+                    ],
                 )
                 .unwrap();
                 let run_ref = run.as_str();
+                let payload_ref = payload.as_deref();
                 let outcome = in_subtransaction(move || {
                     Spi::run_with_args(
-                        "SELECT workflow_ext.append_event($1, $2, $3)",
-                        &[run_ref.into(), corr.into(), t.as_str().into()],
+                        "SELECT workflow_ext.append_event($1, $2, $3, $4::jsonb)",
+                        &[
+                            run_ref.into(),
+                            corr.into(),
+                            t.as_str().into(),
+                            payload_ref.into(),
+                        ],
                     )
                     .unwrap();
                 });
@@ -462,6 +669,10 @@ mod tests {
                 }
             }
             refused_total += expected.len();
+            token_conflicts += expected
+                .iter()
+                .filter(|(_, c)| c == "token_conflict")
+                .count();
             let got: Vec<(i64, String)> = Spi::connect(|c| {
                 c.select(
                     "SELECT seq, anomaly FROM workflow_ext.replay($1, 'devkit_events') ORDER BY seq",
@@ -486,6 +697,10 @@ mod tests {
         assert!(
             refused_total > 400,
             "too few refusals to mean anything: {refused_total}"
+        );
+        assert!(
+            token_conflicts >= 5,
+            "too few token conflicts to mean anything: {token_conflicts}"
         );
     }
 }

@@ -82,7 +82,8 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
             c.update(
                 "WITH ev AS (DELETE FROM workflow_ext.events WHERE run_id = ANY($1)), \
                       jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
-                      j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)) \
+                      j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)), \
+                      ht AS (DELETE FROM workflow_ext.hook_tokens WHERE run_id = ANY($1)) \
                  DELETE FROM workflow_ext.runs WHERE run_id = ANY($1)",
                 None,
                 &[ids.into()],

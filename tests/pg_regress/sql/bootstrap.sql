@@ -38,3 +38,24 @@ SELECT count(*) AS ledger_rows_visible FROM workflow_ext.bootstraps;
 RESET ROLE;
 SELECT count(*) AS evil_rows FROM workflow_ext.bootstraps WHERE name LIKE 'evil%';
 DROP ROLE wfx_boot;
+-- Under REPEATABLE READ / SERIALIZABLE the snapshot predates the lock wait:
+-- both shapes refuse (0A000) rather than risk applying a migration twice.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT try($$SELECT workflow_ext.bootstrap('rr@v1', 'create table rr_t (a int)')$$);
+SELECT try($$SELECT workflow_ext.bootstrap_begin('rr@v2')$$);
+COMMIT;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT try($$SELECT workflow_ext.bootstrap_begin('rr@v3')$$);
+COMMIT;
+SELECT count(*) AS rr_rows FROM workflow_ext.bootstraps WHERE name LIKE 'rr@%';
+-- bootstrap_begin / bootstrap_end misuse.
+SELECT try($$SELECT workflow_ext.bootstrap_end('never@v1')$$);
+SELECT try($$SELECT workflow_ext.bootstrap_begin(NULL)$$);
+SELECT try($$SELECT workflow_ext.bootstrap_begin('t@v1', timeout => '-1 s')$$);
+SELECT try($$SELECT workflow_ext.bootstrap_begin('t@v1', timeout => '0')$$);
+SELECT workflow_ext.bootstrap_begin('t@v1', timeout => '1 s', checksum => 'abc') AS go;
+SELECT try($$SELECT workflow_ext.bootstrap_begin('t@v1')$$);
+SELECT workflow_ext.bootstrap_end('t@v1');
+SELECT workflow_ext.bootstrap_begin('t@v1', checksum => 'abc') AS go_again;
+SELECT try($$SELECT workflow_ext.bootstrap_begin('t@v1', checksum => 'xyz')$$);
+SELECT name, checksum, ddl IS NULL AS no_ddl FROM workflow_ext.bootstraps WHERE name = 't@v1';
