@@ -64,4 +64,6 @@ SELECT * FROM workflow_ext.append_event('demo-run', 'step_1', 'step_started');
 SQL
 echo
 echo "Connect with:  $BIN/psql -h $PGHOST -p $PGPORT -U postgres $DB"
-echo "   (or: make psql).  Stop the cluster with: make stop"
+# Another major than the default: the make targets need PG again.
+mk=""; [ "$PG_MAJOR" = 15 ] || mk=" PG=$PG_MAJOR"
+echo "   (or: make psql$mk).  Stop the cluster with: make stop$mk"
