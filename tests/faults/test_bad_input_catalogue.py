@@ -59,12 +59,16 @@ FUNCTIONS = {
     "scan": ("SELECT * FROM workflow_ext.scan(%s::regclass, %s::timestamptz)", ["source", "ts"],
              ["workflow_ext.events", None]),
     "purge_runs": ("SELECT workflow_ext.purge_runs(%s::interval)", ["interval"], ["1 day"]),
+    "bootstrap_begin": ("SELECT workflow_ext.bootstrap_begin(%s, %s::interval, %s)", ["text", "timeout", "checksum"],
+                        ["bb@v1", None, None]),
+    "bootstrap_end": ("SELECT workflow_ext.bootstrap_end(%s)", ["text"], ["never@v1"]),
 }
 BAD_BY_SLOT = {
     "run": BAD_TEXT, "corr": ["", "x" * 256, *INJECTION], "text": BAD_TEXT, "type": BAD_TYPES,
     "payload": BAD_JSON, "int": [None, 0, -1, -2**31], "ddl": [None, "", "   ", "SELEC 1", "select 1/0", *(ddl for _, ddl in BOOTSTRAP_REFUSED)],
     "source": [None, "no_such_table", *INJECTION, "workflow_ext.events_pkey", "secret_events", "workflow_ext.runs"],
     "ts": ["infinity", "-infinity"], "interval": [None, "-1 day", "-1 month"],
+    "timeout": ["-1 day", "0", "-1 microsecond", "1000000 years", "x"], "checksum": ["", "x" * 256, *INJECTION],
 }
 
 
