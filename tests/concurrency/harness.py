@@ -26,7 +26,7 @@ SERIALIZATION_FAILURE = "40001"
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo  # noqa: E402,F401  (tests/pgcluster.py; bootstrap_harness imports it from here)
+from pgcluster import conninfo, fresh_database  # noqa: E402,F401  (tests/pgcluster.py; re-exported)
 
 
 def connect(dbname, autocommit=True):

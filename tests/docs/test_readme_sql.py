@@ -60,10 +60,8 @@ falsifies one claim of each kind in a copy of the README and expects a
 failure at that line.
 """
 
-import contextlib
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 
 import psycopg
@@ -71,7 +69,7 @@ import psycopg
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo  # noqa: E402  (tests/pgcluster.py)
+from pgcluster import conninfo, fresh_database  # noqa: E402  (tests/pgcluster.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 README = os.path.join(ROOT, "README.md")
@@ -106,23 +104,6 @@ STATEMENT_TIMEOUT = "60s"
 def connect(dbname):
     return psycopg.connect(**conninfo(dbname), autocommit=True,
                            options=f"-c statement_timeout={STATEMENT_TIMEOUT}")
-
-
-@contextlib.contextmanager
-def fresh_database():
-    """A new database with workflow_ext, dropped afterwards (like
-    tests/concurrency/conftest.py)."""
-    dbname = f"wfx_docs_{uuid.uuid4().hex[:8]}"
-    with connect("postgres") as admin:
-        admin.execute(f'CREATE DATABASE "{dbname}"')
-    try:
-        with connect(dbname) as conn:
-            conn.execute("CREATE EXTENSION workflow_ext")
-        yield dbname
-    finally:
-        with connect("postgres") as admin:
-            # FORCE: a failed run may leave a session behind.
-            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 # -- Reading the README ------------------------------------------------------------
@@ -435,7 +416,7 @@ def readme_text():
 
 def test_readme_sql():
     text = readme_text()
-    with fresh_database() as db:
+    with fresh_database("wfx_docs") as db:
         mismatches, ran, blocks = run_readme(text, db)
     claims = sum(1 for b in blocks for st in b.statements
                  for c in [claims_of(st)] if c.error or c.boolean or c.table or c.count)
@@ -494,7 +475,7 @@ def test_false_claims_are_caught():
     assert cases, "README.md makes no claim this test could check"
     missed = []
     for what, line, text in cases:
-        with fresh_database() as db:
+        with fresh_database("wfx_docs") as db:
             mismatches, _, _ = run_readme(text, db)
         if not any(f"README.md:{line} " in m or f"README.md:{line}:" in m for m in mismatches):
             missed.append(f"{what} falsified at README.md:{line}; mismatches reported: {mismatches}")
