@@ -30,3 +30,29 @@ SELECT try($$SELECT workflow_ext.append_suspension_event('run-2', 'step_b', 'ste
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');
 -- Seqs are dense per run.
 SELECT run_id, count(*), min(seq), max(seq) FROM workflow_ext.events GROUP BY run_id ORDER BY run_id;
+-- Batch creation: one row per input, in input order; idempotent per key
+-- (a key repeated in the batch, or already stored, comes back inserted = f).
+SELECT workflow_ext.append_suspension_event('batch_1', NULL, 'run_created') IS NOT NULL AS created;
+SELECT correlation_id, seq, inserted
+  FROM workflow_ext.append_suspension_events('batch_1',
+         ARRAY['s3', 's1', 'w1', 's1', 'h1'],
+         ARRAY['step_created', 'step_created', 'wait_created', 'step_created', 'hook_created'],
+         ARRAY['{"stepName": "c"}', '{"stepName": "a"}', NULL, NULL, '{"token": "batch-tok"}']::jsonb[]);
+SELECT correlation_id, seq, inserted
+  FROM workflow_ext.append_suspension_events('batch_1', ARRAY['s1', 's9'], ARRAY['step_created', 'step_created']);
+-- Same ids as the first call returned.
+SELECT count(DISTINCT event_id) AS ids
+  FROM workflow_ext.append_suspension_events('batch_1', ARRAY['s1', 's1', 's1'],
+                                             ARRAY['step_created', 'step_created', 'step_created']);
+-- A bad element anywhere writes nothing.
+SELECT count(*) AS before FROM workflow_ext.events WHERE run_id = 'batch_1';
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_events('batch_1', ARRAY['n1', 'n2'], ARRAY['step_created', 'step_started'])$$);
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_events('batch_1', ARRAY['n1', 'n2'], ARRAY['step_created'])$$);
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_events('batch_1', ARRAY['n1'], ARRAY['step_created'], ARRAY[NULL, NULL]::jsonb[])$$);
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_events('batch_1', NULL, ARRAY['step_created'])$$);
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_events('nope', ARRAY['n1'], ARRAY['step_created'])$$);
+SELECT count(*) AS after FROM workflow_ext.events WHERE run_id = 'batch_1';
+-- Empty batch: nothing.
+SELECT count(*) AS empty FROM workflow_ext.append_suspension_events('batch_1', '{}', '{}');
+-- Dense seqs.
+SELECT array_agg(seq ORDER BY seq) AS seqs FROM workflow_ext.events WHERE run_id = 'batch_1';
