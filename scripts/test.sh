@@ -47,9 +47,12 @@ if [ "${1:-}" = --matrix ]; then
     echo; echo "######## PostgreSQL $m"
     if [ "$m" = 15 ]; then suites="${WFX_SUITES:-}"
     else suites="${WFX_MATRIX_SUITES:-lint pgrx regress concurrency}"; fi
-    # A run that dies before a suite (set-up, install) still leaves a line.
-    PG="$m" WFX_SUITES="$suites" WFX_REPORT="$report" bash "$0" \
-      || grep -q "^$m " "$report" || echo "$m setup FAILED 0" >> "$report"
+    # A run that fails outside a suite (set-up, install, an unknown suite)
+    # still leaves a failed line.
+    if ! PG="$m" WFX_SUITES="$suites" WFX_REPORT="$report" bash "$0"; then
+      awk -v m="$m" '$1 == m && $3 != "passed"' "$report" | grep -q . \
+        || echo "$m aborted FAILED 0" >> "$report"
+    fi
   done
   echo
   echo "PostgreSQL  suite          result  seconds"
