@@ -118,8 +118,8 @@ else
   ln -s "$real" "$dest"
 fi
 rm -rf "$work"; trap - EXIT
-if ! as_pg "$dest/bin/postgres" --version >/dev/null 2>&1; then
-  echo "fetch_pg: the postgres user cannot run $dest/bin/postgres" >&2
+if ! as_pg "$real/bin/postgres" --version >/dev/null 2>&1; then
+  echo "fetch_pg: the postgres user cannot run $real/bin/postgres" >&2
   exit 1
 fi
 echo "fetch_pg: PostgreSQL $major ready: $("$dest/bin/pg_config" --version) in $real"
