@@ -241,6 +241,29 @@ def main():
         ta, tb = side_by_side(a, b, clients, secs, rounds)
         row(f"new key vs PL/pgSQL version, {clients} client(s)", "append_suspension", "plpgsql", ta, tb)
 
+    # 5b. Batch creation: one suspension of 50 steps (a new run each time), as
+    #     one append_suspension_events call vs 50 single calls each in its own
+    #     transaction vs 50 single calls in one transaction.
+    steps = 50
+    run = "'batch-' || :r || '-' || :client_id"
+    head = "\\set r random(1, 1000000000)\n"
+    created = f"SELECT workflow_ext.append_suspension_event({run}, NULL, 'run_created');\n"
+    singles = "".join(
+        f"SELECT * FROM workflow_ext.append_suspension_event({run}, 'step_{i}', 'step_created');\n"
+        for i in range(1, steps + 1))
+    a = (head + "BEGIN;\n" + created
+         + f"SELECT count(*) FROM workflow_ext.append_suspension_events({run}, "
+           f"(SELECT array_agg('step_' || i) FROM generate_series(1, {steps}) i), "
+           f"array_fill('step_created'::text, ARRAY[{steps}]));\nCOMMIT;\n")
+    b = head + created + singles
+    c = head + "BEGIN;\n" + created + singles + "COMMIT;\n"
+    for clients in (1, 4):
+        ta, tb, tc = alternate([a, b, c], clients, secs, rounds)
+        row(f"{steps}-step suspension, {clients} client(s): events/s", "batch_call", "single_calls_own_tx",
+            ta * steps, tb * steps, "events/s")
+        row(f"{steps}-step suspension, {clients} client(s): events/s", "batch_call", "single_calls_one_tx",
+            ta * steps, tc * steps, "events/s")
+
     # 6. Replay vs the plain ordered read of the same rows, per run length,
     #    and vs the PL/pgSQL replay (bench/plpgsql_replay.sql, not installed).
     for n in sizes:

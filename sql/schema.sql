@@ -39,6 +39,11 @@ CREATE INDEX events_entity_seq
     ON workflow_ext.events (run_id, correlation_id, seq)
     WHERE correlation_id IS NOT NULL;
 
+-- Hooks by token, for replay's check of a run's tokens against other runs.
+CREATE INDEX events_hook_token
+    ON workflow_ext.events ((payload ->> 'token'))
+    WHERE type = 'hook_created';
+
 -- Per-run lock and counters. The row is locked (by bumping last_seq) for
 -- every append to its run, which serializes appends to one run and nothing
 -- else. Internal: clients read runs through the events table.

@@ -100,6 +100,11 @@ REVOKE ALL ON FUNCTION workflow_ext.events_track_hook_tokens() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 REVOKE ALL ON workflow_ext.hook_tokens FROM PUBLIC;
 
+-- Hooks by token, for replay's check of a run's tokens against other runs.
+CREATE INDEX events_hook_token
+    ON workflow_ext.events ((payload ->> 'token'))
+    WHERE type = 'hook_created';
+
 -- Tokens held by hooks already in the log.
 SELECT workflow_ext.rebuild_hook_tokens();
 

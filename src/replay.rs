@@ -114,7 +114,8 @@ unsafe fn text<'a>(d: pg_sys::Datum) -> Option<&'a str> {
 /// Streams `query` (columns, in this order: seq, type, correlation_id, id,
 /// run_id, hook token; ordered by run, then replay order) through one
 /// auditor per run.
-/// `emit` gets every finding; `on_run_end` the run id and its event count.
+/// `emit` gets every finding; `on_run_end` the run id and its event count;
+/// `on_token` every hook token taken or tried.
 /// NULL and '' run ids are different runs (and both invalid).
 ///
 /// Rows are deformed with one call each and their text read in place: going
@@ -126,6 +127,7 @@ fn stream(
     args: &[pgrx::datum::DatumWithOid<'_>],
     has_seq: bool,
     mut on_run_end: impl FnMut(Option<&str>, i64),
+    mut on_token: impl FnMut(&str),
     mut emit: impl FnMut(&StoredEvent<'_>, Finding),
 ) {
     let mut cursor = or_internal!(client.try_open_cursor(query, args), "open replay cursor");
@@ -192,6 +194,9 @@ fn stream(
                     }
                     position = position.saturating_add(1);
                     event.position = position;
+                    if let Some(token) = event.token {
+                        on_token(token);
+                    }
                     for f in auditor.feed(&event) {
                         emit(&event, f);
                     }
@@ -264,15 +269,19 @@ struct CrossRunConflict {
 /// its run's terminal event); a refused one takes nothing, as the writer
 /// would not have stored it. Conflicts within one run are the auditor's;
 /// those across runs are returned here. Only for sources with a jsonb
-/// payload and created_at. `run_id`: report only that run's hooks.
+/// payload and created_at. `only`: report only that run's hooks, whose
+/// tokens are given (so only hooks with those tokens are read: the partial
+/// index events_hook_token serves it on the extension's own table).
 fn cross_run_token_conflicts(
     client: &SpiClient<'_>,
     src: &Source,
-    run_id: Option<&str>,
+    only: Option<(&str, &[String])>,
 ) -> Vec<CrossRunConflict> {
-    if !src.has_jsonb_payload || !src.has_created_at {
+    if !src.has_jsonb_payload || !src.has_created_at || only.is_some_and(|(_, t)| t.is_empty()) {
         return Vec::new();
     }
+    let run_id = only.map(|(r, _)| r);
+    let tokens: Option<Vec<String>> = only.map(|(_, t)| t.to_vec());
     let at = if src.has_seq {
         "c.seq::bigint".to_string()
     } else {
@@ -290,14 +299,18 @@ fn cross_run_token_conflicts(
                    AND ((e.type::text = 'hook_disposed' AND e.correlation_id = c.correlation_id) \
                         OR e.type::text IN ('run_completed', 'run_failed', 'run_cancelled'))) \
            FROM {src} c \
-          WHERE c.type::text = 'hook_created' AND c.run_id IS NOT NULL AND c.correlation_id IS NOT NULL \
+          WHERE c.type = 'hook_created' AND c.run_id IS NOT NULL AND c.correlation_id IS NOT NULL \
             AND pg_catalog.jsonb_typeof(c.payload OPERATOR(pg_catalog.->) 'token') = 'string' \
+            AND ($1::text[] IS NULL OR c.payload OPERATOR(pg_catalog.->>) 'token' = ANY($1)) \
           ORDER BY c.created_at, c.run_id, 2",
         src = src.name,
         created = micros("c.created_at"),
         released = micros("pg_catalog.min(e.created_at)"),
     );
-    let rows = or_internal!(client.select(query.as_str(), None, &[]), "token hooks");
+    let rows = or_internal!(
+        client.select(query.as_str(), None, &[tokens.into()]),
+        "token hooks"
+    );
     // token → (run, hook, released at)
     let mut held: HashMap<String, (String, String, Option<i64>)> = HashMap::new();
     let mut found = Vec::new();
@@ -369,6 +382,7 @@ fn replay(
         raise!(WfError::NullArgument { arg: "source" })
     };
     let mut rows: Vec<Row> = Vec::new();
+    let mut tokens: Vec<String> = Vec::new();
     Spi::connect(|client| {
         let src = or_raise!(inspect(client, source));
         let query = format!(
@@ -383,6 +397,7 @@ fn replay(
             &[run_id.into()],
             src.has_seq,
             |_, _| {},
+            |t| tokens.push(t.to_string()),
             |e, f| {
                 let own = |s: Option<&str>| s.map(str::to_string);
                 rows.push((
@@ -395,7 +410,7 @@ fn replay(
                 ));
             },
         );
-        for c in cross_run_token_conflicts(client, &src, Some(run_id)) {
+        for c in cross_run_token_conflicts(client, &src, Some((run_id, tokens.as_slice()))) {
             let hook_created = Some(EventType::HookCreated.to_string());
             rows.push((
                 c.at,
@@ -509,6 +524,7 @@ fn scan(
                     ));
                 }
             },
+            |_| {},
             |e, f| {
                 let mut p = pending.borrow_mut();
                 match p.as_mut() {
