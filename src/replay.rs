@@ -316,7 +316,9 @@ fn cross_run_token_conflicts(
     let mut found = Vec::new();
     for row in rows {
         let get_text = |n: usize| -> String {
-            or_internal!(row.get::<String>(n), "token hook").unwrap_or_default()
+            // Selected only where run_id, correlation_id and the token are set.
+            or_internal!(row.get::<String>(n), "token hook")
+                .unwrap_or_else(|| internal!("token hook column {n} is NULL"))
         };
         let (run, hook, token) = (get_text(1), get_text(4), get_text(5));
         let created: Option<i64> = or_internal!(row.get(6), "token hook time");
@@ -338,6 +340,8 @@ fn cross_run_token_conflicts(
                     "token \"{token}\" was held by active hook \"{holder_hook}\" of run \"{holder_run}\"; \
                      hook \"{hook}\" cannot take it"
                 ),
+                // A hook row whose seq is NULL (the stream reports it as
+                // invalid_event) has no position to name: 0.
                 at: or_internal!(row.get(2), "token hook position").unwrap_or(0),
                 id: or_internal!(row.get(3), "token hook id"),
                 correlation_id: Some(hook),
@@ -442,7 +446,7 @@ fn run_events(client: &SpiClient<'_>, src: &Source, run_id: &str) -> i64 {
     .get::<i64>(1)
     .ok()
     .flatten()
-    .unwrap_or(0)
+    .unwrap_or_else(|| internal!("count(*) of run events is NULL"))
 }
 
 /// What `scan` keeps of a run while streaming it: the anomaly count and the
