@@ -25,6 +25,7 @@ use crate::event_id;
 use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::payload::Payload;
 use crate::plans::{self, BOOL, JSONB, TEXT};
+use crate::subxact::uses_transaction_snapshot;
 use crate::validate::{self, EventAddress};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
@@ -171,12 +172,6 @@ fn with_plans<R>(client: &mut SpiClient<'_>, f: impl FnOnce(&mut SpiClient<'_>, 
         let plans = cell.get_or_init(|| build_plans(client));
         f(client, plans)
     })
-}
-
-/// True under REPEATABLE READ and SERIALIZABLE (IsolationUsesXactSnapshot).
-fn uses_transaction_snapshot() -> bool {
-    // SAFETY: a plain read of a backend-local global.
-    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
 
 /// Column `n` of the current row, which our own statements never return

@@ -33,7 +33,7 @@
 //!    lock before the ledger row is committed.
 
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
-use crate::subxact::in_subtransaction;
+use crate::subxact::{in_subtransaction, uses_transaction_snapshot};
 use crate::validate;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
@@ -200,8 +200,7 @@ fn lock_and_read_ledger(name: &str, scope: Scope) -> Applied {
 /// the lock wait, so the ledger read after it could miss the row of the
 /// session waited for: refused up front, whatever the ledger says.
 fn require_read_committed(name: &str) {
-    // SAFETY: a plain read of a backend-local global.
-    if unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 } {
+    if uses_transaction_snapshot() {
         raise!(WfError::BootstrapNeedsReadCommitted {
             name: name.to_string()
         });

@@ -1,5 +1,6 @@
-//! Running a piece of work in a subtransaction, so that its error can be
-//! inspected instead of aborting the caller's transaction.
+//! Transaction helpers: running a piece of work in a subtransaction, so that
+//! its error can be inspected instead of aborting the caller's transaction;
+//! asking which kind of snapshot the transaction uses.
 
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::{self, PgTryBuilder};
@@ -31,4 +32,12 @@ pub fn in_subtransaction(
         pg_sys::CurrentResourceOwner = owner;
         result
     }
+}
+
+/// True under REPEATABLE READ and SERIALIZABLE (PostgreSQL's
+/// IsolationUsesXactSnapshot): the transaction keeps one snapshot, taken at
+/// its first statement.
+pub fn uses_transaction_snapshot() -> bool {
+    // SAFETY: a plain read of a backend-local global.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
 }
