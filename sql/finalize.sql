@@ -31,6 +31,13 @@ REVOKE ALL ON FUNCTION workflow_ext.events_refuse_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_runs(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.events_track_hook_tokens() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
+-- attach/detach change another table's triggers and indexes and register it
+-- in the internal logs table (see attach.sql): for a superuser or the roles
+-- it grants them to. The helpers are internal.
+REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.create_creation_index(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.keep_creation_index_of(regclass) FROM PUBLIC;
 
 -- Tables: the log is readable and appendable (through the trigger) by
 -- PUBLIC; REVOKE these and grant them to your application role to narrow
@@ -39,4 +46,6 @@ REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 GRANT USAGE ON SCHEMA workflow_ext TO PUBLIC;
 GRANT SELECT, INSERT ON workflow_ext.events TO PUBLIC;
 REVOKE ALL ON workflow_ext.runs, workflow_ext.joins, workflow_ext.join_members, workflow_ext.hook_tokens FROM PUBLIC;
+REVOKE ALL ON workflow_ext.logs FROM PUBLIC;
+GRANT SELECT ON workflow_ext.attached_logs TO PUBLIC;
 GRANT SELECT ON workflow_ext.bootstraps TO PUBLIC;

@@ -9,10 +9,11 @@
 
 -- Triggers -------------------------------------------------------------------
 
--- The single validator of the log (src/append.rs). It writes
--- workflow_ext.runs, which clients may not touch: SECURITY DEFINER (the
--- extension owner) is what lets any role that may INSERT into events have its
--- row validated and stamped. It runs only fixed, parameterised statements.
+-- The single validator of every protected log (src/append.rs):
+-- workflow_ext.events and each attached table. It writes workflow_ext.runs,
+-- which clients may not touch: SECURITY DEFINER (the extension owner) is what
+-- lets any role that may INSERT into a log have its row validated and
+-- stamped. It runs only fixed, parameterised statements.
 CREATE FUNCTION workflow_ext.events_before_insert() RETURNS trigger
     LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'events_before_insert_wrapper';
@@ -74,6 +75,13 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- The state a run's stored events (their types, in log order) leave it in,
+-- by the writer's lifecycle (src/attach.rs): attach seeds runs with it.
+-- Pure: IMMUTABLE, STRICT, PARALLEL SAFE; runs no SQL.
+CREATE FUNCTION workflow_ext.run_state(types text[]) RETURNS text
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'run_state_wrapper';
 
 -- Appends ----------------------------------------------------------------------
 

@@ -2,14 +2,15 @@
 -- functions are created by pgrx after it, triggers and privileges in
 -- finalize.sql.
 
--- The full event vocabulary of the Workflow DevKit. Order matters only for
--- display; the Rust side (src/lifecycle.rs, EventType::ALL) lists the same.
+-- The full event vocabulary of the Workflow DevKit, spec 3 (4.x) and spec
+-- 5+ (attr_set, noop). Order matters only for display; the Rust side
+-- (src/lifecycle.rs, EventType::ALL) lists the same.
 CREATE TYPE workflow_ext.event_type AS ENUM (
     'run_created', 'run_started', 'run_completed', 'run_failed', 'run_cancelled',
     'step_created', 'step_started', 'step_retrying', 'step_completed', 'step_failed',
     'wait_created', 'wait_completed',
     'hook_created', 'hook_received', 'hook_disposed', 'hook_conflict',
-    'attr_set'
+    'attr_set', 'noop'
 );
 
 -- The event log. Append-only: rows enter through the BEFORE INSERT trigger
@@ -27,12 +28,16 @@ CREATE TABLE workflow_ext.events (
     CONSTRAINT events_id_key UNIQUE (id)
 );
 
--- One creation per run and correlation id. NULLS NOT DISTINCT makes a second
--- run_created (correlation_id NULL) collide too. The name is the one the
--- DevKit's world-postgres maps to its benign "already exists" error.
+-- One creation per run and correlation id, and one value per keyed
+-- attribute (spec 5's attr_set with a correlation id). NULLS NOT DISTINCT
+-- makes a second run_created (correlation_id NULL) collide too. The name is
+-- the one the DevKit's world-postgres maps to its benign "already exists"
+-- error; attach puts the same index on an attached table
+-- (workflow_ext.create_creation_index in attach.sql).
 CREATE UNIQUE INDEX workflow_events_entity_creation_unique
     ON workflow_ext.events (run_id, correlation_id, type) NULLS NOT DISTINCT
-    WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created');
+    WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created')
+       OR (type = 'attr_set' AND correlation_id IS NOT NULL);
 
 -- An entity's last event (its state) in one backward index step.
 CREATE INDEX events_entity_seq
@@ -44,15 +49,18 @@ CREATE INDEX events_hook_token
     ON workflow_ext.events ((payload ->> 'token'))
     WHERE type = 'hook_created';
 
--- Per-run lock and counters. The row is locked (by bumping last_seq) for
--- every append to its run, which serializes appends to one run and nothing
--- else. Internal: clients read runs through the events table.
+-- Per-run lock and counters of every protected log (workflow_ext.events and
+-- each attached table). The row is locked (by bumping last_seq) for every
+-- append to its run, which serializes appends to one run and nothing else.
+-- Internal: clients read runs through the log.
 CREATE TABLE workflow_ext.runs (
-    run_id      text        PRIMARY KEY,
+    run_id      text        NOT NULL,
     state       text        NOT NULL,
     last_seq    bigint      NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz            -- set when the run reaches a terminal state
+    finished_at timestamptz,           -- set when the run reaches a terminal state
+    log         regclass    NOT NULL,  -- the protected log the run is in (last: added in 0.3.0)
+    CONSTRAINT runs_pkey PRIMARY KEY (log, run_id)
 ) WITH (fillfactor = 80);              -- room for HOT updates of last_seq
 
 CREATE INDEX runs_finished_at ON workflow_ext.runs (finished_at)
@@ -94,6 +102,24 @@ CREATE TABLE workflow_ext.hook_tokens (
 );
 CREATE INDEX hook_tokens_run ON workflow_ext.hook_tokens (run_id, correlation_id);
 
+-- The protected logs: workflow_ext.events, and every table attach put under
+-- the extension, with what attach did to it (detach undoes exactly that).
+-- Read through the view workflow_ext.attached_logs.
+CREATE TABLE workflow_ext.logs (
+    relation        regclass    PRIMARY KEY,
+    accept_existing boolean     NOT NULL,  -- attached with anomalies in its past
+    seq_added       boolean     NOT NULL,  -- attach added the seq column (detach drops it)
+    numbered        bigint      NOT NULL,  -- existing rows attach numbered
+    replaced_index  text,                  -- the table's own creation index attach replaced (detach restores it)
+    creation_index  text        NOT NULL,  -- the extension's creation index, as pg_get_indexdef prints it
+    added_indexes   text[]      NOT NULL,  -- the other indexes attach created
+    attached_at     timestamptz NOT NULL DEFAULT now(),
+    attached_by     text        NOT NULL DEFAULT session_user
+);
+INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, creation_index, added_indexes)
+VALUES ('workflow_ext.events', false, false, 0,
+        pg_catalog.pg_get_indexdef('workflow_ext.workflow_events_entity_creation_unique'::regclass), '{}');
+
 -- Keep the data in pg_dump output (extension tables are skipped otherwise).
 -- Restore data with triggers disabled (pg_restore --disable-triggers, as a
 -- superuser): the dump already holds assigned ids and seqs.
@@ -102,6 +128,8 @@ SELECT pg_catalog.pg_extension_config_dump('workflow_ext.runs', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.joins', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.join_members', '');
 SELECT pg_catalog.pg_extension_config_dump('workflow_ext.hook_tokens', '');
+-- The extension's own row is made by CREATE EXTENSION.
+SELECT pg_catalog.pg_extension_config_dump('workflow_ext.logs', 'WHERE relation <> ''workflow_ext.events''::regclass');
 
 -- The bootstrap ledger: one row per applied bootstrap name. Readable by all,
 -- written only by workflow_ext.bootstrap() and bootstrap_end().

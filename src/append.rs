@@ -29,26 +29,38 @@ use crate::subxact::uses_transaction_snapshot;
 use crate::validate::{self, EventAddress};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::ffi::CStr;
+use std::rc::Rc;
 
-/// SPI plans prepared once per backend and reused.
-struct Plans {
+/// SPI plans of one protected log (`workflow_ext.events` or a table put
+/// under the extension with `attach`), prepared the first time its trigger
+/// fires in this backend and kept.
+struct LogPlans {
+    /// The name and schema the statements were written with: a renamed
+    /// table gets new plans (a kept plan re-parses its text).
+    relname: String,
+    relnamespace: pg_sys::Oid,
     insert_run: OwnedPreparedStatement,
     bump: OwnedPreparedStatement,
     /// The bump, returning also what this statement's snapshot says of the
     /// run's last_seq and of the entity's last event, one plan per entity
     /// kind: one statement instead of two when nobody appended to the run
     /// since the snapshot (see [`lock_run`]).
-    bump_and_peek: [OwnedPreparedStatement; 3],
+    bump_and_peek: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
     unbump: OwnedPreparedStatement,
     set_run_state: OwnedPreparedStatement,
-    /// Last event of an entity, one plan per entity kind (step, wait, hook).
-    entity_last: [OwnedPreparedStatement; 3],
-    /// A creation event by its key, one plan per suspension type: the type is
-    /// a literal so the planner can prove the partial index's predicate even
-    /// for a generic plan.
+    /// Last event of an entity, one plan per entity kind.
+    entity_last: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
+    /// A unique creation by its key, one plan per [`UNIQUE_TYPES`] entry.
+    find_creation: [OwnedPreparedStatement; UNIQUE_TYPES.len()],
+}
+
+/// Plans of the append functions, which write `workflow_ext.events`.
+struct AppendPlans {
+    /// A creation event by its key, one plan per suspension type.
     find_creation: [OwnedPreparedStatement; 4],
     /// `find_creation`, and the insert if nothing was found, in one
     /// statement; one plan per suspension type.
@@ -56,14 +68,28 @@ struct Plans {
 }
 
 thread_local! {
-    static PLANS: OnceCell<Plans> = const { OnceCell::new() };
+    static LOG_PLANS: RefCell<HashMap<pg_sys::Oid, Rc<LogPlans>>> = RefCell::new(HashMap::new());
+    static APPEND_PLANS: OnceCell<AppendPlans> = const { OnceCell::new() };
 }
+
+/// The extension's own log, which the append functions write.
+const OWN_LOG: &str = "workflow_ext.events";
 
 const SUSPENSION_TYPES: [EventType; 4] = [
     EventType::RunCreated,
     EventType::StepCreated,
     EventType::WaitCreated,
     EventType::HookCreated,
+];
+
+/// The creations the index `workflow_events_entity_creation_unique` makes
+/// unique: the suspension types, then the keyed `attr_set`.
+const UNIQUE_TYPES: [EventType; 5] = [
+    EventType::RunCreated,
+    EventType::StepCreated,
+    EventType::WaitCreated,
+    EventType::HookCreated,
+    EventType::AttrSet,
 ];
 
 fn kind_types_sql(kind: EntityKind) -> String {
@@ -78,10 +104,10 @@ fn suspension_index(event: EventType) -> Option<usize> {
     SUSPENSION_TYPES.iter().position(|t| *t == event)
 }
 
-/// An entity's last event, by kind; `alias.` prefixes the columns.
-fn entity_last_sql(kind: EntityKind, alias: &str) -> String {
+/// An entity's last event in `log`, by kind; `alias.` prefixes the columns.
+fn entity_last_sql(log: &str, kind: EntityKind, alias: &str) -> String {
     format!(
-        "SELECT {alias}type::text FROM workflow_ext.events {} \
+        "SELECT {alias}type::text FROM {log} {} \
          WHERE {alias}run_id = $1 AND {alias}correlation_id = $2 AND {alias}type IN ({}) \
          ORDER BY {alias}seq DESC LIMIT 1",
         alias.trim_end_matches('.'),
@@ -89,12 +115,13 @@ fn entity_last_sql(kind: EntityKind, alias: &str) -> String {
     )
 }
 
-/// The stored creation of suspension type `t`; the type is a literal so the
-/// planner can prove the partial index's predicate even for a generic plan.
-/// A hook's creation is its hook_created, or the hook_conflict recorded for
-/// it when its token was taken (an entity has at most one of the two), so a
-/// loser's redelivered hook_created gets its stored event back too.
-fn find_creation_sql(t: EventType) -> String {
+/// The stored creation of unique type `t` in `log`; the type is a literal so
+/// the planner can prove the partial index's predicate even for a generic
+/// plan. A hook's creation is its hook_created, or the hook_conflict
+/// recorded for it when its token was taken (an entity has at most one of
+/// the two), so a loser's redelivered hook_created gets its stored event
+/// back too.
+fn find_creation_sql(log: &str, t: EventType) -> String {
     let corr = if t == EventType::RunCreated {
         "$2::text IS NULL AND correlation_id IS NULL"
     } else {
@@ -105,61 +132,85 @@ fn find_creation_sql(t: EventType) -> String {
     } else {
         format!("type = '{t}'")
     };
-    format!("SELECT id, seq FROM workflow_ext.events WHERE run_id = $1 AND {corr} AND {types}")
+    format!("SELECT id::text, seq FROM {log} WHERE run_id = $1 AND {corr} AND {types}")
 }
 
-fn build_plans(c: &SpiClient<'_>) -> Plans {
-    let creation_types = SUSPENSION_TYPES.map(|t| format!("'{t}'")).join(", ");
-    Plans {
+/// The plans of the log `rel`, whose name (as regclass prints it, quoted
+/// and qualified) is `log`. The run rows of every log live in
+/// `workflow_ext.runs`, keyed by (log, run_id).
+fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str) -> LogPlans {
+    let key = format!("log = '{}'::regclass", rel.to_u32());
+    let r_key = format!("r.{key}");
+    let s_key = format!("s.{key}");
+    LogPlans {
+        relname: String::new(),
+        relnamespace: pg_sys::InvalidOid,
         insert_run: plans::keep(
             c,
-            "INSERT INTO workflow_ext.runs (run_id, state, last_seq) VALUES ($1, 'pending', 1) \
-             ON CONFLICT (run_id) DO NOTHING RETURNING last_seq",
+            &format!(
+                "INSERT INTO workflow_ext.runs (log, run_id, state, last_seq) \
+                 VALUES ('{}'::regclass, $1, 'pending', 1) \
+                 ON CONFLICT (log, run_id) DO NOTHING RETURNING last_seq",
+                rel.to_u32()
+            ),
             &[TEXT],
         ),
         bump: plans::keep(
             c,
-            "UPDATE workflow_ext.runs SET last_seq = last_seq + 1 WHERE run_id = $1 \
-             RETURNING state, last_seq",
+            &format!(
+                "UPDATE workflow_ext.runs SET last_seq = last_seq + 1 WHERE {key} AND run_id = $1 \
+                 RETURNING state, last_seq"
+            ),
             &[TEXT],
         ),
         bump_and_peek: EntityKind::ENTITIES.map(|kind| {
             plans::keep(
                 c,
                 &format!(
-                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1 WHERE r.run_id = $1 \
+                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1 \
+                     WHERE {r_key} AND r.run_id = $1 \
                      RETURNING r.state, r.last_seq, \
-                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE s.run_id = $1), ({})",
-                    entity_last_sql(kind, "e.")
+                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} AND s.run_id = $1), ({})",
+                    entity_last_sql(log, kind, "e.")
                 ),
                 &[TEXT, TEXT],
             )
         }),
         unbump: plans::keep(
             c,
-            "UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE run_id = $1",
+            &format!("UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE {key} AND run_id = $1"),
             &[TEXT],
         ),
         set_run_state: plans::keep(
             c,
-            "UPDATE workflow_ext.runs SET state = $2, \
-             finished_at = CASE WHEN $3 THEN coalesce(finished_at, now()) END \
-             WHERE run_id = $1",
+            &format!(
+                "UPDATE workflow_ext.runs SET state = $2, \
+                 finished_at = CASE WHEN $3 THEN coalesce(finished_at, now()) END \
+                 WHERE {key} AND run_id = $1"
+            ),
             &[TEXT, TEXT, BOOL],
         ),
-        entity_last: EntityKind::ENTITIES.map(|kind| plans::keep(c, &entity_last_sql(kind, ""), &[TEXT, TEXT])),
-        find_creation: SUSPENSION_TYPES.map(|t| plans::keep(c, &find_creation_sql(t), &[TEXT, TEXT])),
+        entity_last: EntityKind::ENTITIES
+            .map(|kind| plans::keep(c, &entity_last_sql(log, kind, ""), &[TEXT, TEXT])),
+        find_creation: UNIQUE_TYPES.map(|t| plans::keep(c, &find_creation_sql(log, t), &[TEXT, TEXT])),
+    }
+}
+
+fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
+    let creation_types = SUSPENSION_TYPES.map(|t| format!("'{t}'")).join(", ");
+    AppendPlans {
+        find_creation: SUSPENSION_TYPES.map(|t| plans::keep(c, &find_creation_sql(OWN_LOG, t), &[TEXT, TEXT])),
         find_or_insert: SUSPENSION_TYPES.map(|t| {
             plans::keep(
                 c,
                 &format!(
                     "WITH found AS ({}), \
-                     ins AS (INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
+                     ins AS (INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
                              SELECT $1, $2, '{t}', $3 WHERE NOT EXISTS (SELECT FROM found) \
                              ON CONFLICT (run_id, correlation_id, type) WHERE type IN ({creation_types}) \
                              DO NOTHING RETURNING id, seq) \
                      SELECT id, seq, false FROM found UNION ALL SELECT id, seq, true FROM ins",
-                    find_creation_sql(t)
+                    find_creation_sql(OWN_LOG, t)
                 ),
                 &[TEXT, TEXT, JSONB],
             )
@@ -167,9 +218,50 @@ fn build_plans(c: &SpiClient<'_>) -> Plans {
     }
 }
 
-fn with_plans<R>(client: &mut SpiClient<'_>, f: impl FnOnce(&mut SpiClient<'_>, &Plans) -> R) -> R {
-    PLANS.with(|cell| {
-        let plans = cell.get_or_init(|| build_plans(client));
+/// The kept plans of the log the trigger fired on, built (or rebuilt after
+/// a rename) on first use in this backend.
+///
+/// # Safety
+/// `rel` is the trigger's open relation.
+unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlans> {
+    // SAFETY: an open relation has its pg_class row in rd_rel.
+    let (oid, relname, relnamespace) = unsafe {
+        let form = (*rel).rd_rel;
+        (
+            (*rel).rd_id,
+            CStr::from_ptr((*form).relname.data.as_ptr()),
+            (*form).relnamespace,
+        )
+    };
+    let cached = LOG_PLANS.with(|m| m.borrow().get(&oid).cloned());
+    if let Some(p) = cached {
+        if p.relnamespace == relnamespace && p.relname.as_bytes() == relname.to_bytes() {
+            return p;
+        }
+    }
+    let log: String = or_internal!(
+        client.select("SELECT $1::regclass::text", Some(1), &[oid.into()]),
+        "log name"
+    )
+    .first()
+    .get(1)
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| internal!("relation {} has no name", oid.to_u32()));
+    let mut plans = build_log_plans(client, oid, &log);
+    plans.relname = relname.to_string_lossy().into_owned();
+    plans.relnamespace = relnamespace;
+    let plans = Rc::new(plans);
+    LOG_PLANS.with(|m| m.borrow_mut().insert(oid, Rc::clone(&plans)));
+    plans
+}
+
+fn with_append_plans<R>(
+    client: &mut SpiClient<'_>,
+    f: impl FnOnce(&mut SpiClient<'_>, &AppendPlans) -> R,
+) -> R {
+    APPEND_PLANS.with(|cell| {
+        let plans = cell.get_or_init(|| build_append_plans(client));
         f(client, plans)
     })
 }
@@ -199,7 +291,12 @@ fn id_and_seq(rows: SpiTupleTable<'_>) -> Option<(String, i64)> {
 /// The entity (kind slot, correlation id) an event is about; None for
 /// run-level events.
 fn entity_key<'a>(addr: &EventAddress<'a>) -> Option<(usize, &'a str)> {
-    match (addr.event.kind().index(), addr.correlation_id) {
+    match (
+        addr.event
+            .entity_kind(addr.correlation_id.is_some())
+            .index(),
+        addr.correlation_id,
+    ) {
         (Some(slot), Some(corr)) => Some((slot, corr)),
         _ => None,
     }
@@ -225,7 +322,7 @@ struct LockedRun {
 
 /// Step 2: lock the run by bumping its `last_seq`, and learn its state and
 /// this append's seq.
-fn lock_run(client: &mut SpiClient<'_>, plans: &Plans, addr: &EventAddress<'_>) -> LockedRun {
+fn lock_run(client: &mut SpiClient<'_>, plans: &LogPlans, addr: &EventAddress<'_>) -> LockedRun {
     let run_id = addr.run_id;
     let key = entity_key(addr);
     let bumped = match key {
@@ -292,7 +389,7 @@ fn parse_stored_type(t: &str) -> EventType {
 /// current, else read in a fresh snapshot.
 fn entity_state(
     client: &mut SpiClient<'_>,
-    plans: &Plans,
+    plans: &LogPlans,
     addr: &EventAddress<'_>,
     run: &LockedRun,
 ) -> Option<State> {
@@ -327,7 +424,7 @@ fn entity_state(
 /// recorded and the row's seq returned.
 fn decide(
     client: &mut SpiClient<'_>,
-    plans: &Plans,
+    plans: &LogPlans,
     addr: &EventAddress<'_>,
     run: LockedRun,
     entity: Option<State>,
@@ -353,14 +450,18 @@ fn decide(
             }
             Ok(run.seq)
         }
-        Err(Violation::DuplicateCreation) if addr.event.is_suspension() => {
+        Err(Violation::DuplicateCreation) if addr.is_unique_creation() => {
             // Hand the row on for the unique index to judge (module doc);
             // undo the bump so an ON CONFLICT skip leaves no gap.
             or_internal!(
                 client.update(&plans.unbump, None, &[addr.run_id.into()]),
                 "unlock run"
             );
-            if find_creation(client, plans, addr).is_none() {
+            let stored = UNIQUE_TYPES.iter().position(|t| *t == addr.event);
+            if stored
+                .and_then(|i| creation(client, &plans.find_creation[i], addr))
+                .is_none()
+            {
                 // The index would not catch it: refuse ourselves.
                 return Err(refused(addr, Violation::DuplicateCreation, run.state));
             }
@@ -371,7 +472,7 @@ fn decide(
 }
 
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
-fn admit(client: &mut SpiClient<'_>, plans: &Plans, addr: &EventAddress<'_>) -> WfResult<i64> {
+fn admit(client: &mut SpiClient<'_>, plans: &LogPlans, addr: &EventAddress<'_>) -> WfResult<i64> {
     if addr.event == EventType::RunCreated {
         let inserted = or_internal!(
             client.update(&plans.insert_run, Some(1), &[addr.run_id.into()]),
@@ -398,16 +499,16 @@ fn refused(addr: &EventAddress<'_>, violation: Violation, run_state: Option<Stat
     }
 }
 
-/// The stored creation event for a suspension address, if any.
-fn find_creation(
+/// The stored creation an address names, through `plan` (one of the
+/// `find_creation` plans, for the address's type).
+fn creation(
     client: &mut SpiClient<'_>,
-    plans: &Plans,
+    plan: &OwnedPreparedStatement,
     addr: &EventAddress<'_>,
 ) -> Option<(String, i64)> {
-    let i = suspension_index(addr.event)?;
     id_and_seq(or_internal!(
         client.update(
-            &plans.find_creation[i],
+            plan,
             Some(1),
             &[addr.run_id.into(), addr.correlation_id.into()]
         ),
@@ -433,8 +534,12 @@ unsafe fn column_text(
     }
 }
 
-/// BEFORE INSERT … FOR EACH ROW on `workflow_ext.events` (ENABLE ALWAYS):
-/// validates the row against the lifecycle and stamps `id` and `seq`.
+/// BEFORE INSERT … FOR EACH ROW (ENABLE ALWAYS) on `workflow_ext.events`
+/// and on every table `attach` put under the extension: validates the row
+/// against the lifecycle, reading state from the table it fires on, and
+/// stamps `seq` (and `id` when NULL). Columns are found by name, so the
+/// DevKit's varchar columns and extra columns (`payload_cbor`,
+/// `spec_version`) need nothing; a `payload` is checked when it is jsonb.
 #[pg_trigger(sql = false)] // declared in sql/functions.sql
 fn events_before_insert<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -442,11 +547,17 @@ fn events_before_insert<'a>(
     let data = trigger.trigger_data();
     let tuple = data.tg_trigtuple;
     // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
-    let desc = unsafe { (*data.tg_relation).rd_att };
+    let rel = data.tg_relation;
+    let desc = unsafe { (*rel).rd_att };
     let (id, run_id, corr, type_name, seq, payload) = unsafe {
         let payload_no = pg_sys::SPI_fnumber(desc, c"payload".as_ptr());
-        let mut is_null = false;
-        let payload = pg_sys::SPI_getbinval(tuple, desc, payload_no, &mut is_null);
+        let mut is_null = true;
+        let payload =
+            if payload_no > 0 && pg_sys::SPI_gettypeid(desc, payload_no) == pg_sys::JSONBOID {
+                pg_sys::SPI_getbinval(tuple, desc, payload_no, &mut is_null)
+            } else {
+                pg_sys::Datum::from(0)
+            };
         (
             column_text(tuple, desc, c"id"),
             column_text(tuple, desc, c"run_id"),
@@ -467,9 +578,11 @@ fn events_before_insert<'a>(
         or_raise!(p.check());
     }
 
-    let seq_assigned = or_raise!(Spi::connect_mut(|client| with_plans(client, |c, plans| {
-        admit(c, plans, &addr)
-    })));
+    let seq_assigned = or_raise!(Spi::connect_mut(|client| {
+        // SAFETY: the trigger's relation is open for the whole call.
+        let plans = unsafe { log_plans(client, rel) };
+        admit(client, &plans, &addr)
+    }));
     if let Some(given) = seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
         if given != seq_assigned {
             raise!(WfError::SeqMismatch {
@@ -529,7 +642,7 @@ fn append_suspension_event(
         raise!(WfError::NotSuspension { event: addr.event })
     };
     let row = Spi::connect_mut(|client| {
-        with_plans(client, |c, plans| {
+        with_append_plans(client, |c, plans| {
             // One statement: a committed creation is returned as it is (the
             // log is append-only, so a duplicate takes no lock at all);
             // otherwise the row is inserted, through the trigger.
@@ -552,7 +665,7 @@ fn append_suspension_event(
             }
             // Skipped on conflict: the winner has committed (READ COMMITTED
             // waited for it), so this new snapshot sees its row.
-            let (id, seq) = find_creation(c, plans, &addr)
+            let (id, seq) = creation(c, &plans.find_creation[plan], &addr)
                 .unwrap_or_else(|| internal!("conflicting creation event is not visible"));
             (id, seq, false)
         })

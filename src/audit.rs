@@ -61,11 +61,14 @@ struct Entity {
     created: i64,
 }
 
+type Slots = [Option<Entity>; EntityKind::ENTITIES.len()];
+
 #[derive(Clone, Default)]
 pub struct Auditor {
     run: Option<Entity>,
-    /// Per correlation id, one slot per entity kind (step, wait, hook).
-    entities: HashMap<String, [Option<Entity>; 3], BuildHasherDefault<Fnv>>,
+    /// Per correlation id, one slot per entity kind (step, wait, hook,
+    /// attribute).
+    entities: HashMap<String, Slots, BuildHasherDefault<Fnv>>,
     events: i64,
     last_seq: Option<i64>,
     /// Tokens held by the run's active hooks: token → correlation id.
@@ -183,6 +186,7 @@ impl Auditor {
             }
         };
         let (position, event, corr) = (e.position, addr.event, addr.correlation_id);
+        let kind = event.entity_kind(corr.is_some());
 
         let run_state = self.run.map(|r| r.state);
         if event == EventType::RunCreated && self.run.is_none() && self.events > 1 {
@@ -202,7 +206,7 @@ impl Auditor {
             });
         }
 
-        let entity = match (event.kind(), corr) {
+        let entity = match (kind, corr) {
             (EntityKind::Run, _) | (_, None) => None,
             (kind, Some(c)) => kind
                 .index()
@@ -212,7 +216,7 @@ impl Auditor {
         if let Err(v) = lifecycle::check(run_state, entity.map(|e| e.state), event) {
             return Some(Finding {
                 anomaly: v.code(),
-                detail: self.explain(v, event, corr, entity),
+                detail: self.explain(v, event, kind, corr, entity),
             });
         }
 
@@ -239,7 +243,7 @@ impl Auditor {
         }
 
         // Accepted: advance exactly as the writer would have.
-        if event.kind() == EntityKind::Run {
+        if kind == EntityKind::Run {
             let after = lifecycle::run_state_after(run_state, event);
             if after != run_state {
                 if let Some(state) = after {
@@ -251,11 +255,9 @@ impl Auditor {
                     });
                 }
             }
-        } else if let (Some(c), Some(state), Some(i)) = (
-            corr,
-            lifecycle::entity_state_after(event),
-            event.kind().index(),
-        ) {
+        } else if let (Some(c), Some(state), Some(i)) =
+            (corr, lifecycle::entity_state_after(event), kind.index())
+        {
             // Look up by &str first: allocate the key only for a new entity.
             match self.entities.get_mut(c) {
                 Some(slots) => {
@@ -267,7 +269,7 @@ impl Auditor {
                     });
                 }
                 None => {
-                    let mut slots = [None; 3];
+                    let mut slots: Slots = Default::default();
                     slots[i] = Some(Entity {
                         state,
                         since: position,
@@ -285,11 +287,12 @@ impl Auditor {
         &self,
         v: Violation,
         event: EventType,
+        kind: EntityKind,
         corr: Option<&str>,
         entity: Option<Entity>,
     ) -> String {
         let what = match corr {
-            Some(c) if event.kind() != EntityKind::Run => format!("{} \"{c}\"", event.kind()),
+            Some(c) if kind != EntityKind::Run => format!("{kind} \"{c}\""),
             _ => "the run".to_string(),
         };
         match v {
@@ -306,11 +309,11 @@ impl Auditor {
             Violation::MissingCreation => {
                 format!(
                     "{event} for {what}, which was never created (no {}_created before it)",
-                    event.kind()
+                    kind
                 )
             }
             Violation::EventAfterTerminal { state } => {
-                let at = match event.kind() {
+                let at = match kind {
                     EntityKind::Run => self.run.map_or(0, |r| r.since),
                     _ => entity.map_or(0, |e| e.since),
                 };

@@ -16,7 +16,7 @@
 //! <state>`, where `<code>` is one of the anomaly codes `replay` reports.
 //! Clients parse it; change it only with a major version.
 
-use crate::lifecycle::{EventType, State, Violation};
+use crate::lifecycle::{EntityKind, EventType, State, Violation};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
@@ -57,7 +57,7 @@ pub enum WfError {
     },
     /// UPDATE / DELETE / TRUNCATE of the append-only log (`op`: "update",
     /// "delete from", "truncate"). 0A000.
-    AppendOnly { op: &'static str },
+    AppendOnly { op: &'static str, table: String },
     /// A join called with an `expected` other than the join's. 22023.
     JoinExpectedMismatch {
         join_key: String,
@@ -181,14 +181,12 @@ impl WfError {
                 event,
                 ..
             } => {
+                let kind = event.entity_kind(correlation_id.is_some());
                 let target = match correlation_id {
-                    Some(c) => format!(
-                        "{} \"{}\" of run \"{}\"",
-                        event.kind(),
-                        clip(c),
-                        clip(run_id)
-                    ),
-                    None => format!("run \"{}\"", clip(run_id)),
+                    Some(c) if kind != EntityKind::Run => {
+                        format!("{kind} \"{}\" of run \"{}\"", clip(c), clip(run_id))
+                    }
+                    _ => format!("run \"{}\"", clip(run_id)),
                 };
                 match violation {
                     Violation::MissingRunCreated => {
@@ -198,8 +196,7 @@ impl WfError {
                         )
                     }
                     Violation::MissingCreation => format!(
-                        "{event} refused: {target} was never created (no {}_created event)",
-                        event.kind()
+                        "{event} refused: {target} was never created (no {kind}_created event)"
                     ),
                     Violation::DuplicateCreation => {
                         format!("{event} refused: {target} already exists")
@@ -215,7 +212,7 @@ impl WfError {
                     }
                 }
             }
-            WfError::AppendOnly { op } => format!("cannot {op} workflow_ext.events"),
+            WfError::AppendOnly { op, table } => format!("cannot {op} {table}"),
             WfError::JoinExpectedMismatch { join_key, .. } => {
                 format!("member count does not match join \"{}\"", clip(join_key))
             }
@@ -357,7 +354,13 @@ impl WfError {
             WfError::BootstrapNeedsReadCommitted { .. } => {
                 "Call it in autocommit mode, or in a transaction begun with ISOLATION LEVEL READ COMMITTED."
             }
-            WfError::AppendOnly { .. } => "Remove whole finished runs with workflow_ext.purge_runs(interval).",
+            WfError::AppendOnly { table, .. } if table == "workflow_ext.events" => {
+                "Remove whole finished runs with workflow_ext.purge_runs(interval)."
+            }
+            WfError::AppendOnly { .. } => {
+                "The table is attached to workflow_ext (workflow_ext.attached_logs); \
+                 workflow_ext.detach lifts the protection."
+            }
             WfError::SourceMissingColumns { .. } => {
                 "An event source needs the columns id, run_id, type and correlation_id \
                  (and created_at for scan with since)."
@@ -508,7 +511,10 @@ mod tests {
                 limit: 5,
             },
             WfError::SeqMismatch { given: 7, next: 3 },
-            WfError::AppendOnly { op: "update" },
+            WfError::AppendOnly {
+                op: "update",
+                table: "workflow_ext.events".into(),
+            },
             WfError::JoinExpectedMismatch {
                 join_key: "j".into(),
                 expected: 4,

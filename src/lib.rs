@@ -7,7 +7,9 @@
 //! - [`errors`]: every user-visible error and its SQLSTATE.
 //! - [`event_id`]: `wevt_` + monotonic ULID ids.
 //! - [`payload`]: the jsonb payload, checked without conversion.
-//! - [`append`]: the events trigger and the two append functions.
+//! - [`append`]: the events trigger (on every protected log) and the append
+//!   functions.
+//! - [`attach`]: protecting an existing table in place (`sql/attach.sql`).
 //! - [`audit`]: the replay auditor, pure Rust, on the same state machine.
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
 //! - [`fanin`]: the exactly-once join barrier.
@@ -18,13 +20,15 @@
 //! - [`subxact`]: run work in a subtransaction and catch its error.
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
-//! indexes), `finalize.sql` last (triggers, privileges, search_path pins).
+//! indexes), then `functions.sql` (signatures), `attach.sql` (attach,
+//! detach, the index watcher), `finalize.sql` last (triggers, privileges).
 //! Released install scripts and upgrade scripts are kept there too
 //! (`workflow_ext--<old>.sql`, `workflow_ext--<old>--<new>.sql`).
 
 use pgrx::prelude::*;
 
 pub mod append;
+pub mod attach;
 pub mod audit;
 pub mod bootstrap;
 pub mod errors;
@@ -45,6 +49,11 @@ extension_sql_file!(
     "../sql/functions.sql",
     name = "functions",
     requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/attach.sql",
+    name = "attach",
+    requires = ["functions"]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -32,6 +32,10 @@ pub enum EventType {
     HookDisposed,
     HookConflict,
     AttrSet,
+    /// Spec 7's sealed-log filler: written by the World's backend for a
+    /// position whose writer died before committing. It occupies its place
+    /// in the log and means nothing to the lifecycle.
+    Noop,
 }
 
 /// What an event is about: the run itself, or one entity inside it.
@@ -41,6 +45,9 @@ pub enum EntityKind {
     Step,
     Wait,
     Hook,
+    /// A keyed attribute: `attr_set` with a correlation id (spec 5), which
+    /// resolves once.
+    Attr,
 }
 
 /// Whether an event type carries a correlation id.
@@ -50,13 +57,13 @@ pub enum CorrelationRule {
     Forbidden,
     /// Entity events: the correlation id names the entity.
     Required,
-    /// `attr_set`: may name the attribute, or be NULL.
+    /// `attr_set` (may name the attribute, or be NULL) and `noop`.
     Optional,
 }
 
 impl EventType {
     /// Every event type, in the order of the SQL enum `workflow_ext.event_type`.
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 18] = [
         EventType::RunCreated,
         EventType::RunStarted,
         EventType::RunCompleted,
@@ -74,6 +81,7 @@ impl EventType {
         EventType::HookDisposed,
         EventType::HookConflict,
         EventType::AttrSet,
+        EventType::Noop,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -95,6 +103,7 @@ impl EventType {
             EventType::HookDisposed => "hook_disposed",
             EventType::HookConflict => "hook_conflict",
             EventType::AttrSet => "attr_set",
+            EventType::Noop => "noop",
         }
     }
 
@@ -109,7 +118,8 @@ impl EventType {
             | EventType::RunCompleted
             | EventType::RunFailed
             | EventType::RunCancelled
-            | EventType::AttrSet => EntityKind::Run,
+            | EventType::AttrSet
+            | EventType::Noop => EntityKind::Run,
             EventType::StepCreated
             | EventType::StepStarted
             | EventType::StepRetrying
@@ -135,6 +145,23 @@ impl EventType {
         )
     }
 
+    /// What the event is about, knowing whether it has a correlation id:
+    /// `attr_set` with one names an attribute of the run (an entity of its
+    /// own, set once); every other type's kind is fixed.
+    pub const fn entity_kind(self, keyed: bool) -> EntityKind {
+        match self {
+            EventType::AttrSet if keyed => EntityKind::Attr,
+            _ => self.kind(),
+        }
+    }
+
+    /// Creations that may exist once per run and correlation id: the
+    /// suspension events and a keyed `attr_set` (spec 5), exactly what the
+    /// index `workflow_events_entity_creation_unique` covers.
+    pub const fn is_unique_creation(self, keyed: bool) -> bool {
+        self.is_suspension() || matches!((self, keyed), (EventType::AttrSet, true))
+    }
+
     /// Events that bring an entity into existence. `hook_conflict` does too
     /// (a hook whose token was taken is born in its terminal state), but it is
     /// not a suspension event and is not covered by the unique index.
@@ -150,7 +177,9 @@ impl EventType {
 
     pub const fn correlation_rule(self) -> CorrelationRule {
         match self.kind() {
-            EntityKind::Run if matches!(self, EventType::AttrSet) => CorrelationRule::Optional,
+            EntityKind::Run if matches!(self, EventType::AttrSet | EventType::Noop) => {
+                CorrelationRule::Optional
+            }
             EntityKind::Run => CorrelationRule::Forbidden,
             _ => CorrelationRule::Required,
         }
@@ -184,11 +213,17 @@ impl EntityKind {
             EntityKind::Step => "step",
             EntityKind::Wait => "wait",
             EntityKind::Hook => "hook",
+            EntityKind::Attr => "attribute",
         }
     }
 
     /// The entity kinds that have correlation ids, in slot order.
-    pub const ENTITIES: [EntityKind; 3] = [EntityKind::Step, EntityKind::Wait, EntityKind::Hook];
+    pub const ENTITIES: [EntityKind; 4] = [
+        EntityKind::Step,
+        EntityKind::Wait,
+        EntityKind::Hook,
+        EntityKind::Attr,
+    ];
 
     /// This kind's slot in per-entity arrays (`ENTITIES` order); `None` for
     /// the run, which has no correlation id.
@@ -198,12 +233,16 @@ impl EntityKind {
             EntityKind::Step => Some(0),
             EntityKind::Wait => Some(1),
             EntityKind::Hook => Some(2),
+            EntityKind::Attr => Some(3),
         }
     }
 
-    /// The event types that belong to an entity of this kind.
+    /// The event types that belong to an entity of this kind (an attribute's
+    /// is its keyed `attr_set`).
     pub fn event_types(self) -> impl Iterator<Item = EventType> {
-        EventType::ALL.into_iter().filter(move |t| t.kind() == self)
+        EventType::ALL
+            .into_iter()
+            .filter(move |t| t.entity_kind(self == EntityKind::Attr) == self)
     }
 }
 
@@ -230,10 +269,13 @@ pub enum State {
     HookActive,
     HookDisposed,
     HookConflict,
+    /// A keyed attribute, once set (terminal: spec 5 has no consumer for a
+    /// second value).
+    AttrSet,
 }
 
 impl State {
-    pub const ALL: [State; 14] = [
+    pub const ALL: [State; 15] = [
         State::RunPending,
         State::RunRunning,
         State::RunCompleted,
@@ -248,6 +290,7 @@ impl State {
         State::HookActive,
         State::HookDisposed,
         State::HookConflict,
+        State::AttrSet,
     ];
 
     pub const fn kind(self) -> EntityKind {
@@ -262,6 +305,7 @@ impl State {
             }
             State::WaitWaiting | State::WaitCompleted => EntityKind::Wait,
             State::HookActive | State::HookDisposed | State::HookConflict => EntityKind::Hook,
+            State::AttrSet => EntityKind::Attr,
         }
     }
 
@@ -277,6 +321,7 @@ impl State {
             State::HookActive => "active",
             State::HookDisposed => "disposed",
             State::HookConflict => "conflict",
+            State::AttrSet => "set",
         }
     }
 
@@ -297,6 +342,7 @@ impl State {
                 | State::WaitCompleted
                 | State::HookDisposed
                 | State::HookConflict
+                | State::AttrSet
         )
     }
 }
@@ -340,7 +386,8 @@ impl Violation {
 }
 
 /// The state an entity is in after `event` was accepted for it. Defined for
-/// entity events only (steps, waits, hooks); `None` for run-level events.
+/// entity events only (steps, waits, hooks, and the keyed `attr_set` of an
+/// attribute); `None` for run-level events.
 pub const fn entity_state_after(event: EventType) -> Option<State> {
     Some(match event {
         EventType::StepCreated | EventType::StepRetrying => State::StepPending,
@@ -352,13 +399,14 @@ pub const fn entity_state_after(event: EventType) -> Option<State> {
         EventType::HookCreated | EventType::HookReceived => State::HookActive,
         EventType::HookDisposed => State::HookDisposed,
         EventType::HookConflict => State::HookConflict,
+        EventType::AttrSet => State::AttrSet,
         _ => return None,
     })
 }
 
 /// The run's state after a run-level event was accepted in state `run`
-/// (`None`: no run yet). `attr_set` and a repeated `run_cancelled` leave the
-/// state as it was.
+/// (`None`: no run yet). `attr_set`, `noop` and a repeated `run_cancelled`
+/// leave the state as it was.
 pub fn run_state_after(run: Option<State>, event: EventType) -> Option<State> {
     match event {
         EventType::RunCreated => Some(State::RunPending),
@@ -373,8 +421,9 @@ pub fn run_state_after(run: Option<State>, event: EventType) -> Option<State> {
 /// Decides whether `event` may be appended.
 ///
 /// * `run`: the run's current state, `None` when the run has no `run_created`.
-/// * `entity`: for entity events, the state of the entity of the event's kind
-///   and correlation id (`None` when it was never created); ignored for
+/// * `entity`: for entity events, the state of the entity of the event's
+///   [`EventType::entity_kind`] and correlation id (`None` when it was never
+///   created); for a keyed `attr_set`, its attribute's; `None` for other
 ///   run-level events.
 ///
 /// Checks run in a fixed order, so every refused event gets exactly one
@@ -396,6 +445,10 @@ pub fn check(run: Option<State>, entity: Option<State>, event: EventType) -> Res
 
     if event.kind() == EntityKind::Run {
         return match (event, run) {
+            // The sealed log's filler occupies a position in any run state.
+            (E::Noop, _) => Ok(()),
+            // A keyed attribute resolves once (spec 5).
+            (E::AttrSet, _) if entity.is_some() => Err(Violation::DuplicateCreation),
             // The DevKit treats cancelling a cancelled run as a no-op.
             (E::RunCancelled, S::RunCancelled) => Ok(()),
             (_, state) if state.is_terminal() => Err(Violation::EventAfterTerminal { state }),
@@ -470,7 +523,7 @@ mod tests {
     fn entity_states_follow_their_kind() {
         for t in EventType::ALL {
             match entity_state_after(t) {
-                Some(s) => assert_eq!(s.kind(), t.kind(), "{t}"),
+                Some(s) => assert_eq!(s.kind(), t.entity_kind(true), "{t}"),
                 None => assert_eq!(t.kind(), EntityKind::Run, "{t}"),
             }
         }
@@ -508,6 +561,11 @@ mod tests {
             (Some(S::RunFailed), E::RunFailed, after(S::RunFailed)),
             (Some(S::RunCancelled), E::RunCancelled, ok),
             (Some(S::RunCancelled), E::RunStarted, after(S::RunCancelled)),
+            (None, E::Noop, Err(Violation::MissingRunCreated)),
+            (Some(S::RunPending), E::Noop, ok),
+            (Some(S::RunRunning), E::Noop, ok),
+            (Some(S::RunCompleted), E::Noop, ok),
+            (Some(S::RunCancelled), E::Noop, ok),
         ];
         for (run, event, expected) in table {
             assert_eq!(check(run, None, event), expected, "{event} in {run:?}");
@@ -607,6 +665,47 @@ mod tests {
             run_state_after(Some(S::RunRunning), E::AttrSet),
             Some(S::RunRunning)
         );
+    }
+
+    /// Spec 5: `attr_set` with a correlation id is an attribute written
+    /// once; without one it may repeat; both only before the run's terminal.
+    /// `noop` never changes a state.
+    #[test]
+    fn keyed_attributes_resolve_once() {
+        assert_eq!(E::AttrSet.entity_kind(true), EntityKind::Attr);
+        assert_eq!(E::AttrSet.entity_kind(false), EntityKind::Run);
+        assert!(E::AttrSet.is_unique_creation(true));
+        assert!(!E::AttrSet.is_unique_creation(false));
+        assert!(!E::Noop.is_unique_creation(true));
+        let kinds: Vec<_> = EntityKind::Attr.event_types().collect();
+        assert_eq!(kinds, vec![E::AttrSet]);
+        assert!(EntityKind::Run.event_types().any(|t| t == E::Noop));
+        for run in [S::RunPending, S::RunRunning] {
+            assert_eq!(check(Some(run), None, E::AttrSet), Ok(()));
+            assert_eq!(
+                check(Some(run), Some(S::AttrSet), E::AttrSet),
+                Err(Violation::DuplicateCreation)
+            );
+        }
+        assert_eq!(
+            check(Some(S::RunCompleted), Some(S::AttrSet), E::AttrSet),
+            Err(Violation::DuplicateCreation)
+        );
+        assert_eq!(
+            check(Some(S::RunFailed), None, E::AttrSet),
+            Err(Violation::EventAfterTerminal {
+                state: S::RunFailed
+            })
+        );
+        assert_eq!(entity_state_after(E::AttrSet), Some(S::AttrSet));
+        assert!(S::AttrSet.is_terminal());
+        for run in State::ALL
+            .into_iter()
+            .filter(|s| s.kind() == EntityKind::Run)
+        {
+            assert_eq!(run_state_after(Some(run), E::Noop), Some(run));
+        }
+        assert_eq!(entity_state_after(E::Noop), None);
     }
 
     #[test]

@@ -29,8 +29,11 @@ impl Drop for PurgeGuard {
     }
 }
 
-/// BEFORE UPDATE / DELETE / TRUNCATE … FOR EACH STATEMENT (ENABLE ALWAYS):
-/// the log is append-only for every role; only `purge_runs` deletes.
+/// BEFORE UPDATE / DELETE / TRUNCATE (ENABLE ALWAYS), on `workflow_ext.events`
+/// (per statement) and on attached tables (UPDATE/DELETE per row, so a
+/// migration's clean-up that matches no row passes): the log is append-only
+/// for every role; only `purge_runs` deletes, and only from the extension's
+/// own log.
 #[pg_trigger(sql = false)] // declared in sql/functions.sql
 fn events_refuse_change<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -42,7 +45,11 @@ fn events_refuse_change<'a>(
         Ok(PgTriggerOperation::Truncate) => "truncate",
         _ => "change",
     };
-    raise!(WfError::AppendOnly { op })
+    let table = match (trigger.table_schema(), trigger.table_name()) {
+        (Ok(schema), Ok(name)) => format!("{schema}.{name}"),
+        _ => "the event log".into(),
+    };
+    raise!(WfError::AppendOnly { op, table })
 }
 
 /// Deletes every run that reached a terminal state more than `older_than`
@@ -65,7 +72,8 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
             c.update(
                 "SELECT coalesce(array_agg(run_id), '{}') FROM ( \
                    SELECT run_id FROM workflow_ext.runs \
-                   WHERE finished_at <= now() - $1 FOR UPDATE SKIP LOCKED) d",
+                   WHERE log = 'workflow_ext.events'::regclass AND finished_at <= now() - $1 \
+                   FOR UPDATE SKIP LOCKED) d",
                 None,
                 &[older_than.into()],
             ),
@@ -84,7 +92,8 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
                       jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
                       j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)), \
                       ht AS (DELETE FROM workflow_ext.hook_tokens WHERE run_id = ANY($1)) \
-                 DELETE FROM workflow_ext.runs WHERE run_id = ANY($1)",
+                 DELETE FROM workflow_ext.runs \
+                 WHERE log = 'workflow_ext.events'::regclass AND run_id = ANY($1)",
                 None,
                 &[ids.into()],
             ),

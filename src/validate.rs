@@ -13,6 +13,14 @@ pub struct EventAddress<'a> {
     pub event: EventType,
 }
 
+impl EventAddress<'_> {
+    /// Whether the index `workflow_events_entity_creation_unique` makes this
+    /// event unique per run and correlation id.
+    pub const fn is_unique_creation(&self) -> bool {
+        self.event.is_unique_creation(self.correlation_id.is_some())
+    }
+}
+
 /// A required identifier: not NULL, not empty, at most [`MAX_IDENT_BYTES`].
 pub fn ident<'a>(arg: &'static str, value: Option<&'a str>) -> WfResult<&'a str> {
     let v = value.ok_or(WfError::NullArgument { arg })?;

@@ -31,6 +31,7 @@ SQL = ROOT / "sql"
 # Released install scripts and their sha256: never edit a released script.
 RELEASED = {
     "0.1.0": "349a20fd3f8e47675a933d7f71e58406a312e919c5a93fbd9bfee4dc1aca1966",
+    "0.2.0": "4ffcc3471deb94e5a420ec75fff59e57fd34a455a4e31c8b861676dba4c2bf7c",
 }
 
 

@@ -1,6 +1,20 @@
--- The whole transition matrix, through append_event and through a plain
--- INSERT: every event type against every state, each attempt rolled back so
--- the next one starts from the same state. Both paths must agree.
+-- The whole transition matrix, through append_event, through a plain
+-- INSERT, and through a plain INSERT into an attached DevKit-shaped table
+-- (varchar columns, client-minted ids, no enum): every event type against
+-- every state, each attempt rolled back so the next one starts from the same
+-- state. All three paths must agree.
+CREATE SCHEMA dk;
+CREATE TABLE dk.workflow_events (id varchar PRIMARY KEY, type varchar NOT NULL, correlation_id varchar,
+  created_at timestamp DEFAULT now() NOT NULL, run_id varchar NOT NULL, payload jsonb, payload_cbor bytea,
+  spec_version integer);
+SELECT workflow_ext.attach('dk.workflow_events');
+-- Appends one event to both logs.
+CREATE FUNCTION both_logs(run text, corr text, t text) RETURNS void LANGUAGE sql AS $$
+  SELECT workflow_ext.append_event(run, corr, t);
+  INSERT INTO dk.workflow_events (id, run_id, correlation_id, type, spec_version)
+  VALUES (workflow_ext.new_event_id(), run, corr, t, 3);
+$$;
+
 CREATE FUNCTION probe(stmt text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE detail text;
 BEGIN
@@ -15,20 +29,22 @@ END $$;
 
 -- Runs in every state (m-none has no run_created at all).
 SELECT count(*) FROM (
-  SELECT workflow_ext.append_suspension_event('m-' || s, NULL, 'run_created')
+  SELECT both_logs('m-' || s, NULL, 'run_created')
     FROM unnest(ARRAY['pending','running','completed','failed','cancelled']) s) x;
 SELECT count(*) FROM (
-  SELECT workflow_ext.append_event('m-' || s, NULL, 'run_started')
+  SELECT both_logs('m-' || s, NULL, 'run_started')
     FROM unnest(ARRAY['running','completed','failed']) s) x;
-SELECT seq FROM workflow_ext.append_event('m-completed', NULL, 'run_completed');
-SELECT seq FROM workflow_ext.append_event('m-failed', NULL, 'run_failed');
-SELECT seq FROM workflow_ext.append_event('m-cancelled', NULL, 'run_cancelled');
+SELECT both_logs('m-completed', NULL, 'run_completed');
+SELECT both_logs('m-failed', NULL, 'run_failed');
+SELECT both_logs('m-cancelled', NULL, 'run_cancelled');
 
 SELECT r.run AS run_state, t AS event,
        probe(format('SELECT workflow_ext.append_event(%L, NULL, %L)', 'm-' || r.run, t)) AS via_function,
-       probe(format('INSERT INTO workflow_ext.events (run_id, type) VALUES (%L, %L)', 'm-' || r.run, t)) AS via_insert
+       probe(format('INSERT INTO workflow_ext.events (run_id, type) VALUES (%L, %L)', 'm-' || r.run, t)) AS via_insert,
+       probe(format('INSERT INTO dk.workflow_events (id, run_id, type) VALUES (%L, %L, %L)',
+                    workflow_ext.new_event_id(), 'm-' || r.run, t)) AS via_attached
   FROM unnest(ARRAY['none','pending','running','completed','failed','cancelled']) WITH ORDINALITY r(run, o),
-       unnest(ARRAY['run_created','run_started','run_completed','run_failed','run_cancelled','attr_set']) t
+       unnest(ARRAY['run_created','run_started','run_completed','run_failed','run_cancelled','attr_set','noop']) t
  ORDER BY r.o, t;
 
 -- Entities in every state, inside a live run (e-live) and a finished one (e-done).
@@ -43,34 +59,42 @@ INSERT INTO entity_setup VALUES
   ('wait-completed', '{wait_created,wait_completed}'),
   ('hook-active',    '{hook_created,hook_received}'),
   ('hook-disposed',  '{hook_created,hook_disposed}'),
-  ('hook-conflict',  '{hook_conflict}');
+  ('hook-conflict',  '{hook_conflict}'),
+  ('attr-set',       '{attr_set}');
 DO $$
 DECLARE r text; s record; t text;
 BEGIN
   FOREACH r IN ARRAY ARRAY['e-live', 'e-done'] LOOP
-    PERFORM workflow_ext.append_event(r, NULL, 'run_created');
-    PERFORM workflow_ext.append_event(r, NULL, 'run_started');
+    PERFORM both_logs(r, NULL, 'run_created');
+    PERFORM both_logs(r, NULL, 'run_started');
     FOR s IN SELECT * FROM entity_setup LOOP
       FOREACH t IN ARRAY s.steps LOOP
-        PERFORM workflow_ext.append_event(r, s.corr, t);
+        PERFORM both_logs(r, s.corr, t);
       END LOOP;
     END LOOP;
   END LOOP;
-  PERFORM workflow_ext.append_event('e-done', NULL, 'run_completed');
+  PERFORM both_logs('e-done', NULL, 'run_completed');
 END $$;
 
 SELECT r AS run, e.corr AS entity, t AS event,
        probe(format('SELECT workflow_ext.append_event(%L, %L, %L)', r, e.corr, t)) AS via_function,
-       probe(format('INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES (%L, %L, %L)', r, e.corr, t)) AS via_insert
+       probe(format('INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES (%L, %L, %L)', r, e.corr, t)) AS via_insert,
+       probe(format('INSERT INTO dk.workflow_events (id, run_id, correlation_id, type) VALUES (%L, %L, %L, %L)',
+                    workflow_ext.new_event_id(), r, e.corr, t)) AS via_attached
   FROM unnest(ARRAY['e-live', 'e-done']) r,
-       (SELECT corr FROM entity_setup UNION ALL SELECT unnest(ARRAY['step-none','wait-none','hook-none'])) e,
+       (SELECT corr FROM entity_setup UNION ALL SELECT unnest(ARRAY['step-none','wait-none','hook-none','attr-none'])) e,
        unnest(enum_range(NULL::workflow_ext.event_type)::text[]) t
  WHERE split_part(t, '_', 1) = split_part(e.corr, '-', 1)
  ORDER BY r, e.corr, t;
 
--- Nothing of the above was kept: each run's log is as it was set up.
+-- Nothing of the above was kept: each run's log is as it was set up, the
+-- same in both logs.
 SELECT run_id, count(*), max(seq) FROM workflow_ext.events
  WHERE run_id LIKE 'm-%' OR run_id LIKE 'e-%' GROUP BY run_id ORDER BY run_id;
+SELECT (SELECT array_agg((run_id, seq, type::text, correlation_id) ORDER BY run_id, seq) FROM workflow_ext.events
+         WHERE run_id LIKE 'm-%' OR run_id LIKE 'e-%')
+     = (SELECT array_agg((run_id::text, seq, type::text, correlation_id::text) ORDER BY run_id, seq) FROM dk.workflow_events)
+       AS same_logs;
 
 -- The DevKit's exceptions: a step running when the run ended may still
 -- finish; a second run_cancelled is accepted and changes nothing.
