@@ -1,6 +1,6 @@
 # workflow_ext: the two commands are `make demo` (the main job) and `make test`.
 .PHONY: setup install demo test lint test-pgrx test-regress test-upgrade test-docs test-concurrency \
-        test-migrators test-clients test-faults test-matrix psql stop clean bench bench-smoke
+        test-migrators test-devkit test-clients test-faults test-matrix psql stop clean bench bench-smoke
 
 # The PostgreSQL to build against: scripts/pg.sh is the one place that names
 # it (`make demo PG=17`, `PG=17 make install` … pick another major: 15, the
@@ -38,6 +38,8 @@ test-upgrade:     ## ALTER EXTENSION UPDATE from every released version equals a
 	WFX_SUITES=upgrade bash scripts/test.sh
 test-migrators:   ## graphile-worker and the DevKit setup raced, raw and wrapped in bootstrap_begin/end
 	WFX_SUITES=migrators bash scripts/test.sh
+test-devkit:      ## the real @workflow/world-postgres (4.1.1, 4.3.7, 5.0 beta) on an attached table
+	WFX_SUITES=devkit bash scripts/test.sh
 test-docs:        ## every ```sql block of README.md, its claimed results checked
 	WFX_SUITES=docs bash scripts/test.sh
 test-concurrency:

@@ -18,7 +18,9 @@
 #                                 install; data intact; released scripts frozen)
 #  10. migrators:                 tests/migrators (graphile-worker and the DevKit's
 #                                 setup from npm, raced raw and in bootstrap_begin/end)
-# Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators clients faults bench"
+#  11. devkit:                    tests/devkit (the real @workflow/world-postgres from
+#                                 npm driven on a table under attach())
+# Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench"
 # (default: all, in that order; on 16-18 all but faults).
 #
 # Majors:
@@ -68,9 +70,9 @@ fi
 
 . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
 if [ "$PG_MAJOR" = 15 ]; then
-  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators clients faults bench}"
+  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench}"
 else
-  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators clients bench}"
+  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit clients bench}"
   for s in $SUITES; do
     if [ "$s" = faults ]; then
       # Its cluster (port 54317, .pgcluster-faults) is 15's.
@@ -177,6 +179,12 @@ migrators() {
   python3 -m pytest -q -s -p no:cacheprovider tests/migrators
 }
 
+devkit() {
+  eval "$(bash scripts/cluster.sh env)"
+  export PGHOST PGPORT PGUSER
+  python3 -m pytest -q -s -p no:cacheprovider tests/devkit
+}
+
 docs() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
@@ -218,6 +226,7 @@ for suite in $SUITES; do
     docs) install_extension; run_suite "README SQL (pytest)" docs ;;
     concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
     migrators) install_extension; run_suite "real migrators raced (pytest + node)" migrators ;;
+    devkit) install_extension; run_suite "the DevKit's world-postgres on an attached table (pytest + node)" devkit ;;
     clients) install_extension; run_suite "client examples" clients ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
     bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;

@@ -643,11 +643,14 @@ mod tests {
                 } else if rand(6) == 0 {
                     EventType::HookCreated
                 } else {
-                    EventType::ALL[rand(17)]
+                    EventType::ALL[rand(EventType::ALL.len())]
                 };
                 let corr = match (t.correlation_rule(), rand(20)) {
                     (CorrelationRule::Required, 0) => None, // a malformed event now and then
                     (CorrelationRule::Required, _) => Some(corrs[rand(corrs.len())]),
+                    // Keyed attr_set (an attribute, set once) and noop with
+                    // and without one.
+                    (CorrelationRule::Optional, n) if n < 10 => Some("a1"),
                     _ => None,
                 };
                 // Hooks of a run draw their token from two per run, so some
