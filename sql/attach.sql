@@ -228,7 +228,10 @@ $$;
 
 -- If `log`'s creation index is no longer the extension's (a package
 -- migration dropped and recreated it, as world-postgres 5.0's 0014 does),
--- puts the extension's back. Internal.
+-- puts the extension's back. Its own CREATE INDEX fires the index watcher
+-- again: a transaction-local flag stops that recursion. workflow_ext.events
+-- is left alone (its index is the extension's own, from schema.sql).
+-- Internal.
 CREATE FUNCTION workflow_ext.keep_creation_index_of(log regclass) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -236,6 +239,10 @@ DECLARE
     idx regclass;
     want text;
 BEGIN
+    IF log = 'workflow_ext.events'::regclass
+       OR current_setting('workflow_ext.restoring_creation_index', true) = 'on' THEN
+        RETURN;
+    END IF;
     SELECT l.creation_index INTO want FROM workflow_ext.logs l WHERE l.relation = log;
     SELECT i.indexrelid INTO idx
       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -243,11 +250,13 @@ BEGIN
     IF want IS NULL OR (idx IS NOT NULL AND pg_get_indexdef(idx) = want) THEN
         RETURN;
     END IF;
+    PERFORM set_config('workflow_ext.restoring_creation_index', 'on', true);
     IF idx IS NOT NULL THEN
         EXECUTE format('DROP INDEX %s', idx);
     END IF;
     UPDATE workflow_ext.logs l SET creation_index = workflow_ext.create_creation_index(log)
      WHERE l.relation = log;
+    PERFORM set_config('workflow_ext.restoring_creation_index', 'off', true);
 END
 $$;
 

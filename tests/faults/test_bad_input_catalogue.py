@@ -120,6 +120,56 @@ def test_every_function_every_bad_input(db):
     assert wrote_on_error == [], wrote_on_error
 
 
+# attach / detach, as the superuser that runs them (PUBLIC may not: 42501),
+# given what is no event table: documented SQLSTATEs (42P01, 42809, 42703,
+# 42804, 22004, 55000 for anomalies or "not attached", 0A000 for detaching
+# workflow_ext.events), never XX000, and nothing changed: no registration, no
+# new column, trigger or index on the table.
+ATTACH_DOCUMENTED = DOCUMENTED | {"42804", "42710"}
+ATTACH_SOURCES = [None, "no_such_table", *INJECTION, "workflow_ext.events_pkey", "workflow_ext.runs",
+                  "workflow_ext.attached_logs", "pg_catalog.pg_class", "bad_seq_events", "broken_events",
+                  "dup_events", "workflow_ext.events"]
+
+
+def test_attach_and_detach_bad_input(db):
+    with psycopg.connect(conninfo(db), autocommit=True) as c:
+        c.execute("CREATE TABLE bad_seq_events (id text, run_id text, type text, correlation_id text, seq text)")
+        c.execute("CREATE TABLE broken_events (id text, run_id text, type text, correlation_id text)")
+        c.execute("INSERT INTO broken_events VALUES ('e1', 'r', 'step_started', 's')")
+        c.execute("CREATE TABLE dup_events (id text, run_id text, type text, correlation_id text)")
+        c.execute("INSERT INTO dup_events VALUES ('e1', 'r', 'run_created', NULL), ('e2', 'r', 'run_created', NULL)")
+
+        def shape():
+            return c.execute("""SELECT (SELECT count(*) FROM workflow_ext.logs), (SELECT count(*) FROM workflow_ext.runs),
+                                       (SELECT count(*) FROM pg_attribute WHERE attname = 'seq' AND attnum > 0
+                                           AND NOT attisdropped AND attrelid::regclass::text LIKE '%_events'),
+                                       (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal),
+                                       (SELECT count(*) FROM pg_index)""").fetchone()
+
+        before, tried, codes = shape(), 0, {}
+        calls = [("SELECT workflow_ext.attach(%s::regclass, %s)", (src, acc))
+                 for src in ATTACH_SOURCES for acc in (False, None)]
+        calls += [("SELECT workflow_ext.detach(%s::regclass)", (src,)) for src in ATTACH_SOURCES]
+        for sql, args in calls:
+            tried += 1
+            try:
+                c.execute(sql, args).fetchall()
+                outcome = "ok"
+            except psycopg.Error as e:
+                outcome = e.sqlstate
+                assert e.sqlstate != "XX000", f"{sql} {args!r:.100} panicked: {e}"
+                assert e.sqlstate in ATTACH_DOCUMENTED, f"{sql} {args!r:.100}: undocumented {e.sqlstate} {e}"
+            codes[outcome] = codes.get(outcome, 0) + 1
+            assert c.execute("SELECT 1").fetchone() == (1,), "backend died"
+        after = shape()
+    print(f"FIGURE: attach/detach bad input: {tried} calls, outcomes {codes}, catalog before {before} after {after}",
+          flush=True)
+    # The only successes: attaching workflow_ext.events, which is attached
+    # already (a no-op returning 0).
+    assert codes.get("ok", 0) == 1
+    assert after == before
+
+
 @pytest.mark.parametrize("budget_seconds", [15])
 def test_replay_fuzz(db, budget_seconds):
     """Random logs, valid and corrupted, with hostile strings, into a DevKit-
@@ -127,7 +177,7 @@ def test_replay_fuzz(db, budget_seconds):
     rng = random.Random(7)
     types = ["run_created", "run_started", "run_completed", "run_failed", "run_cancelled", "step_created",
              "step_started", "step_retrying", "step_completed", "step_failed", "wait_created", "wait_completed",
-             "hook_created", "hook_received", "hook_disposed", "hook_conflict", "attr_set",
+             "hook_created", "hook_received", "hook_disposed", "hook_conflict", "attr_set", "noop",
              "", "STEP", "x" * 300, "ü", "step_created\n", None]
     corrs = ["s1", "s2", "w1", "h1", None, "", "x" * 400, "ü🙂", "'; DROP TABLE t; --"]
     runs = calls = 0
