@@ -43,6 +43,8 @@ struct LogPlans {
     /// table gets new plans (a kept plan re-parses its text).
     relname: String,
     relnamespace: pg_sys::Oid,
+    /// Written for runs keyed by (log, run_id) ([`plans::runs_keyed_by_log`]).
+    keyed: bool,
     insert_run: OwnedPreparedStatement,
     bump: OwnedPreparedStatement,
     /// The bump, returning also what this statement's snapshot says of the
@@ -137,28 +139,41 @@ fn find_creation_sql(log: &str, t: EventType) -> String {
 
 /// The plans of the log `rel`, whose name (as regclass prints it, quoted
 /// and qualified) is `log`. The run rows of every log live in
-/// `workflow_ext.runs`, keyed by (log, run_id).
-fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str) -> LogPlans {
-    let key = format!("log = '{}'::regclass", rel.to_u32());
-    let r_key = format!("r.{key}");
-    let s_key = format!("s.{key}");
+/// `workflow_ext.runs`, keyed by (log, run_id) when `keyed` (else by run_id
+/// alone: a database not yet updated to 0.3.0, whose one log is
+/// `workflow_ext.events`).
+fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) -> LogPlans {
+    let (key, r_key, s_key, log_col, log_val, conflict) = if keyed {
+        let k = format!("log = '{}'::regclass AND", rel.to_u32());
+        (
+            k.clone(),
+            format!("r.{k}"),
+            format!("s.{k}"),
+            "log, ",
+            format!("'{}'::regclass, ", rel.to_u32()),
+            "log, run_id",
+        )
+    } else {
+        Default::default()
+    };
+    let conflict = if keyed { conflict } else { "run_id" };
     LogPlans {
         relname: String::new(),
         relnamespace: pg_sys::InvalidOid,
+        keyed,
         insert_run: plans::keep(
             c,
             &format!(
-                "INSERT INTO workflow_ext.runs (log, run_id, state, last_seq) \
-                 VALUES ('{}'::regclass, $1, 'pending', 1) \
-                 ON CONFLICT (log, run_id) DO NOTHING RETURNING last_seq",
-                rel.to_u32()
+                "INSERT INTO workflow_ext.runs ({log_col}run_id, state, last_seq) \
+                 VALUES ({log_val}$1, 'pending', 1) \
+                 ON CONFLICT ({conflict}) DO NOTHING RETURNING last_seq"
             ),
             &[TEXT],
         ),
         bump: plans::keep(
             c,
             &format!(
-                "UPDATE workflow_ext.runs SET last_seq = last_seq + 1 WHERE {key} AND run_id = $1 \
+                "UPDATE workflow_ext.runs SET last_seq = last_seq + 1 WHERE {key} run_id = $1 \
                  RETURNING state, last_seq"
             ),
             &[TEXT],
@@ -168,9 +183,9 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str) -> LogPlans {
                 c,
                 &format!(
                     "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1 \
-                     WHERE {r_key} AND r.run_id = $1 \
+                     WHERE {r_key} r.run_id = $1 \
                      RETURNING r.state, r.last_seq, \
-                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} AND s.run_id = $1), ({})",
+                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} s.run_id = $1), ({})",
                     entity_last_sql(log, kind, "e.")
                 ),
                 &[TEXT, TEXT],
@@ -178,7 +193,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str) -> LogPlans {
         }),
         unbump: plans::keep(
             c,
-            &format!("UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE {key} AND run_id = $1"),
+            &format!("UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE {key} run_id = $1"),
             &[TEXT],
         ),
         set_run_state: plans::keep(
@@ -186,7 +201,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str) -> LogPlans {
             &format!(
                 "UPDATE workflow_ext.runs SET state = $2, \
                  finished_at = CASE WHEN $3 THEN coalesce(finished_at, now()) END \
-                 WHERE {key} AND run_id = $1"
+                 WHERE {key} run_id = $1"
             ),
             &[TEXT, TEXT, BOOL],
         ),
@@ -218,8 +233,8 @@ fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
     }
 }
 
-/// The kept plans of the log the trigger fired on, built (or rebuilt after
-/// a rename) on first use in this backend.
+/// The kept plans of the log the trigger fired on, built on first use in
+/// this backend, and again after a rename or `ALTER EXTENSION UPDATE`.
 ///
 /// # Safety
 /// `rel` is the trigger's open relation.
@@ -233,9 +248,13 @@ unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlan
             (*form).relnamespace,
         )
     };
+    let keyed = plans::runs_keyed_by_log();
     let cached = LOG_PLANS.with(|m| m.borrow().get(&oid).cloned());
     if let Some(p) = cached {
-        if p.relnamespace == relnamespace && p.relname.as_bytes() == relname.to_bytes() {
+        if p.keyed == keyed
+            && p.relnamespace == relnamespace
+            && p.relname.as_bytes() == relname.to_bytes()
+        {
             return p;
         }
     }
@@ -248,7 +267,7 @@ unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlan
     .ok()
     .flatten()
     .unwrap_or_else(|| internal!("relation {} has no name", oid.to_u32()));
-    let mut plans = build_log_plans(client, oid, &log);
+    let mut plans = build_log_plans(client, oid, &log, keyed);
     plans.relname = relname.to_string_lossy().into_owned();
     plans.relnamespace = relnamespace;
     let plans = Rc::new(plans);

@@ -28,6 +28,100 @@ fn run_state(types: Array<'_, &str>) -> Option<&'static str> {
     run_state_after_events(types.iter()).map(lifecycle::State::as_str)
 }
 
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use crate::lifecycle::{CorrelationRule, EventType};
+    use crate::replay::tests::writer_code;
+    use crate::subxact::in_subtransaction;
+    use pgrx::pg_sys::panic::CaughtError;
+    use pgrx::prelude::*;
+
+    /// One write path: random sequences (legal and not) fed to append_event
+    /// on workflow_ext.events and, verbatim, as plain INSERTs into an
+    /// attached DevKit-shaped table get the same verdict, event by event,
+    /// and leave the same logs.
+    #[pg_test]
+    fn an_attached_table_is_judged_like_the_own_log() {
+        Spi::run(
+            "CREATE TABLE dk_events (id varchar PRIMARY KEY, type varchar NOT NULL, \
+             correlation_id varchar, created_at timestamp DEFAULT now() NOT NULL, \
+             run_id varchar NOT NULL, payload_cbor bytea, spec_version integer)",
+        )
+        .unwrap();
+        Spi::run("SELECT workflow_ext.attach('dk_events')").unwrap();
+        let corrs = ["s1", "s2", "w1", "h1", "a1"];
+        let mut state = 0x0DDB_1A5E_5BAD_5EEDu64;
+        let mut rand = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut refused, mut accepted) = (0, 0);
+        for run_no in 0..40 {
+            let run = format!("one-{run_no}");
+            for pos in 1..=50 {
+                let t = if pos == 1 && rand(10) > 0 {
+                    EventType::RunCreated
+                } else {
+                    EventType::ALL[rand(EventType::ALL.len())]
+                };
+                let corr = match (t.correlation_rule(), rand(20)) {
+                    (CorrelationRule::Required, 0) => None,
+                    (CorrelationRule::Forbidden, 0) => Some("x"),
+                    (CorrelationRule::Required, _) => Some(corrs[rand(corrs.len())]),
+                    (CorrelationRule::Optional, n) if n < 10 => Some("a1"),
+                    _ => None,
+                };
+                let (run_ref, id) = (run.as_str(), format!("wevt_{run_no:03}_{pos:04}"));
+                let own = in_subtransaction(move || {
+                    Spi::run_with_args(
+                        "SELECT workflow_ext.append_event($1, $2, $3)",
+                        &[run_ref.into(), corr.into(), t.as_str().into()],
+                    )
+                    .unwrap();
+                });
+                let id_ref = id.as_str();
+                let attached =
+                    in_subtransaction(move || {
+                        Spi::run_with_args(
+                        "INSERT INTO dk_events (id, run_id, correlation_id, type, spec_version) \
+                         VALUES ($1, $2, $3, $4, 5)",
+                        &[id_ref.into(), run_ref.into(), corr.into(), t.as_str().into()],
+                    )
+                    .unwrap();
+                    });
+                let verdict =
+                    |r: &Result<(), Box<CaughtError>>| r.as_ref().err().map(|e| writer_code(e));
+                assert_eq!(
+                    verdict(&own),
+                    verdict(&attached),
+                    "{run} #{pos}: {t} {corr:?}"
+                );
+                if own.is_ok() {
+                    accepted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        let same = Spi::get_one::<bool>(
+            "SELECT (SELECT array_agg((run_id, seq, type::text, correlation_id) ORDER BY run_id, seq) \
+                       FROM workflow_ext.events WHERE run_id LIKE 'one-%') \
+                  = (SELECT array_agg((run_id::text, seq, type::text, correlation_id::text) ORDER BY run_id, seq) \
+                       FROM dk_events)",
+        );
+        assert_eq!(same, Ok(Some(true)), "the two logs differ");
+        let clean = Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.scan('dk_events')");
+        assert_eq!(clean, Ok(Some(0)));
+        assert!(
+            refused > 500 && accepted > 300,
+            "{refused} refused, {accepted} accepted"
+        );
+    }
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

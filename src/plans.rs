@@ -19,3 +19,22 @@ pub const INT4: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT4OID);
 pub fn keep(client: &SpiClient<'_>, sql: &str, args: &[PgOid]) -> OwnedPreparedStatement {
     or_internal!(client.prepare_mut(sql, args), "cannot prepare \"{sql}\"").keep()
 }
+
+/// Whether `workflow_ext.runs` is keyed by (log, run_id), as from 0.3.0 on.
+/// The binary is shared by every version's SQL: until `ALTER EXTENSION
+/// workflow_ext UPDATE` has run, a database at 0.1.0 or 0.2.0 keeps
+/// appending to (and purging) `workflow_ext.events` with the old key. Three
+/// syscache lookups, cheap enough to ask on every append.
+pub fn runs_keyed_by_log() -> bool {
+    // SAFETY: catalog lookups by name; each returns InvalidOid /
+    // InvalidAttrNumber when the object is missing.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return true;
+        }
+        let runs = pg_sys::get_relname_relid(c"runs".as_ptr(), nsp);
+        runs != pg_sys::InvalidOid
+            && pg_sys::get_attnum(runs, c"log".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    }
+}

@@ -577,7 +577,7 @@ fn scan(
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
-mod tests {
+pub(crate) mod tests {
     use crate::audit::RUN_CREATED_NOT_FIRST;
     use crate::lifecycle::{CorrelationRule, EventType};
     use crate::subxact::in_subtransaction;
@@ -586,7 +586,7 @@ mod tests {
 
     /// The code the writer gave for a refusal: 23505 is the index's own
     /// duplicate error; argument errors are what the audit calls invalid.
-    fn writer_code(e: &CaughtError) -> String {
+    pub(crate) fn writer_code(e: &CaughtError) -> String {
         let r = match e {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
             CaughtError::RustPanic { ereport, .. } => ereport,
@@ -633,7 +633,7 @@ mod tests {
         };
         let mut refused_total = 0;
         let mut token_conflicts = 0;
-        for run_no in 0..40 {
+        for run_no in 0..80 {
             let run = format!("prop-{run_no}");
             let mut expected: Vec<(i64, String)> = Vec::new();
             for pos in 1..=60i64 {

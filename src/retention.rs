@@ -64,16 +64,25 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
     if older_than.micros() < 0 || older_than.days() < 0 || older_than.months() < 0 {
         raise!(WfError::NegativeInterval);
     }
+    // Until ALTER EXTENSION UPDATE, runs has no log column (see
+    // plans::runs_keyed_by_log) and holds only workflow_ext.events's runs.
+    let own_runs = if crate::plans::runs_keyed_by_log() {
+        "log = 'workflow_ext.events'::regclass AND"
+    } else {
+        ""
+    };
     Spi::connect_mut(|c| {
         // Statement 1 locks the doomed runs; statement 2 (a new snapshot,
         // taken after the locks) sees every event committed to them before
         // the lock, so none is left behind.
         let locked = or_internal!(
             c.update(
-                "SELECT coalesce(array_agg(run_id), '{}') FROM ( \
-                   SELECT run_id FROM workflow_ext.runs \
-                   WHERE log = 'workflow_ext.events'::regclass AND finished_at <= now() - $1 \
-                   FOR UPDATE SKIP LOCKED) d",
+                &format!(
+                    "SELECT coalesce(array_agg(run_id), '{{}}') FROM ( \
+                       SELECT run_id FROM workflow_ext.runs \
+                       WHERE {own_runs} finished_at <= now() - $1 \
+                       FOR UPDATE SKIP LOCKED) d"
+                ),
                 None,
                 &[older_than.into()],
             ),
@@ -88,12 +97,13 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
         let _guard = PurgeGuard::enter();
         let deleted = or_internal!(
             c.update(
-                "WITH ev AS (DELETE FROM workflow_ext.events WHERE run_id = ANY($1)), \
-                      jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
-                      j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)), \
-                      ht AS (DELETE FROM workflow_ext.hook_tokens WHERE run_id = ANY($1)) \
-                 DELETE FROM workflow_ext.runs \
-                 WHERE log = 'workflow_ext.events'::regclass AND run_id = ANY($1)",
+                &format!(
+                    "WITH ev AS (DELETE FROM workflow_ext.events WHERE run_id = ANY($1)), \
+                          jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
+                          j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)), \
+                          ht AS (DELETE FROM workflow_ext.hook_tokens WHERE run_id = ANY($1)) \
+                     DELETE FROM workflow_ext.runs WHERE {own_runs} run_id = ANY($1)"
+                ),
                 None,
                 &[ids.into()],
             ),

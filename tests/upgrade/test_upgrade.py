@@ -76,7 +76,7 @@ SELECT 'relation', c.oid::regclass::text,
                                    a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid)), ', ' ORDER BY a.attnum)
             FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
            WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
-         (SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY 1)
+         (SELECT string_agg(pg_get_indexdef(i.indexrelid), '; ' ORDER BY pg_get_indexdef(i.indexrelid))
             FROM pg_index i WHERE i.indrelid = c.oid),
          (SELECT string_agg(format('%s %s', conname, pg_get_constraintdef(co.oid)), '; ' ORDER BY conname)
             FROM pg_constraint co WHERE co.conrelid = c.oid),
@@ -97,8 +97,8 @@ UNION ALL
 SELECT 'schema', n.nspname, concat_ws(' | ', n.nspacl::text)
 FROM pg_namespace n WHERE n.nspname = 'workflow_ext'
 UNION ALL
-SELECT 'config_dump', (SELECT string_agg(x::regclass::text, ',' ORDER BY x::regclass::text)
-                         FROM unnest(extconfig) x), array_to_string(extcondition, ',')
+SELECT 'config_dump', (SELECT string_agg(format('%s %s', x::regclass, cond), ', ' ORDER BY x::regclass::text)
+                         FROM unnest(extconfig, extcondition) u(x, cond)), ''
 FROM pg_extension WHERE extname = 'workflow_ext'
 UNION ALL
 SELECT 'other', m.cat, count(*)::text FROM members m
@@ -170,6 +170,10 @@ def test_update_equals_fresh_install_and_keeps_data(fresh_db, version):
         before = c.execute("SELECT run_id, seq, id, type::text, correlation_id FROM workflow_ext.events ORDER BY 1, 2").fetchall()
         c.execute("ALTER EXTENSION workflow_ext UPDATE")
         assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'workflow_ext'").fetchone()[0] == current
+        # This backend appended under the old schema (the binary is the new
+        # one throughout): its kept plans follow the update.
+        assert c.execute("SELECT seq FROM workflow_ext.append_event('wrun_d', 's8', 'step_created')").fetchone()[0] == 3
+        before.append(("wrun_d", 3, None, "step_created", "s8"))
     with connect(new) as c:
         c.execute("CREATE EXTENSION workflow_ext")
 
@@ -186,11 +190,24 @@ def test_update_equals_fresh_install_and_keeps_data(fresh_db, version):
 
     with connect(old) as c:
         after = c.execute("SELECT run_id, seq, id, type::text, correlation_id FROM workflow_ext.events ORDER BY 1, 2").fetchall()
-        assert after == before
+        assert [r[:2] + r[3:] for r in after] == [r[:2] + r[3:] for r in sorted(before, key=lambda r: (r[0], r[1]))]
+        assert [r[2] for r in after if (r[0], r[1]) != ("wrun_d", 3)] == [
+            r[2] for r in sorted(before, key=lambda r: (r[0], r[1])) if (r[0], r[1]) != ("wrun_d", 3)]
         assert c.execute("SELECT count(*) FROM workflow_ext.scan()").fetchone()[0] == 0
         # Appends continue at the next seq; the new functions work.
         seq = c.execute("SELECT seq FROM workflow_ext.append_event('wrun_d', 's9', 'step_created')").fetchone()[0]
-        assert seq == 3
+        assert seq == 4
+        assert c.execute("SELECT count(*), min(log::text) FROM workflow_ext.runs").fetchone() == (4, "workflow_ext.events")
+        # What 0.3.0 adds works on the updated database: an attached table,
+        # spec 5's vocabulary, purge of the own log only.
+        c.execute("CREATE TABLE dk (id varchar PRIMARY KEY, run_id varchar NOT NULL, type varchar NOT NULL, "
+                  "correlation_id varchar)")
+        c.execute("INSERT INTO dk VALUES ('wevt_1', 'wrun_d', 'run_created', NULL)")
+        assert c.execute("SELECT workflow_ext.attach('dk')").fetchone()[0] == 1
+        assert c.execute("INSERT INTO dk VALUES ('wevt_2', 'wrun_d', 'noop', NULL) RETURNING seq").fetchone()[0] == 2
+        assert c.execute("SELECT seq FROM workflow_ext.append_event('wrun_d', 'k', 'attr_set')").fetchone()[0] == 5
+        assert c.execute("SELECT workflow_ext.purge_runs('0 s')").fetchone()[0] == 3  # wrun_a, b, c
+        assert c.execute("SELECT count(*) FROM workflow_ext.runs WHERE log = 'dk'::regclass").fetchone()[0] == 1
         assert c.execute("SELECT workflow_ext.join_arrive('wrun_d', 'j', 'm2', 2)").fetchone()[0] is True
         assert c.execute("SELECT workflow_ext.bootstrap('app@v1', 'CREATE TABLE app_t (a int)')").fetchone()[0] is False
         assert c.execute("SELECT workflow_ext.bootstrap_begin('mig@v1')").fetchone()[0] is True
