@@ -82,12 +82,15 @@ if [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then
 fi
 # Node packages from their lock files: node-postgres for the Node example
 # (examples/node); graphile-worker and the DevKit's world-postgres for the
-# migrator race (tests/migrators). Node itself from Debian if missing.
+# migrator race (tests/migrators); world-postgres 4.3.7, 5.0.0-beta.29 and
+# 4.1.1 for the attached-table suite (tests/devkit/v4, v5, v411). Node itself from Debian if missing.
 if ! command -v npm >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
 fi
-for pair in examples/node:pg tests/migrators:graphile-worker; do
+for pair in examples/node:pg tests/migrators:graphile-worker \
+            tests/devkit/v4:@workflow/world-postgres tests/devkit/v5:@workflow/world-postgres \
+            tests/devkit/v411:@workflow/world-postgres; do
   dir="$(dirname "$0")/../${pair%%:*}"
   if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules/${pair##*:}" ]; then
     (cd "$dir" && npm ci --silent --no-audit --no-fund)

@@ -1,0 +1,779 @@
+"""workflow_ext.attach() on the Workflow DevKit's own event table, driven by the
+REAL npm package @workflow/world-postgres (its World, world.events.create),
+for 4.3.7 (tests/devkit/v4) and 5.0.0-beta.29 (tests/devkit/v5), and for the
+race also 4.1.1 (tests/devkit/v411: the naive writer of the #2039 report, no
+creation index at all).
+
+Every database is fresh (tests/pgcluster.py's fresh_database: CREATE EXTENSION
+workflow_ext), its schema made by the package's own bin/setup.js (drizzle
+migrations + graphile-worker's), then workflow_ext.attach(
+'workflow.workflow_events'). driver.mjs (one driver, the version directory as
+an argument) makes the World and runs the calls; raw SQL is used only to read
+the table back, to desynchronise the package's own entity tables the way a
+half-written run does, and for raw inserts in the package's exact insert shape.
+
+Sizes: WFX_DEVKIT_PROCESSES (default 8) racing Node processes,
+WFX_DEVKIT_ENTITIES (default 20) entities of each kind. Connection: PGHOST /
+PGPORT / PGUSER from the environment, else the project cluster's.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import psycopg
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pgcluster import conninfo, fresh_database, setting  # noqa: E402  (tests/pgcluster.py)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DRIVER = os.path.join(HERE, "driver.mjs")
+PKG = "@workflow/world-postgres"
+VERSIONS = {"v4": "4.3.7", "v5": "5.0.0-beta.29", "v411": "4.1.1"}
+# The versions the tests run on (test 5 is 5.x only).
+MAIN_VERSIONS = ["v4", "v5", "v411"]
+# Versions without the package's entity-creation index: they store duplicate
+# creations under racing processes (#2039), and do not map a 23505 to
+# EntityConflictError.
+NAIVE_VERSIONS = {"v411"}
+PROCESSES = int(os.environ.get("WFX_DEVKIT_PROCESSES", "8"))
+ENTITIES = int(os.environ.get("WFX_DEVKIT_ENTITIES", "20"))
+# Hang guard for one node invocation (never part of a verdict).
+NODE_TIMEOUT_S = 300
+EVENTS = "workflow.workflow_events"
+INDEX = "workflow_events_entity_creation_unique"
+# The package's own event insert (drizzle), as in the reference doc.
+PACKAGE_INSERT = ('insert into "workflow"."workflow_events" ("id","type","correlation_id","created_at",'
+                  '"run_id","payload","payload_cbor","spec_version") values '
+                  '(%s,%s,%s,default,%s,default,%s,%s) returning "created_at"')
+
+
+def figure(text):
+    print(f"FIGURE: {text}", flush=True)
+
+
+def connect(dbname):
+    return psycopg.connect(**conninfo(dbname), autocommit=True)
+
+
+def node_env(**extra):
+    env = dict(os.environ)
+    for k in ("PGHOST", "PGPORT", "PGUSER"):
+        env[k] = setting(k)
+    env.update(extra)
+    return env
+
+
+def db_url(dbname):
+    from urllib.parse import quote
+    return (f"postgresql://{quote(setting('PGUSER'), safe='')}@{quote(setting('PGHOST'), safe='')}"
+            f":{setting('PGPORT')}/{quote(dbname, safe='')}")
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    # Node runs here, not in the checkout: setup.js loads a .env from its cwd.
+    d = tempfile.mkdtemp(prefix="wfx_devkit_")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_installed():
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed (Node 18.19+ is needed for tests/devkit)")
+
+
+@pytest.fixture(params=MAIN_VERSIONS)
+def version(request):
+    """The version directory (v4, v5, v411); fails if its node_modules are missing."""
+    vdir = request.param
+    pkg_json = os.path.join(HERE, vdir, "node_modules", *PKG.split("/"), "package.json")
+    if not os.path.isfile(pkg_json):
+        pytest.fail(f"{PKG} is not installed in tests/devkit/{vdir}: run `npm ci` in tests/devkit/{vdir} "
+                    "(the versions are pinned in its package-lock.json)")
+    with open(pkg_json) as f:
+        found = json.load(f)["version"]
+    if found != VERSIONS[vdir]:
+        pytest.fail(f"tests/devkit/{vdir} has {PKG} {found}, not {VERSIONS[vdir]}: run `npm ci` in tests/devkit/{vdir}")
+    return vdir
+
+
+def last_json(stdout):
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
+def run_node(args, workdir, env=None, timeout=NODE_TIMEOUT_S):
+    p = subprocess.run(["node", *args], cwd=workdir, env=env or node_env(), capture_output=True, text=True,
+                       timeout=timeout)
+    return p
+
+
+def setup_schema(version, dbname, workdir):
+    """The package's own setup, run as a user runs it (`npx … bootstrap`):
+    bin/setup.js with the database URL in WORKFLOW_POSTGRES_URL."""
+    setup_js = os.path.join(HERE, version, "node_modules", *PKG.split("/"), "bin", "setup.js")
+    p = run_node([setup_js], workdir, env=node_env(WORKFLOW_POSTGRES_URL=db_url(dbname)))
+    assert p.returncode == 0, f"{setup_js} exited {p.returncode}\nstdout: {p.stdout[-2000:]}\nstderr: {p.stderr[-3000:]}"
+
+
+def calls(version, dbname, ops, workdir):
+    """driver.mjs calls: the ops in order through one World; returns its JSON."""
+    path = os.path.join(workdir, f"ops_{uuid.uuid4().hex[:8]}.json")
+    with open(path, "w") as f:
+        json.dump(ops, f)
+    p = run_node([DRIVER, "calls", os.path.join(HERE, version), dbname, path], workdir)
+    out = last_json(p.stdout)
+    if p.returncode != 0 or not out or not out.get("ok"):
+        raise AssertionError(f"driver.mjs calls exited {p.returncode}\nstdout: {p.stdout[-3000:]}\nstderr: {p.stderr[-3000:]}")
+    return out
+
+
+# --- event data, in the shapes the package requires (dist/storage.js and
+# @workflow/world's event schemas); serialized data as Uint8Array, as the
+# runtime sends it from spec version 2 on.
+
+def B(text):
+    return {"$bytes": text}
+
+
+def ev(version, event_type, correlation_id=None, **event_data):
+    data = {"eventType": event_type, "specVersion": {"$specVersion": True}}
+    if correlation_id is not None:
+        data["correlationId"] = correlation_id
+    defaults = {
+        "run_created": lambda: {"deploymentId": "dpl_devkit", "workflowName": "devkit-workflow", "input": B("input")},
+        "run_completed": lambda: {"output": B("output")},
+        "step_created": lambda: {"stepName": "devkit-step", "input": B("step-input")},
+        # 4.x stores a message out of an error object; 5.x stores serialized data.
+        "step_retrying": lambda: {"error": {"message": "transient"} if VERSIONS[version].startswith("4.") else B("transient")},
+        "step_completed": lambda: {"result": B("result")},
+        "wait_created": lambda: {"resumeAt": {"$date": "now"}},
+        "hook_received": lambda: {"payload": B("payload")},
+    }
+    if event_type in defaults:
+        data["eventData"] = {**defaults[event_type](), **event_data}
+    elif event_data:
+        data["eventData"] = event_data
+    return data
+
+
+def create(version, run, event_type, correlation_id=None, **event_data):
+    return {"op": "create", "runId": {"$run": run} if not run.startswith("wrun_") else run,
+            "data": ev(version, event_type, correlation_id, **event_data)}
+
+
+FULL_RUN = ["run_created", "run_started", "step_created", "step_started", "step_retrying", "step_started",
+            "step_completed", "wait_created", "wait_completed", "hook_created", "hook_received", "hook_disposed",
+            "run_completed"]
+
+
+def full_run_ops(version, name, token):
+    corr = {"step": "step_1", "wait": "wait_1", "hook": "hook_1"}
+    ops = [{"op": "newRun", "name": name}]
+    for t in FULL_RUN:
+        kind = t.split("_")[0]
+        extra = {"token": token} if t == "hook_created" else {}
+        ops.append(create(version, name, t, corr.get(kind), **extra))
+    ops.append({"op": "list", "runId": {"$run": name}})
+    return ops
+
+
+def creates(out):
+    return [r for r in out["results"] if r["op"] == "create"]
+
+
+def assert_all_ok(out):
+    bad = [r for r in creates(out) if r["outcome"] != "ok"]
+    assert not bad, f"world.events.create failed: {json.dumps(bad, indent=1)}"
+
+
+# --- the database side
+
+def attach_available(conn):
+    return conn.execute("SELECT to_regprocedure('workflow_ext.attach(regclass,boolean)') IS NOT NULL").fetchone()[0]
+
+
+def attach(conn):
+    """workflow_ext.attach on the package's table; FAILS (not skips) when the
+    installed workflow_ext has no attach()."""
+    if not attach_available(conn):
+        pytest.fail("the installed workflow_ext has no attach(regclass, boolean): build and install "
+                    "workflow_ext 0.3.0 (scripts/install.sh) before tests/devkit")
+    return conn.execute(f"SELECT workflow_ext.attach('{EVENTS}'::regclass)").fetchone()[0]
+
+
+def indexdef(conn):
+    r = conn.execute("SELECT pg_get_indexdef(to_regclass(%s))", [f"workflow.{INDEX}"]).fetchone()
+    return r[0]
+
+
+# Every event type of both vocabularies (spec 3's 16, and spec 5+'s attr_set
+# and noop), for probing what an index predicate covers.
+ALL_EVENT_TYPES = ["run_created", "run_started", "run_completed", "run_failed", "run_cancelled",
+                   "step_created", "step_started", "step_retrying", "step_completed", "step_failed",
+                   "wait_created", "wait_completed", "hook_created", "hook_received", "hook_disposed",
+                   "hook_conflict", "attr_set", "noop"]
+
+
+def index_semantics(conn):
+    """What the creation index means, not how PostgreSQL prints it: its table,
+    key columns (pg_index.indkey as column names), indisunique,
+    indnullsnotdistinct, and the set of (type, correlation_id IS NULL) of
+    ALL_EVENT_TYPES x {NULL, non-NULL} that its predicate covers (evaluated on
+    a TEMP probe table). None if there is no such index."""
+    row = conn.execute(
+        "SELECT i.indrelid::regclass::text, "
+        "       array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord) "
+        "             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord), "
+        "       i.indnkeyatts, i.indexprs IS NULL, i.indisunique, i.indnullsnotdistinct, "
+        "       pg_get_expr(i.indpred, i.indrelid) "
+        "  FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", [f"workflow.{INDEX}"]).fetchone()
+    if row is None:
+        return None
+    table, columns, nkeys, no_exprs, unique, nulls_not_distinct, pred = row
+    assert no_exprs and len(columns) == nkeys, f"{INDEX} has expression or INCLUDE columns: {row}"
+    with conn.transaction():
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS probe (type varchar, correlation_id varchar)")
+        conn.execute("TRUNCATE pg_temp.probe")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO pg_temp.probe VALUES (%s, %s)",
+                            [(t, c) for t in ALL_EVENT_TYPES for c in (None, "corr_1")])
+        covered = {(t, bool(n)) for t, n in conn.execute(
+            "SELECT type, correlation_id IS NULL FROM pg_temp.probe"
+            + (f" WHERE {pred}" if pred is not None else ""))}
+    return {"table": table, "columns": columns, "unique": unique, "nulls_not_distinct": nulls_not_distinct,
+            "covered": covered, "predicate": pred}
+
+
+def has_seq(conn):
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass "
+                        "AND attname = 'seq' AND NOT attisdropped)", [EVENTS]).fetchone()[0]
+
+
+def triggers(conn):
+    return sorted(r[0] for r in conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", [EVENTS]))
+
+
+def attached_logs(conn):
+    return {r[0] for r in conn.execute("SELECT log::text FROM workflow_ext.attached_logs")}
+
+
+def index_names(conn):
+    return sorted(r[0] for r in conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass", [EVENTS]))
+
+
+def event_count(conn, run_id=None):
+    if run_id is None:
+        return conn.execute(f"SELECT count(*) FROM {EVENTS}").fetchone()[0]
+    return conn.execute(f"SELECT count(*) FROM {EVENTS} WHERE run_id = %s", [run_id]).fetchone()[0]
+
+
+def scan_rows(conn):
+    return conn.execute(f"SELECT * FROM workflow_ext.scan('{EVENTS}'::regclass)").fetchall()
+
+
+def seq_gaps(conn, run_ids):
+    """Runs whose seqs are not exactly 1..count (commit-ordered, dense)."""
+    rows = conn.execute(f"SELECT run_id, array_agg(seq ORDER BY seq) FROM {EVENTS} "
+                        "WHERE run_id = ANY(%s) GROUP BY run_id", [list(run_ids)]).fetchall()
+    bad = {r: s for r, s in rows if s != list(range(1, len(s) + 1))}
+    missing = set(run_ids) - {r for r, _ in rows}
+    return bad, missing
+
+
+def raw_insert(conn, run_id, event_type, correlation_id):
+    """One event in the package's exact insert shape, in its own transaction;
+    returns the psycopg error (None if it was stored)."""
+    try:
+        with conn.transaction():
+            conn.execute(PACKAGE_INSERT, [f"wevt_raw{uuid.uuid4().hex[:21].upper()}", event_type, correlation_id,
+                                          run_id, None, 5])
+        return None
+    except psycopg.Error as e:
+        return e
+
+
+def refused(e, sqlstate, anomaly=None):
+    """A psycopg error that is the database's refusal (SQLSTATE, and the
+    anomaly named in its DETAIL or message)."""
+    if e is None or e.sqlstate != sqlstate:
+        return False
+    text = f"{e.diag.message_primary or ''} {e.diag.message_detail or ''}"
+    return anomaly is None or f"anomaly: {anomaly}" in text
+
+
+def is_refusal(r, sqlstate, anomaly=None):
+    """A world.events.create outcome that is the database's refusal."""
+    if r["outcome"] == "ok" or r.get("code") != sqlstate:
+        return False
+    if anomaly is None:
+        return True
+    text = " ".join(str(r.get(k) or "") for k in ("detail", "dbMessage", "message"))
+    return f"anomaly: {anomaly}" in text
+
+
+@pytest.fixture
+def devkit_db(version, workdir):
+    """A fresh database with workflow_ext, the package's schema made by its own setup."""
+    with fresh_database(f"wfx_devkit_{version}") as db:
+        setup_schema(version, db, workdir)
+        yield db
+
+
+# --- 1 -----------------------------------------------------------------------
+
+def test_full_run_reads_back_in_order(version, devkit_db, workdir):
+    """One complete run through world.events.create on an attached table: the
+    table holds it in order (seq 1..N), scan finds nothing, and the package
+    reads it back itself (world.events.list)."""
+    with connect(devkit_db) as conn:
+        assert attach(conn) == 0
+        assert EVENTS in attached_logs(conn)
+        out = calls(version, devkit_db, full_run_ops(version, "A", f"tok_{uuid.uuid4().hex}"), workdir)
+        assert_all_ok(out)
+        run_id = out["runs"]["A"]
+        rows = conn.execute(f"SELECT id, type, seq FROM {EVENTS} WHERE run_id = %s ORDER BY seq",
+                            [run_id]).fetchall()
+        assert [r[1] for r in rows] == FULL_RUN
+        assert [r[2] for r in rows] == list(range(1, len(FULL_RUN) + 1))
+        assert [r["eventId"] for r in creates(out)] == [r[0] for r in rows]
+        assert scan_rows(conn) == []
+        listed = [r for r in out["results"] if r["op"] == "list"][0]
+        assert listed["outcome"] == "ok", listed
+        assert [e["eventType"] for e in listed["events"]] == FULL_RUN
+        assert [e["eventId"] for e in listed["events"]] == [r[0] for r in rows]
+        figure(f"{version} full run: {len(rows)} events through world.events.create, seq 1..{len(rows)}, "
+               "scan 0 rows, world.events.list read them back in the same order")
+
+
+# --- 2 -----------------------------------------------------------------------
+
+def race_once(version, dbname, workdir, attached):
+    """P processes, one start instant, each creating the same entities:
+    ENTITIES step_created (one pre-created run), ENTITIES hook_created (same
+    run) and ENTITIES run_created (same runIds). Returns figures."""
+    prep = [{"op": "newRun", "name": "R0"}, create(version, "R0", "run_created"), create(version, "R0", "run_started")]
+    prep += [{"op": "newRun", "name": f"X{i}"} for i in range(ENTITIES)]
+    out = calls(version, dbname, prep, workdir)
+    assert_all_ok(out)
+    r0 = out["runs"]["R0"]
+    xs = [out["runs"][f"X{i}"] for i in range(ENTITIES)]
+    tag = uuid.uuid4().hex[:8]
+    plan = []
+    for i in range(ENTITIES):
+        plan.append({"kind": "step_created", "entity": f"step_{i}", "runId": r0,
+                     "data": ev(version, "step_created", f"step_{i}")})
+        plan.append({"kind": "hook_created", "entity": f"hook_{i}", "runId": r0,
+                     "data": ev(version, "hook_created", f"hook_{i}", token=f"tok_{tag}_{i}")})
+        plan.append({"kind": "run_created", "entity": xs[i], "runId": xs[i], "data": ev(version, "run_created")})
+    barrier = tempfile.mkdtemp(prefix="barrier_", dir=workdir)
+    plan_path = os.path.join(barrier, "plan.json")
+    with open(plan_path, "w") as f:
+        json.dump({"calls": plan}, f)
+
+    procs = [subprocess.Popen(["node", DRIVER, "race", os.path.join(HERE, version), dbname, plan_path, barrier, str(i)],
+                              cwd=workdir, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(PROCESSES)]
+    deadline = time.monotonic() + NODE_TIMEOUT_S
+    try:
+        while sum(os.path.exists(os.path.join(barrier, f"ready.{i}")) for i in range(PROCESSES)) < PROCESSES:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                o, e = dead[0].communicate()
+                raise AssertionError(f"a racing process exited {dead[0].returncode} before the barrier\n{o[-2000:]}\n{e[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("racing processes not ready in time")
+            time.sleep(0.02)
+        # One start instant for all, a little ahead (idle processes on a
+        # loaded 2-core machine wake late).
+        tmp = os.path.join(barrier, "go.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(int(time.time() * 1000) + 250))
+        os.rename(tmp, os.path.join(barrier, "go"))
+        outs = []
+        for p in procs:
+            o, e = p.communicate(timeout=max(1, deadline - time.monotonic()))
+            j = last_json(o)
+            if p.returncode != 0 or not j or not j.get("ok"):
+                raise AssertionError(f"racing process exited {p.returncode}\nstdout: {o[-3000:]}\nstderr: {e[-3000:]}")
+            outs.append(j)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    starts = [j["startedAt"] for j in outs]
+    records = [r for j in outs for r in j["records"]]
+    fig = {"start_spread_ms": max(starts) - min(starts), "kinds": {}}
+    with connect(dbname) as conn:
+        rows = dict(conn.execute(
+            f"SELECT type, count(*) FROM {EVENTS} WHERE run_id = %s GROUP BY type", [r0]).fetchall())
+        per_entity = {
+            "step_created": dict(conn.execute(f"SELECT correlation_id, count(*) FROM {EVENTS} WHERE run_id = %s "
+                                              "AND type = 'step_created' GROUP BY 1", [r0]).fetchall()),
+            "hook_created": dict(conn.execute(f"SELECT correlation_id, count(*) FROM {EVENTS} WHERE run_id = %s "
+                                              "AND type = 'hook_created' GROUP BY 1", [r0]).fetchall()),
+            "run_created": dict(conn.execute(f"SELECT run_id, count(*) FROM {EVENTS} WHERE run_id = ANY(%s) "
+                                             "AND type = 'run_created' GROUP BY 1", [xs]).fetchall()),
+        }
+        # A hook's creation is its hook_created or a hook_conflict (one of
+        # the two per hook under attach).
+        hook_creations = dict(conn.execute(f"SELECT correlation_id, count(*) FROM {EVENTS} WHERE run_id = %s "
+                                           "AND type IN ('hook_created', 'hook_conflict') GROUP BY 1", [r0]).fetchall())
+        fig["hook_conflict_rows"] = rows.get("hook_conflict", 0)
+        fig["orphan_steps"] = conn.execute(
+            f"SELECT count(*) FROM workflow.workflow_steps s WHERE s.run_id = %s AND NOT EXISTS (SELECT 1 FROM {EVENTS} e "
+            "WHERE e.run_id = s.run_id AND e.correlation_id = s.step_id AND e.type = 'step_created')", [r0]).fetchone()[0]
+        fig["orphan_runs"] = conn.execute(
+            f"SELECT count(*) FROM workflow.workflow_runs r WHERE r.id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM {EVENTS} e "
+            "WHERE e.run_id = r.id AND e.type = 'run_created')", [xs]).fetchone()[0]
+        if attached:
+            fig["seq_gaps"], fig["seq_missing"] = seq_gaps(conn, [r0, *xs])
+    for kind, counts in per_entity.items():
+        recs = [r for r in records if r["kind"] == kind]
+        creations = hook_creations if kind == "hook_created" else counts
+        wins, oks = {}, {}
+        for r in recs:
+            if r["outcome"] == "ok" and r.get("eventType") == kind:
+                wins[r["entity"]] = wins.get(r["entity"], 0) + 1
+            if r["outcome"] == "ok":
+                oks[r["entity"]] = oks.get(r["entity"], 0) + 1
+        # ok answers that stored another event instead (4.1.1's hook_conflict
+        # for a token it found taken)
+        ok_as = {}
+        for r in recs:
+            if r["outcome"] == "ok" and r.get("eventType") != kind:
+                ok_as[r.get("eventType")] = ok_as.get(r.get("eventType"), 0) + 1
+        # the creation index's own refusal, surfaced raw (a version that does
+        # not map 23505 to EntityConflictError)
+        def is_raw_23505(r):
+            return r["outcome"] == "other" and r.get("code") == "23505" and r.get("constraint") == INDEX
+        raw_23505 = sum(is_raw_23505(r) for r in recs)
+        # the database's refusal of an event for a hook that already has its
+        # creation (4.1.1: hook_conflict for a live hook, or anything after a
+        # hook_conflict)
+        def is_hook_refusal(r):
+            return (kind == "hook_created" and r["outcome"] == "other" and r.get("code") == "55000"
+                    and any(f"anomaly: {a}" in str(r.get("detail") or "")
+                            for a in ("illegal_transition", "event_after_terminal")))
+        refused_55000 = sum(is_hook_refusal(r) for r in recs)
+        others = {}
+        for r in recs:
+            if r["outcome"] == "other":
+                k = (f"{r.get('name')} 23505 {INDEX}" if is_raw_23505(r) else
+                     f"{r.get('name')} {r.get('code') or 'no-sqlstate'} {r.get('constraint') or ''} "
+                     f"{r.get('dbMessage') or r.get('message')}{' / ' + r['detail'] if r.get('detail') else ''}".strip())
+                others[k] = others.get(k, 0) + 1
+        fig["kinds"][kind] = {
+            "calls": len(recs),
+            "entities": ENTITIES,
+            "rows": sum(counts.values()),
+            "entities_with_rows": len(counts),
+            "duplicates": sum(n - 1 for n in counts.values()),
+            "ok": sum(r["outcome"] == "ok" for r in recs),
+            "conflict": sum(r["outcome"] == "conflict" for r in recs),
+            "other": sum(r["outcome"] == "other" for r in recs),
+            "raw_23505": raw_23505,
+            "refused_55000": refused_55000,
+            "unexpected": sum(r["outcome"] == "other" for r in recs) - raw_23505 - refused_55000,
+            "winners": sum(wins.values()),
+            "entities_with_one_winner": sum(1 for n in wins.values() if n == 1),
+            "entities_with_one_ok": sum(1 for n in oks.values() if n == 1),
+            "creation_rows": sum(creations.values()),
+            "entities_with_creation": len(creations),
+            "creation_duplicates": sum(n - 1 for n in creations.values()),
+            "ok_as": ok_as,
+            "other_errors": others,
+        }
+    return fig
+
+
+def print_race(version, mode, fig):
+    for kind, k in fig["kinds"].items():
+        figure(f"{version} {mode} {kind}: {k['rows']} rows for {k['entities']} entities ({k['duplicates']} duplicates); "
+               f"{k['calls']} calls from {PROCESSES} processes: {k['ok']} ok"
+               + (f" ({k['winners']} as {kind}, " + ", ".join(f"{n} as {t}" for t, n in k["ok_as"].items()) + ")"
+                  if k["ok_as"] else "")
+               + f", {k['conflict']} EntityConflictError, {k['other']} other"
+               + (f" ({k['raw_23505']} raw 23505 on {INDEX})" if k["raw_23505"] else "")
+               + (f" ({k['refused_55000']} 55000 refusals of an event for a hook already created)"
+                  if k["refused_55000"] else "")
+               + (f"; {k['creation_rows']} creation rows (hook_created + hook_conflict) for {k['entities_with_creation']} "
+                  f"hooks ({k['creation_duplicates']} duplicates)" if kind == "hook_created" else "")
+               + (f" [{'; '.join(f'{n} x {m}' for m, n in k['other_errors'].items())}]" if k["other_errors"] else ""))
+    figure(f"{version} {mode}: hook_conflict rows {fig['hook_conflict_rows']}, orphan step rows {fig['orphan_steps']}, "
+           f"orphan run rows {fig['orphan_runs']}, start spread {fig['start_spread_ms']} ms")
+
+
+def test_race_with_and_without_attach(version, workdir):
+    """The #2039 race. Without attach: figures only, except for 4.1.1 (no
+    creation index), where the harness must catch its duplicates. With attach:
+    exactly one row and one winner per entity, seqs dense per run, every loser
+    an EntityConflictError or (4.1.1, which does not map it) the creation
+    index's raw 23505, nothing else."""
+    naive = version in NAIVE_VERSIONS
+    with fresh_database(f"wfx_devkit_{version}_raw") as db:
+        setup_schema(version, db, workdir)
+        raw = race_once(version, db, workdir, attached=False)
+        print_race(version, "without attach", raw)
+    with fresh_database(f"wfx_devkit_{version}_att") as db:
+        setup_schema(version, db, workdir)
+        with connect(db) as conn:
+            attach(conn)
+        fig = race_once(version, db, workdir, attached=True)
+        print_race(version, "with attach", fig)
+    if naive:
+        # The harness catches the naive writer: duplicate creations stored.
+        caught = {kind: raw["kinds"][kind]["duplicates"] for kind in ("step_created", "run_created")}
+        assert any(raw["kinds"][kind]["rows"] > raw["kinds"][kind]["entities"] for kind in caught), (
+            f"{version} without attach stored no duplicate step_created / run_created: the race did not "
+            f"race ({caught}; start spread {raw['start_spread_ms']} ms)")
+    for kind, k in fig["kinds"].items():
+        losers = k["calls"] - ENTITIES
+        if naive:
+            figure(f"{version} with attach {kind} losers: {k['conflict']} EntityConflictError, {k['raw_23505']} raw "
+                   f"23505 on {INDEX} (4.1.1 does not map 23505 to EntityConflictError)"
+                   + (f", {k['refused_55000']} 55000 (an event for a hook already created)" if kind == "hook_created" else "")
+                   + f", {k['unexpected']} else"
+                   + (f"; winners: {k['winners']} {kind}"
+                      + "".join(f", {n} {t}" for t, n in k["ok_as"].items()) if kind == "hook_created" else ""))
+            assert k["unexpected"] == 0, f"{kind}: errors other than EntityConflictError / 23505: {k['other_errors']}"
+            assert k["conflict"] + k["raw_23505"] + k["refused_55000"] == losers, (kind, k)
+        else:
+            assert k["other"] == 0, f"{kind}: errors other than EntityConflictError: {k['other_errors']}"
+            assert k["conflict"] == losers, (kind, k)
+        assert k["ok"] == ENTITIES and k["entities_with_one_ok"] == ENTITIES, (kind, k)
+        assert k["duplicates"] == 0 and k["creation_duplicates"] == 0, (kind, k)
+        assert k["creation_rows"] == ENTITIES and k["entities_with_creation"] == ENTITIES, (kind, k)
+        if naive and kind == "hook_created":
+            # 4.1.1 writes a hook's row before its event, outside a
+            # transaction, and answers a token it finds taken with a
+            # hook_conflict event: a racer can see the winner's hook row and
+            # store hook_conflict first. One creation per hook still, either
+            # event; each stored hook_conflict is one caller's ok answer.
+            assert set(k["ok_as"]) <= {"hook_conflict"}, (kind, k)
+            assert k["ok_as"].get("hook_conflict", 0) == fig["hook_conflict_rows"], (kind, k, fig["hook_conflict_rows"])
+            assert k["rows"] == k["winners"], (kind, k)
+        else:
+            assert not k["ok_as"], f"{kind}: calls answered ok with another event stored: {k['ok_as']}"
+            assert k["rows"] == ENTITIES and k["entities_with_rows"] == ENTITIES, (kind, k)
+            assert k["winners"] == ENTITIES and k["entities_with_one_winner"] == ENTITIES, (kind, k)
+    if not naive:
+        assert fig["hook_conflict_rows"] == 0
+    assert not fig["seq_gaps"] and not fig["seq_missing"], (fig["seq_gaps"], fig["seq_missing"])
+
+
+# --- 3 -----------------------------------------------------------------------
+
+def test_refused_transitions_store_nothing(version, devkit_db, workdir):
+    """Late events are refused by the database itself, even where the package's
+    own entity tables have been desynchronised, and nothing is stored."""
+    with connect(devkit_db) as conn:
+        attach(conn)
+        out = calls(version, devkit_db, [
+            {"op": "newRun", "name": "A"},
+            create(version, "A", "run_created"), create(version, "A", "run_started"),
+            create(version, "A", "step_created", "s1"), create(version, "A", "step_started", "s1"),
+            create(version, "A", "step_completed", "s1"),
+            {"op": "newRun", "name": "B"},
+            create(version, "B", "run_created"), create(version, "B", "run_started"),
+        ], workdir)
+        assert_all_ok(out)
+        run_id, run_b = out["runs"]["A"], out["runs"]["B"]
+        total = event_count(conn)
+        before = event_count(conn, run_id)
+
+        # A late step_started for the completed step: the package refuses it
+        # itself (its steps-table guard) ...
+        late = creates(calls(version, devkit_db, [create(version, run_id, "step_started", "s1")], workdir))[0]
+        figure(f"{version} late step_started, package tables in sync: {late['outcome']} {late.get('name')}: {late.get('message')}")
+        assert late["outcome"] != "ok", late
+        assert event_count(conn, run_id) == before
+
+        # ... and with the package's step row desynchronised (a half-written
+        # run: the row says running), only the database stands in the way.
+        conn.execute("UPDATE workflow.workflow_steps SET status = 'running' WHERE run_id = %s AND step_id = 's1'", [run_id])
+        late = creates(calls(version, devkit_db, [create(version, run_id, "step_started", "s1")], workdir))[0]
+        figure(f"{version} late step_started, step row desynchronised: {late['outcome']} {late.get('name')} "
+               f"code={late.get('code')} (on {late.get('codeOn')}) detail={late.get('detail')!r}")
+        assert is_refusal(late, "55000", "event_after_terminal"), late
+        assert event_count(conn, run_id) == before
+        # The same late event as a raw insert in the package's exact shape.
+        e = raw_insert(conn, run_id, "step_started", "s1")
+        assert refused(e, "55000", "event_after_terminal"), (e, e and e.diag.message_detail)
+        # An event for a step that was never created (in a live run).
+        e = raw_insert(conn, run_b, "step_started", "never_created")
+        assert refused(e, "23503"), (e, e and e.diag.message_detail)
+        assert event_count(conn) == total
+
+        # A step_created after run_completed.
+        out = calls(version, devkit_db, [create(version, run_id, "run_completed"),
+                                         create(version, run_id, "step_created", "s2")], workdir)
+        done, late = creates(out)
+        assert done["outcome"] == "ok", done
+        after_completed = event_count(conn, run_id)
+        assert after_completed == before + 1
+        figure(f"{version} step_created after run_completed, package tables in sync: {late['outcome']} "
+               f"{late.get('name')}: {late.get('message')}")
+        assert late["outcome"] != "ok", late
+        assert event_count(conn, run_id) == after_completed
+        conn.execute("UPDATE workflow.workflow_runs SET status = 'running' WHERE id = %s", [run_id])
+        late = creates(calls(version, devkit_db, [create(version, run_id, "step_created", "s3")], workdir))[0]
+        figure(f"{version} step_created after run_completed, run row desynchronised: {late['outcome']} {late.get('name')} "
+               f"code={late.get('code')} (on {late.get('codeOn')}) detail={late.get('detail')!r}")
+        assert is_refusal(late, "55000", "event_after_run_terminal"), late
+        assert event_count(conn, run_id) == after_completed
+        orphan = conn.execute("SELECT count(*) FROM workflow.workflow_steps WHERE run_id = %s AND step_id = 's3'",
+                              [run_id]).fetchone()[0]
+        figure(f"{version} the refused step_created left {orphan} workflow_steps row(s) behind "
+               "(0 where the package writes the step row and its event in one transaction)")
+        e = raw_insert(conn, run_id, "step_created", "s4")
+        assert refused(e, "55000", "event_after_run_terminal"), (e, e and e.diag.message_detail)
+        assert event_count(conn, run_id) == after_completed
+
+        # The stored events themselves cannot be changed.
+        for stmt in (f"UPDATE {EVENTS} SET correlation_id = 'x' WHERE run_id = %s",
+                     f"DELETE FROM {EVENTS} WHERE run_id = %s", f"TRUNCATE {EVENTS}"):
+            with pytest.raises(psycopg.Error) as exc:
+                with conn.transaction():
+                    conn.execute(stmt, [run_id] if "%s" in stmt else None)
+            assert exc.value.sqlstate == "0A000", (stmt, exc.value)
+        assert event_count(conn, run_id) == after_completed
+        assert event_count(conn) == total + 1
+        assert scan_rows(conn) == []
+
+
+# --- 4 -----------------------------------------------------------------------
+
+def test_detach_restores_the_package(version, devkit_db, workdir):
+    """attach, events, detach: the package's index, columns and triggers are as
+    its migrations made them, and the package works as before (4.1.1, which
+    has no creation index: none afterwards, and it stores a duplicate
+    step_created again, as it does on its own)."""
+    naive = version in NAIVE_VERSIONS
+    with connect(devkit_db) as conn:
+        index_before = indexdef(conn)
+        semantics_before = index_semantics(conn)
+        if naive:
+            assert semantics_before is None, f"{version} made a {INDEX}: {index_before}"
+        else:
+            assert semantics_before is not None, f"the package made no {INDEX}"
+        triggers_before = triggers(conn)
+        indexes_before = index_names(conn)
+        attach(conn)
+        assert indexdef(conn) != index_before and has_seq(conn)
+        # The probe can tell indexes apart: the extension's covers run_created.
+        semantics_attached = index_semantics(conn)
+        assert ("run_created", True) in semantics_attached["covered"], semantics_attached
+        if semantics_before is not None:
+            assert ("run_created", True) not in semantics_before["covered"], semantics_before
+        out = calls(version, devkit_db, full_run_ops(version, "A", f"tok_{uuid.uuid4().hex}"), workdir)
+        assert_all_ok(out)
+        conn.execute(f"SELECT workflow_ext.detach('{EVENTS}'::regclass)")
+        restored = indexdef(conn)
+        semantics_after = index_semantics(conn)
+        if naive:
+            assert semantics_after is None, f"{INDEX} after detach, none before attach: {restored}"
+            figure(f"{version} detach: no {INDEX} after detach, as before attach")
+        else:
+            # Compared by meaning, not text: detach executes the
+            # pg_get_indexdef text printed before attach, and PostgreSQL
+            # prints the re-created index with different but equivalent casts
+            # ((ARRAY[...])::text[] vs ARRAY[(...)::text, ...]); that is
+            # accepted behaviour.
+            assert semantics_after is not None, f"no {INDEX} after detach (before attach: {index_before})"
+            for key in ("table", "columns", "unique", "nulls_not_distinct", "covered"):
+                assert semantics_after[key] == semantics_before[key], (
+                    f"{INDEX} {key} after detach: {semantics_after[key]!r}, before attach: {semantics_before[key]!r}\n"
+                    f"  definition after detach: {restored}\n  before attach: {index_before}")
+            figure(f"{version} detach: {INDEX} on {semantics_after['table']} ({', '.join(semantics_after['columns'])}), "
+                   f"unique={semantics_after['unique']}, nulls not distinct={semantics_after['nulls_not_distinct']}, "
+                   f"predicate covers {len(semantics_after['covered'])} of {2 * len(ALL_EVENT_TYPES)} probe rows "
+                   f"({', '.join(sorted({t for t, _ in semantics_after['covered']}))}) as before attach; "
+                   f"text {'identical' if restored == index_before else 'differs'}")
+        assert not has_seq(conn)
+        assert triggers(conn) == triggers_before
+        # nothing but the extension's own log, which is always protected
+        assert attached_logs(conn) <= {"workflow_ext.events"}
+        assert index_names(conn) == indexes_before
+
+        # A new run, with a duplicate step_created while the run is live (not
+        # after run_completed, where the package refuses it for the run's
+        # state instead).
+        out = calls(version, devkit_db, [
+            {"op": "newRun", "name": "B"},
+            create(version, "B", "run_created"), create(version, "B", "run_started"),
+            create(version, "B", "step_created", "s1"), create(version, "B", "step_started", "s1"),
+            create(version, "B", "step_completed", "s1"),
+            create(version, "B", "step_created", "s1"),
+            create(version, "B", "run_completed"),
+            {"op": "list", "runId": {"$run": "B"}},
+        ], workdir)
+        results = creates(out)
+        dup = results[5]
+        assert all(r["outcome"] == "ok" for i, r in enumerate(results) if i != 5), json.dumps(results, indent=1)
+        expected = ["run_created", "run_started", "step_created", "step_started", "step_completed", "run_completed"]
+        if naive:
+            # the package's own behaviour again: 4.1.1 stores it (#2039)
+            assert dup["outcome"] == "ok", dup
+            expected.insert(5, "step_created")
+        else:
+            # the package's own dedup answer again
+            assert dup["outcome"] == "conflict", dup
+        listed = [r for r in out["results"] if r["op"] == "list"][0]
+        assert [e["eventType"] for e in listed["events"]] == expected
+        # and the table is the package's again: its migrations delete rows
+        with conn.transaction():
+            n = conn.execute(f"DELETE FROM {EVENTS} WHERE run_id = %s", [out["runs"]["B"]]).rowcount
+            assert n == len(expected)
+            raise psycopg.Rollback()
+        figure(f"{version} detach: index, columns and triggers as before attach; a new run through "
+               f"world.events.create works, and a duplicate step_created gets the package's own answer: "
+               + (f"{dup['outcome']} {dup.get('name')}: {dup.get('message')}" if dup["outcome"] != "ok"
+                  else "stored (the package's own #2039 behaviour)"))
+
+
+# --- 5 -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["v5"], indirect=True)  # 0014 exists in 5.x only
+def test_package_migration_recreating_the_index(version, devkit_db, workdir):
+    """5.x's migration 0014 drops and recreates workflow_events_entity_creation_unique:
+    on an attached table the index must still cover run_created afterwards."""
+    mig_dir = os.path.join(HERE, version, "node_modules", *PKG.split("/"), "src", "drizzle", "migrations")
+    [mig] = [f for f in os.listdir(mig_dir) if f.startswith("0014_") and f.endswith(".sql")]
+    with open(os.path.join(mig_dir, mig)) as f:
+        migration = f.read()
+    with connect(devkit_db) as conn:
+        attach(conn)
+        out = calls(version, devkit_db, [{"op": "newRun", "name": "A"}, create(version, "A", "run_created"),
+                                         create(version, "A", "run_started")], workdir)
+        assert_all_ok(out)
+        run_id = out["runs"]["A"]
+        attached_def = indexdef(conn)
+        e = raw_insert(conn, run_id, "run_created", None)
+        assert e is not None and e.sqlstate == "23505" and e.diag.constraint_name == INDEX, e
+        # as drizzle's migrator runs it: in one transaction
+        with conn.transaction():
+            conn.execute(migration)
+        after = indexdef(conn)
+        figure(f"{version} after re-running {mig}: index {'unchanged' if after == attached_def else 'changed'}: {after}")
+        e = raw_insert(conn, run_id, "run_created", None)
+        assert e is not None and e.sqlstate == "23505" and e.diag.constraint_name == INDEX, (
+            f"a duplicate run_created after {mig}: {e!r} ({getattr(e, 'sqlstate', None)}); index now: {after}")
+        assert "run_created" in after
+        assert event_count(conn, run_id) == 2
+        out = calls(version, devkit_db, [create(version, run_id, "step_created", "s1"),
+                                         create(version, run_id, "step_created", "s1")], workdir)
+        ok, dup = creates(out)
+        assert ok["outcome"] == "ok" and dup["outcome"] == "conflict", (ok, dup)
