@@ -53,10 +53,17 @@ case "$cmd" in
     if as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
       echo "cluster: already running on port $PORT (socket $SOCK)"
     else
+      # workflow_ext's write-path counters (counters_since_start) live in
+      # shared memory, which only a preloaded library gets: preload it once it
+      # is installed (a cluster started before the first install runs without).
+      preload=""
+      if [ -f "$("$PG_CONFIG" --pkglibdir)/workflow_ext.so" ]; then
+        preload="-c shared_preload_libraries=workflow_ext"
+      fi
       # No Rust backtraces in error messages: they belong in bug reports, not in
       # every refused append.
       as_pg env -u RUST_BACKTRACE "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 \
-        -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1" start >/dev/null
+        -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1 $preload" start >/dev/null
       echo "cluster: started on port $PORT (socket $SOCK, data $DATA)"
     fi ;;
   stop)

@@ -155,12 +155,17 @@ BEGIN
     END IF;
     def := workflow_ext.create_creation_index(log);
 
-    -- The run rows: state as the writer's rules leave it, next seq.
+    -- The run rows: state as the writer's rules leave it, next seq, the
+    -- time of the last event (created_at, if the table has one).
     EXECUTE format(
-        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, finished_at) '
-        'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END '
+        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, finished_at, last_event_at) '
+        'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END, '
+        '       coalesce(r.last_at, now()) '
         '  FROM (SELECT run_id::text AS run_id, workflow_ext.run_state(array_agg(type::text ORDER BY seq)) AS state, '
-        '               max(seq) AS last_seq FROM %s GROUP BY run_id) r WHERE r.state IS NOT NULL', log)
+        '               max(seq) AS last_seq, %s AS last_at FROM %s GROUP BY run_id) r WHERE r.state IS NOT NULL',
+        CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at'
+                                                      AND a.attnum > 0 AND NOT a.attisdropped)
+             THEN 'max(created_at)::timestamptz' ELSE 'NULL::timestamptz' END, log)
         USING log;
 
     EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '

@@ -38,14 +38,39 @@ REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.create_creation_index(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.keep_creation_index_of(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.grant_access(regrole, text, boolean) FROM PUBLIC;
 
--- Tables: the log is readable and appendable (through the trigger) by
--- PUBLIC; REVOKE these and grant them to your application role to narrow
--- it. UPDATE/DELETE/TRUNCATE are refused by the triggers whatever the grants.
--- runs, joins and join_members are internal: no PUBLIC rights at all.
-GRANT USAGE ON SCHEMA workflow_ext TO PUBLIC;
-GRANT SELECT, INSERT ON workflow_ext.events TO PUBLIC;
-REVOKE ALL ON workflow_ext.runs, workflow_ext.joins, workflow_ext.join_members, workflow_ext.hook_tokens FROM PUBLIC;
-REVOKE ALL ON workflow_ext.logs FROM PUBLIC;
-GRANT SELECT ON workflow_ext.attached_logs TO PUBLIC;
-GRANT SELECT ON workflow_ext.bootstraps TO PUBLIC;
+-- Secure by default: PUBLIC gets nothing of the schema. Payloads are often
+-- personal data, and an append is an action on someone's run: the owner
+-- grants a writer, a reader and a migrator role what they need (the README's
+-- recipe, tested in tests/pg_regress/sql/privileges.sql). Functions are
+-- executable by PUBLIC unless revoked, so the ones that read or write the
+-- log, join, bootstrap or audit are revoked; the pure helpers (new_event_id,
+-- checked_event_type, run_state, active_entities_of) stay executable, and
+-- are only reachable with USAGE on the schema. UPDATE/DELETE/TRUNCATE of a
+-- log are refused by the triggers whatever the grants. runs, logs, joins,
+-- join_members and hook_tokens are internal: no rights for anyone but the
+-- owner.
+REVOKE ALL ON SCHEMA workflow_ext FROM PUBLIC;
+REVOKE ALL ON workflow_ext.events, workflow_ext.bootstraps, workflow_ext.attached_logs FROM PUBLIC;
+REVOKE ALL ON workflow_ext.runs, workflow_ext.logs, workflow_ext.joins, workflow_ext.join_members,
+              workflow_ext.hook_tokens FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.append_event(text, text, text, jsonb),
+                       workflow_ext.append_suspension_event(text, text, text, jsonb),
+                       workflow_ext.append_suspension_events(text, text[], text[], jsonb[]),
+                       workflow_ext.join_arrive(text, text, text, integer),
+                       workflow_ext.bootstrap(text, text),
+                       workflow_ext.bootstrap_begin(text, interval, text),
+                       workflow_ext.bootstrap_end(text),
+                       workflow_ext.replay(text, regclass),
+                       workflow_ext.scan(regclass, timestamptz),
+                       workflow_ext.metrics(interval),
+                       workflow_ext.stuck_runs(interval),
+                       workflow_ext.counters_since_start() FROM PUBLIC;
+-- Monitoring: pg_monitor (PostgreSQL's predefined role for monitoring
+-- agents, e.g. prometheus-postgres-exporter) may call the monitoring
+-- functions and list the protected logs; nothing else.
+GRANT USAGE ON SCHEMA workflow_ext TO pg_monitor;
+GRANT EXECUTE ON FUNCTION workflow_ext.metrics(interval), workflow_ext.stuck_runs(interval),
+                          workflow_ext.counters_since_start() TO pg_monitor;
+GRANT SELECT ON workflow_ext.attached_logs TO pg_monitor;

@@ -59,12 +59,17 @@ CREATE TABLE workflow_ext.runs (
     last_seq    bigint      NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,           -- set when the run reaches a terminal state
-    log         regclass    NOT NULL,  -- the protected log the run is in (last: added in 0.3.0)
+    log         regclass    NOT NULL,  -- the protected log the run is in (these two last: added in 0.3.0)
+    last_event_at timestamptz NOT NULL DEFAULT now(),  -- its last append (not indexed: the bump stays HOT)
     CONSTRAINT runs_pkey PRIMARY KEY (log, run_id)
 ) WITH (fillfactor = 80);              -- room for HOT updates of last_seq
 
 CREATE INDEX runs_finished_at ON workflow_ext.runs (finished_at)
     WHERE finished_at IS NOT NULL;
+-- The runs not finished yet, per log: what metrics() and stuck_runs() read,
+-- so their cost follows the active runs, not the log's size.
+CREATE INDEX runs_active ON workflow_ext.runs (log, created_at)
+    WHERE finished_at IS NULL;
 
 -- Fan-in barriers: one row per join, one per distinct arrived member.
 CREATE TABLE workflow_ext.joins (

@@ -21,6 +21,12 @@ ALTER TABLE workflow_ext.runs ALTER COLUMN run_id SET NOT NULL;
 ALTER TABLE workflow_ext.runs ADD COLUMN log regclass NOT NULL DEFAULT 'workflow_ext.events'::regclass;
 ALTER TABLE workflow_ext.runs ALTER COLUMN log DROP DEFAULT;
 ALTER TABLE workflow_ext.runs ADD CONSTRAINT runs_pkey PRIMARY KEY (log, run_id);
+-- The time of a run's last append, for monitoring (runs finished before the
+-- update keep it NULL-free: their created_at or finish time).
+ALTER TABLE workflow_ext.runs ADD COLUMN last_event_at timestamptz NOT NULL DEFAULT now();
+UPDATE workflow_ext.runs SET last_event_at = coalesce(finished_at, created_at);
+CREATE INDEX runs_active ON workflow_ext.runs (log, created_at)
+    WHERE finished_at IS NULL;
 
 -- The protected logs (as in schema.sql).
 CREATE TABLE workflow_ext.logs (
@@ -201,12 +207,17 @@ BEGIN
     END IF;
     def := workflow_ext.create_creation_index(log);
 
-    -- The run rows: state as the writer's rules leave it, next seq.
+    -- The run rows: state as the writer's rules leave it, next seq, the
+    -- time of the last event (created_at, if the table has one).
     EXECUTE format(
-        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, finished_at) '
-        'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END '
+        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, finished_at, last_event_at) '
+        'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END, '
+        '       coalesce(r.last_at, now()) '
         '  FROM (SELECT run_id::text AS run_id, workflow_ext.run_state(array_agg(type::text ORDER BY seq)) AS state, '
-        '               max(seq) AS last_seq FROM %s GROUP BY run_id) r WHERE r.state IS NOT NULL', log)
+        '               max(seq) AS last_seq, %s AS last_at FROM %s GROUP BY run_id) r WHERE r.state IS NOT NULL',
+        CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at'
+                                                      AND a.attnum > 0 AND NOT a.attisdropped)
+             THEN 'max(created_at)::timestamptz' ELSE 'NULL::timestamptz' END, log)
         USING log;
 
     EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '
@@ -355,10 +366,180 @@ SELECT relation AS log, accept_existing, seq_added, numbered AS rows_numbered,
        replaced_index AS replaced_index_definition, attached_at, attached_by
   FROM workflow_ext.logs;
 
--- Privileges (as in finalize.sql).
+-- sql/monitoring.sql as released in 0.3.0 ---------------------------------------
+-- Monitoring: what an operator scrapes (metrics) and drills into
+-- (stuck_runs). Both read the active runs through runs_active, so their
+-- cost follows the runs not finished yet, not the size of the log; readable
+-- by pg_monitor (finalize.sql). SECURITY DEFINER: they read the internal
+-- runs table and the logs, which a monitoring role may not; they return
+-- counts and the ids of stuck runs, never payloads.
+
+-- The write path's counters since the server started (src/metrics.rs):
+-- `appended` (events the validator admitted, also in transactions that rolled
+-- back later), then one row per anomaly code refused. No rows unless
+-- workflow_ext is in shared_preload_libraries.
+CREATE FUNCTION workflow_ext.counters_since_start() RETURNS TABLE (counter text, value bigint)
+    LANGUAGE c VOLATILE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'counters_since_start_wrapper';
+
+-- The active entities a run's events (in log order) leave, by the writer's
+-- rules (src/metrics.rs): "<kind> <correlation id> (<state>)". Pure.
+CREATE FUNCTION workflow_ext.active_entities_of(types text[], correlation_ids text[]) RETURNS text[]
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'active_entities_of_wrapper';
+
+-- One row per protected log: its runs not finished yet by state, how many of
+-- them had no append for longer than `idle`, the age of the oldest, and the
+-- rows inserted into the log since the statistics were last reset.
+CREATE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, runs_pending bigint, runs_running bigint, runs_idle bigint,
+               oldest_active_run_seconds double precision, events_inserted bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.relation::text,
+           count(r.run_id) FILTER (WHERE r.state = 'pending'),
+           count(r.run_id) FILTER (WHERE r.state = 'running'),
+           count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle),
+           coalesce(extract(epoch FROM now() - min(r.created_at))::double precision, 0),
+           coalesce((SELECT s.n_tup_ins FROM pg_stat_all_tables s WHERE s.relid = l.relation), 0)
+      FROM workflow_ext.logs l
+      LEFT JOIN workflow_ext.runs r ON r.log = l.relation AND r.finished_at IS NULL
+     GROUP BY l.relation
+$$;
+
+-- The runs not finished and without an append for longer than `idle`, oldest
+-- append first: where they stand, their last event, and their active
+-- entities (the steps still running, waits still waiting, hooks active).
+CREATE FUNCTION workflow_ext.stuck_runs(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_type text,
+               events bigint, active_entities text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF idle IS NULL THEN
+        RAISE EXCEPTION 'idle must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR r IN SELECT x.log, x.run_id, x.state, x.last_event_at, x.last_seq
+               FROM workflow_ext.runs x
+              WHERE x.finished_at IS NULL AND x.last_event_at < now() - idle
+              ORDER BY x.last_event_at, x.log, x.run_id
+    LOOP
+        log := r.log::text;
+        run_id := r.run_id;
+        state := r.state;
+        idle_for := now() - r.last_event_at;
+        events := r.last_seq;
+        EXECUTE format(
+            'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '
+            '       workflow_ext.active_entities_of(array_agg(type::text ORDER BY seq), '
+            '                                      array_agg(correlation_id::text ORDER BY seq)) '
+            '  FROM %s WHERE run_id = $1', r.log)
+            INTO last_event_type, active_entities USING r.run_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- sql/access.sql as released in 0.3.0 ------------------------------------------
+-- Access: PUBLIC gets nothing (finalize.sql); grant_access is the documented
+-- way to open the extension to a role, one kind of access at a time.
+-- SECURITY INVOKER: GRANT and REVOKE run with the caller's rights, so only
+-- who may grant these privileges anyway (the extension owner, a superuser)
+-- can use it; it is no way around anything.
+--
+--   writer    USAGE on the schema; SELECT, INSERT on events; EXECUTE on
+--             append_event, append_suspension_event(s), join_arrive
+--   reader    USAGE; SELECT on events; EXECUTE on replay, scan
+--   migrator  USAGE; SELECT on bootstraps; EXECUTE on bootstrap,
+--             bootstrap_begin, bootstrap_end
+--   monitor   membership in pg_monitor (metrics, stuck_runs,
+--             counters_since_start, attached_logs)
+CREATE FUNCTION workflow_ext.grant_access(role regrole, access text, revoke boolean DEFAULT false)
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    verb text := CASE WHEN revoke THEN 'REVOKE' ELSE 'GRANT' END;
+    dir text := CASE WHEN revoke THEN 'FROM' ELSE 'TO' END;
+    stmt text;
+BEGIN
+    IF role IS NULL OR access IS NULL OR revoke IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN role IS NULL THEN 'role' WHEN access IS NULL THEN 'access'
+                                                   ELSE 'revoke' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF access NOT IN ('writer', 'reader', 'migrator', 'monitor') THEN
+        RAISE EXCEPTION 'unknown access "%"', access
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds of access are writer, reader, migrator and monitor.';
+    END IF;
+    FOREACH stmt IN ARRAY CASE access
+        WHEN 'writer' THEN ARRAY[
+            'USAGE ON SCHEMA workflow_ext',
+            'SELECT, INSERT ON workflow_ext.events',
+            'EXECUTE ON FUNCTION workflow_ext.append_event(text, text, text, jsonb), '
+            'workflow_ext.append_suspension_event(text, text, text, jsonb), '
+            'workflow_ext.append_suspension_events(text, text[], text[], jsonb[]), '
+            'workflow_ext.join_arrive(text, text, text, integer)']
+        WHEN 'reader' THEN ARRAY[
+            'USAGE ON SCHEMA workflow_ext',
+            'SELECT ON workflow_ext.events',
+            'EXECUTE ON FUNCTION workflow_ext.replay(text, regclass), workflow_ext.scan(regclass, timestamptz)']
+        WHEN 'migrator' THEN ARRAY[
+            'USAGE ON SCHEMA workflow_ext',
+            'SELECT ON workflow_ext.bootstraps',
+            'EXECUTE ON FUNCTION workflow_ext.bootstrap(text, text), '
+            'workflow_ext.bootstrap_begin(text, interval, text), workflow_ext.bootstrap_end(text)']
+        WHEN 'monitor' THEN ARRAY['pg_monitor']
+    END
+    LOOP
+        EXECUTE format('%s %s %s %s', verb, stmt, dir, role);
+    END LOOP;
+END
+$$;
+
+-- Privileges (as in finalize.sql). Updating from 0.2.0 REVOKES what PUBLIC had
+-- (SELECT and INSERT on events, USAGE on the schema, EXECUTE on the append,
+-- join, bootstrap and audit functions): grant your roles the README's recipe
+-- before or right after the update.
 REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.create_creation_index(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.keep_creation_index_of(regclass) FROM PUBLIC;
-REVOKE ALL ON workflow_ext.logs FROM PUBLIC;
-GRANT SELECT ON workflow_ext.attached_logs TO PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.grant_access(regrole, text, boolean) FROM PUBLIC;
+-- Secure by default: PUBLIC gets nothing of the schema. Payloads are often
+-- personal data, and an append is an action on someone's run: the owner
+-- grants a writer, a reader and a migrator role what they need (the README's
+-- recipe, tested in tests/pg_regress/sql/privileges.sql). Functions are
+-- executable by PUBLIC unless revoked, so the ones that read or write the
+-- log, join, bootstrap or audit are revoked; the pure helpers (new_event_id,
+-- checked_event_type, run_state, active_entities_of) stay executable, and
+-- are only reachable with USAGE on the schema. UPDATE/DELETE/TRUNCATE of a
+-- log are refused by the triggers whatever the grants. runs, logs, joins,
+-- join_members and hook_tokens are internal: no rights for anyone but the
+-- owner.
+REVOKE ALL ON SCHEMA workflow_ext FROM PUBLIC;
+REVOKE ALL ON workflow_ext.events, workflow_ext.bootstraps, workflow_ext.attached_logs FROM PUBLIC;
+REVOKE ALL ON workflow_ext.runs, workflow_ext.logs, workflow_ext.joins, workflow_ext.join_members,
+              workflow_ext.hook_tokens FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.append_event(text, text, text, jsonb),
+                       workflow_ext.append_suspension_event(text, text, text, jsonb),
+                       workflow_ext.append_suspension_events(text, text[], text[], jsonb[]),
+                       workflow_ext.join_arrive(text, text, text, integer),
+                       workflow_ext.bootstrap(text, text),
+                       workflow_ext.bootstrap_begin(text, interval, text),
+                       workflow_ext.bootstrap_end(text),
+                       workflow_ext.replay(text, regclass),
+                       workflow_ext.scan(regclass, timestamptz),
+                       workflow_ext.metrics(interval),
+                       workflow_ext.stuck_runs(interval),
+                       workflow_ext.counters_since_start() FROM PUBLIC;
+-- Monitoring: pg_monitor (PostgreSQL's predefined role for monitoring
+-- agents, e.g. prometheus-postgres-exporter) may call the monitoring
+-- functions and list the protected logs; nothing else.
+GRANT USAGE ON SCHEMA workflow_ext TO pg_monitor;
+GRANT EXECUTE ON FUNCTION workflow_ext.metrics(interval), workflow_ext.stuck_runs(interval),
+                          workflow_ext.counters_since_start() TO pg_monitor;
+GRANT SELECT ON workflow_ext.attached_logs TO pg_monitor;

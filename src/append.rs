@@ -23,6 +23,7 @@
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::event_id;
 use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
+use crate::metrics;
 use crate::payload::Payload;
 use crate::plans::{self, BOOL, JSONB, TEXT};
 use crate::subxact::uses_transaction_snapshot;
@@ -157,6 +158,9 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         Default::default()
     };
     let conflict = if keyed { conflict } else { "run_id" };
+    // The time of the run's last append, for monitoring (0.3.0 on; not
+    // indexed, so the bump stays a HOT update).
+    let touch = if keyed { ", last_event_at = now()" } else { "" };
     LogPlans {
         relname: String::new(),
         relnamespace: pg_sys::InvalidOid,
@@ -173,7 +177,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         bump: plans::keep(
             c,
             &format!(
-                "UPDATE workflow_ext.runs SET last_seq = last_seq + 1 WHERE {key} run_id = $1 \
+                "UPDATE workflow_ext.runs SET last_seq = last_seq + 1{touch} WHERE {key} run_id = $1 \
                  RETURNING state, last_seq"
             ),
             &[TEXT],
@@ -182,7 +186,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
             plans::keep(
                 c,
                 &format!(
-                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1 \
+                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1{touch} \
                      WHERE {r_key} r.run_id = $1 \
                      RETURNING r.state, r.last_seq, \
                        (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} s.run_id = $1), ({})",
@@ -587,29 +591,38 @@ fn events_before_insert<'a>(
         )
     };
 
-    let addr = or_raise!(validate::address(
-        run_id.as_deref(),
-        corr.as_deref(),
-        type_name.as_deref()
-    ));
-    or_raise!(validate::optional_ident("id", id.as_deref()));
-    if let Some(p) = payload {
-        or_raise!(p.check());
-    }
-
-    let seq_assigned = or_raise!(Spi::connect_mut(|client| {
-        // SAFETY: the trigger's relation is open for the whole call.
-        let plans = unsafe { log_plans(client, rel) };
-        admit(client, &plans, &addr)
-    }));
-    if let Some(given) = seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
-        if given != seq_assigned {
-            raise!(WfError::SeqMismatch {
-                given,
-                next: seq_assigned
-            });
+    let verdict = (|| {
+        let addr = validate::address(run_id.as_deref(), corr.as_deref(), type_name.as_deref())?;
+        validate::optional_ident("id", id.as_deref())?;
+        if let Some(p) = payload {
+            p.check()?;
         }
-    }
+        let seq_assigned = Spi::connect_mut(|client| {
+            // SAFETY: the trigger's relation is open for the whole call.
+            let plans = unsafe { log_plans(client, rel) };
+            admit(client, &plans, &addr)
+        })?;
+        match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
+            Some(given) if given != seq_assigned => Err(WfError::SeqMismatch {
+                given,
+                next: seq_assigned,
+            }),
+            _ => Ok(seq_assigned),
+        }
+    })();
+    let seq_assigned = match verdict {
+        Ok(seq) => {
+            metrics::count_appended();
+            seq
+        }
+        Err(e) => {
+            metrics::count_refused(match &e {
+                WfError::Refused { violation, .. } => Some(*violation),
+                _ => None,
+            });
+            raise!(e)
+        }
+    };
 
     let mut row = trigger
         .new()

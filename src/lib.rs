@@ -14,6 +14,8 @@
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
 //! - [`fanin`]: the exactly-once join barrier.
 //! - [`retention`]: removing whole finished runs.
+//! - [`metrics`]: the write path's counters (shared memory, when preloaded)
+//!   and what `metrics()` / `stuck_runs()` (`sql/monitoring.sql`) need.
 //! - [`bootstrap`]: run a migration once per database, race-free: DDL text,
 //!   or any migrator between `bootstrap_begin` and `bootstrap_end`.
 //! - [`plans`]: SPI plans kept for the life of the backend.
@@ -21,7 +23,8 @@
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), then `functions.sql` (signatures), `attach.sql` (attach,
-//! detach, the index watcher), `finalize.sql` last (triggers, privileges).
+//! detach, the index watcher), `monitoring.sql` (metrics, stuck_runs),
+//! `access.sql` (grant_access), `finalize.sql` last (triggers, privileges).
 //! Released install scripts and upgrade scripts are kept there too
 //! (`workflow_ext--<old>.sql`, `workflow_ext--<old>--<new>.sql`).
 
@@ -35,6 +38,7 @@ pub mod errors;
 pub mod event_id;
 pub mod fanin;
 pub mod lifecycle;
+pub mod metrics;
 pub mod payload;
 pub mod plans;
 pub mod replay;
@@ -55,11 +59,22 @@ extension_sql_file!(
     name = "attach",
     requires = ["functions"]
 );
+extension_sql_file!(
+    "../sql/monitoring.sql",
+    name = "monitoring",
+    requires = ["attach"]
+);
+extension_sql_file!(
+    "../sql/access.sql",
+    name = "access",
+    requires = ["monitoring"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     payload::register_gucs();
+    metrics::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -702,6 +702,7 @@ def test_rebuild_hook_tokens_restores_the_live_table(db):
         # ordinary write paths like anyone.
         role = f"wfx_tok_{uuid.uuid4().hex[:8]}"
         conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        conn.execute("SELECT workflow_ext.grant_access(%s, 'writer')", (role,))
         try:
             conn.execute(f'SET ROLE "{role}"')
             e = refused(lambda c, *a: c.execute("DELETE FROM workflow_ext.hook_tokens"), conn)
@@ -714,4 +715,5 @@ def test_rebuild_hook_tokens_restores_the_live_table(db):
                                                                  live_tokens(conn)["app-role"][2])])
         finally:
             conn.execute("RESET ROLE")
+            conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE "{role}"')

@@ -391,7 +391,9 @@ def run_readme(text, dbname):
     blocks = sql_blocks(text)
     mismatches, ran = [], 0
     ids = EventIds()
+    roles = readme_roles(text)
     with connect(dbname) as conn:
+        drop_roles(conn, roles)
         for sql in FIXTURES:
             conn.execute(sql)
         for block in blocks:
@@ -404,12 +406,29 @@ def run_readme(text, dbname):
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 mismatches.append(f"README.md:{block.line}: the block leaves a transaction open")
                 conn.execute("ROLLBACK")
+        drop_roles(conn, roles)
     return mismatches, ran, blocks
 
 
 def readme_text():
     with open(README, encoding="utf-8") as f:
         return f.read()
+
+
+def readme_roles(text):
+    """Roles a README block creates: roles belong to the cluster, not to the
+    test's database, so they are dropped before and after the run."""
+    sql = "\n".join(st.sql for b in sql_blocks(text) for st in b.statements)
+    return sorted(set(re.findall(r"CREATE ROLE (\w+)", sql)))
+
+
+def drop_roles(conn, roles):
+    """Drops roles the README made: their privileges in this database first
+    (a role with grants cannot be dropped), then the roles."""
+    for role in roles:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
 
 
 # -- Tests ----------------------------------------------------------------------------

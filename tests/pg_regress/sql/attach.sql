@@ -136,11 +136,25 @@ SELECT try($$SELECT workflow_ext.attach('adopt.text_seq')$$);
 SELECT try($$SELECT workflow_ext.detach('adopt.no_type')$$);
 SELECT try($$SELECT workflow_ext.detach('workflow_ext.events')$$);
 CREATE ROLE wfx_attach_nobody;
+SELECT workflow_ext.grant_access('wfx_attach_nobody', 'writer');
 SET ROLE wfx_attach_nobody;
 SELECT try($$SELECT workflow_ext.attach('pg_catalog.pg_class')$$);
 SELECT try($$SELECT workflow_ext.detach('pg_catalog.pg_class')$$);
-SELECT count(*) > 0 AS may_read_attached_logs FROM workflow_ext.attached_logs;
+SELECT try($$SELECT count(*) FROM workflow_ext.attached_logs$$);
+-- A writer of an attached table needs no grant on workflow_ext at all: the
+-- trigger runs as the extension owner.
 RESET ROLE;
+CREATE ROLE wfx_package_role;
+GRANT USAGE ON SCHEMA adopt TO wfx_package_role;
+GRANT INSERT, SELECT ON adopt.workflow_events TO wfx_package_role;
+SET ROLE wfx_package_role;
+INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_P01', 'run_created', NULL, 'wrun_pkg') RETURNING seq;
+SELECT try($$INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_P02', 'run_completed', NULL, 'wrun_pkg')$$);
+SELECT try($$SELECT * FROM workflow_ext.runs$$);
+RESET ROLE;
+DROP OWNED BY wfx_package_role;
+DROP ROLE wfx_package_role;
+DROP OWNED BY wfx_attach_nobody;
 DROP ROLE wfx_attach_nobody;
 
 -- A dropped attached table leaves no registration or run rows.

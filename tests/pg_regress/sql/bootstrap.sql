@@ -30,6 +30,7 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS wfx_boot;
 RESET client_min_messages;
 CREATE ROLE wfx_boot;
+SELECT workflow_ext.grant_access('wfx_boot', 'migrator');
 SET ROLE wfx_boot;
 SELECT try($$SELECT workflow_ext.bootstrap('evil@v1', 'create schema evil_schema')$$);
 SELECT try($$SELECT workflow_ext.bootstrap('evil@v2', 'drop table graphile_worker.migrations')$$);
@@ -37,6 +38,7 @@ SELECT try($$INSERT INTO workflow_ext.bootstraps (name, checksum, ddl, applied_b
 SELECT count(*) AS ledger_rows_visible FROM workflow_ext.bootstraps;
 RESET ROLE;
 SELECT count(*) AS evil_rows FROM workflow_ext.bootstraps WHERE name LIKE 'evil%';
+DROP OWNED BY wfx_boot;
 DROP ROLE wfx_boot;
 -- Under REPEATABLE READ / SERIALIZABLE the snapshot predates the lock wait:
 -- both shapes refuse (0A000) rather than risk applying a migration twice.

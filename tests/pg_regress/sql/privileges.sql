@@ -4,7 +4,28 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS wfx_app;
 RESET client_min_messages;
 CREATE ROLE wfx_app LOGIN;
+-- Secure by default: a role with no grants reads and writes nothing.
 SET ROLE wfx_app;
+SELECT try($$SELECT count(*) FROM workflow_ext.events$$);
+SELECT try($$SELECT workflow_ext.append_event('someone-elses-run', NULL, 'run_cancelled')$$);
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_event('r', NULL, 'run_created')$$);
+SELECT try($$INSERT INTO workflow_ext.events (run_id, type) VALUES ('r', 'run_created')$$);
+SELECT try($$SELECT workflow_ext.join_arrive('r', 'j', 'm', 1)$$);
+SELECT try($$SELECT * FROM workflow_ext.replay('r')$$);
+SELECT try($$SELECT * FROM workflow_ext.scan()$$);
+SELECT try($$SELECT workflow_ext.bootstrap('b@v1', 'SELECT 1')$$);
+SELECT try($$SELECT * FROM workflow_ext.metrics()$$);
+SELECT try($$SELECT workflow_ext.grant_access('wfx_app', 'writer')$$);
+RESET ROLE;
+-- The recipe: a writer (append, join, read back), here also a reader.
+SELECT workflow_ext.grant_access('wfx_app', 'writer');
+SELECT workflow_ext.grant_access('wfx_app', 'reader');
+SELECT try($$SELECT workflow_ext.grant_access('wfx_app', 'superuser')$$);
+SELECT try($$SELECT workflow_ext.grant_access(NULL, 'writer')$$);
+SET ROLE wfx_app;
+-- Granted: neither the migrator's nor the monitor's functions.
+SELECT try($$SELECT workflow_ext.bootstrap('b@v1', 'SELECT 1')$$);
+SELECT try($$SELECT * FROM workflow_ext.metrics()$$);
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', NULL, 'run_created');
 SELECT seq FROM workflow_ext.append_event('priv-run', NULL, 'run_started');
 SELECT workflow_ext.join_arrive('priv-run', 'j', 'm', 1);
@@ -42,5 +63,22 @@ RESET search_path;
 SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'priv-run' ORDER BY seq;
 RESET ROLE;
 DROP SCHEMA wfx_evil CASCADE;
+-- Revoked, the role is back to nothing.
+SELECT workflow_ext.grant_access('wfx_app', 'writer', revoke => true);
+SELECT workflow_ext.grant_access('wfx_app', 'reader', revoke => true);
+SET ROLE wfx_app;
+SELECT try($$SELECT count(*) FROM workflow_ext.events$$);
+RESET ROLE;
+-- A monitoring role: metrics and stuck runs, not the log.
+CREATE ROLE wfx_monitor;
+SELECT workflow_ext.grant_access('wfx_monitor', 'monitor');
+SET ROLE wfx_monitor;
+SELECT log, runs_pending + runs_running >= 0 AS counted FROM workflow_ext.metrics() WHERE log = 'workflow_ext.events';
+SELECT count(*) >= 0 AS listed FROM workflow_ext.stuck_runs('0 s');
+SELECT count(*) > 0 AS logs_listed FROM workflow_ext.attached_logs;
+SELECT try($$SELECT count(*) FROM workflow_ext.events$$);
+SELECT try($$SELECT * FROM workflow_ext.replay('priv-run')$$);
+RESET ROLE;
+DROP ROLE wfx_monitor;
 DROP OWNED BY wfx_app;
 DROP ROLE wfx_app;

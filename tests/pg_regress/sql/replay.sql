@@ -80,6 +80,7 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS wfx_auditor;
 RESET client_min_messages;
 CREATE ROLE wfx_auditor;
+SELECT workflow_ext.grant_access('wfx_auditor', 'reader');
 GRANT USAGE ON SCHEMA workflow TO wfx_auditor;
 SET ROLE wfx_auditor;
 SELECT try($$SELECT * FROM workflow_ext.replay('wrun_2039', 'workflow.workflow_events')$$);

@@ -1,0 +1,74 @@
+-- Monitoring: what an operator scrapes (metrics) and drills into
+-- (stuck_runs). Both read the active runs through runs_active, so their
+-- cost follows the runs not finished yet, not the size of the log; readable
+-- by pg_monitor (finalize.sql). SECURITY DEFINER: they read the internal
+-- runs table and the logs, which a monitoring role may not; they return
+-- counts and the ids of stuck runs, never payloads.
+
+-- The write path's counters since the server started (src/metrics.rs):
+-- `appended` (events the validator admitted, also in transactions that rolled
+-- back later), then one row per anomaly code refused. No rows unless
+-- workflow_ext is in shared_preload_libraries.
+CREATE FUNCTION workflow_ext.counters_since_start() RETURNS TABLE (counter text, value bigint)
+    LANGUAGE c VOLATILE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'counters_since_start_wrapper';
+
+-- The active entities a run's events (in log order) leave, by the writer's
+-- rules (src/metrics.rs): "<kind> <correlation id> (<state>)". Pure.
+CREATE FUNCTION workflow_ext.active_entities_of(types text[], correlation_ids text[]) RETURNS text[]
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'active_entities_of_wrapper';
+
+-- One row per protected log: its runs not finished yet by state, how many of
+-- them had no append for longer than `idle`, the age of the oldest, and the
+-- rows inserted into the log since the statistics were last reset.
+CREATE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, runs_pending bigint, runs_running bigint, runs_idle bigint,
+               oldest_active_run_seconds double precision, events_inserted bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT l.relation::text,
+           count(r.run_id) FILTER (WHERE r.state = 'pending'),
+           count(r.run_id) FILTER (WHERE r.state = 'running'),
+           count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle),
+           coalesce(extract(epoch FROM now() - min(r.created_at))::double precision, 0),
+           coalesce((SELECT s.n_tup_ins FROM pg_stat_all_tables s WHERE s.relid = l.relation), 0)
+      FROM workflow_ext.logs l
+      LEFT JOIN workflow_ext.runs r ON r.log = l.relation AND r.finished_at IS NULL
+     GROUP BY l.relation
+$$;
+
+-- The runs not finished and without an append for longer than `idle`, oldest
+-- append first: where they stand, their last event, and their active
+-- entities (the steps still running, waits still waiting, hooks active).
+CREATE FUNCTION workflow_ext.stuck_runs(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_type text,
+               events bigint, active_entities text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF idle IS NULL THEN
+        RAISE EXCEPTION 'idle must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR r IN SELECT x.log, x.run_id, x.state, x.last_event_at, x.last_seq
+               FROM workflow_ext.runs x
+              WHERE x.finished_at IS NULL AND x.last_event_at < now() - idle
+              ORDER BY x.last_event_at, x.log, x.run_id
+    LOOP
+        log := r.log::text;
+        run_id := r.run_id;
+        state := r.state;
+        idle_for := now() - r.last_event_at;
+        events := r.last_seq;
+        EXECUTE format(
+            'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '
+            '       workflow_ext.active_entities_of(array_agg(type::text ORDER BY seq), '
+            '                                      array_agg(correlation_id::text ORDER BY seq)) '
+            '  FROM %s WHERE run_id = $1', r.log)
+            INTO last_event_type, active_entities USING r.run_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
