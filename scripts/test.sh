@@ -20,6 +20,11 @@
 #                                 setup from npm, raced raw and in bootstrap_begin/end)
 #  11. devkit:                    tests/devkit (the real @workflow/world-postgres from
 #                                 npm driven on a table under attach())
+#  12. replicas:                  tests/replicas (a streaming standby, a logical
+#                                 subscriber, pg_dump/pg_restore; clusters of its own,
+#                                 ports 54350-54359; PostgreSQL 15 only)
+#  13. exporter:                  tests/exporter (prometheus-postgres-exporter with
+#                                 monitoring/workflow_ext_queries.yaml, scraped; port 54360)
 # Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench"
 # (default: all, in that order; on 16-18 all but faults).
 #
@@ -70,13 +75,13 @@ fi
 
 . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
 if [ "$PG_MAJOR" = 15 ]; then
-  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench}"
+  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit replicas exporter clients faults bench}"
 else
   SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit clients bench}"
   for s in $SUITES; do
-    if [ "$s" = faults ]; then
-      # Its cluster (port 54317, .pgcluster-faults) is 15's.
-      echo "test.sh: the faults suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
+    if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ]; then
+      # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
+      echo "test.sh: the $s suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
       exit 2
     fi
   done
@@ -207,6 +212,14 @@ clients() {
   return $ok
 }
 
+replicas() {
+  python3 -m pytest -q -s -p no:cacheprovider tests/replicas
+}
+
+exporter() {
+  python3 -m pytest -q -s -p no:cacheprovider tests/exporter
+}
+
 faults() {
   python3 -m pytest -q -s -p no:cacheprovider tests/faults
 }
@@ -228,6 +241,8 @@ for suite in $SUITES; do
     migrators) install_extension; run_suite "real migrators raced (pytest + node)" migrators ;;
     devkit) install_extension; run_suite "the DevKit's world-postgres on an attached table (pytest + node)" devkit ;;
     clients) install_extension; run_suite "client examples" clients ;;
+    replicas) install_extension; run_suite "replicas and backup (pytest)" replicas ;;
+    exporter) install_extension; run_suite "Prometheus exporter scraped (pytest)" exporter ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
     bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
     *) echo "unknown suite $suite"; exit 2 ;;

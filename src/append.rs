@@ -26,7 +26,7 @@ use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::metrics;
 use crate::payload::Payload;
 use crate::plans::{self, BOOL, JSONB, TEXT};
-use crate::subxact::uses_transaction_snapshot;
+use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
 use crate::validate::{self, EventAddress};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
@@ -673,6 +673,7 @@ fn append_suspension_event(
     let Some(plan) = suspension_index(addr.event) else {
         raise!(WfError::NotSuspension { event: addr.event })
     };
+    refuse_if_read_only(c"append_suspension_event");
     let row = Spi::connect_mut(|client| {
         with_append_plans(client, |c, plans| {
             // One statement: a committed creation is returned as it is (the

@@ -286,6 +286,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
     if ddl.trim().is_empty() {
         raise!(WfError::EmptyArgument { arg: "ddl" });
     }
+    crate::subxact::refuse_if_read_only(c"bootstrap");
     require_read_committed(name);
     let sum = checksum(ddl);
     let applied = lock_and_read_ledger(name, Scope::Transaction);
@@ -314,6 +315,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
 fn bootstrap_begin(name: Option<&str>, timeout: Option<Interval>, checksum: Option<&str>) -> bool {
     let name = or_raise!(validate::ident("name", name));
     let checksum = or_raise!(validate::optional_ident("checksum", checksum));
+    crate::subxact::refuse_if_read_only(c"bootstrap_begin");
     require_read_committed(name);
     if BEGUN.with(|b| b.borrow().contains_key(name)) {
         raise!(WfError::BootstrapAlreadyBegun {
@@ -373,6 +375,7 @@ fn interval_ms(months: i32, days: i32, micros: i64) -> Option<i32> {
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn bootstrap_end(name: Option<&str>) {
     let name = or_raise!(validate::ident("name", name));
+    crate::subxact::refuse_if_read_only(c"bootstrap_end");
     let Some(checksum) = BEGUN.with(|b| b.borrow().get(name).cloned()) else {
         raise!(WfError::BootstrapNotBegun {
             name: name.to_string()

@@ -108,6 +108,7 @@ fn join_arrive(
     let Some(expected) = expected else {
         raise!(WfError::NullArgument { arg: "expected" })
     };
+    crate::subxact::refuse_if_read_only(c"join_arrive");
     if expected < 1 {
         raise!(WfError::JoinExpectedInvalid { expected });
     }

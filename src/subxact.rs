@@ -1,6 +1,7 @@
 //! Transaction helpers: running a piece of work in a subtransaction, so that
 //! its error can be inspected instead of aborting the caller's transaction;
-//! asking which kind of snapshot the transaction uses.
+//! asking which kind of snapshot the transaction uses; refusing a write in a
+//! read-only transaction.
 
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::{self, PgTryBuilder};
@@ -40,4 +41,14 @@ pub fn in_subtransaction(
 pub fn uses_transaction_snapshot() -> bool {
     // SAFETY: a plain read of a backend-local global.
     unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// Refuses `what` in a read-only transaction (a hot standby, or
+/// `default_transaction_read_only`) with PostgreSQL's own 25006, as a plain
+/// INSERT is refused: the functions that write through SPI would otherwise
+/// fail later with an internal error ("cannot assign TransactionIds during
+/// recovery").
+pub fn refuse_if_read_only(what: &std::ffi::CStr) {
+    // SAFETY: raises an ERROR (through pgrx's guard) or returns.
+    unsafe { pg_sys::PreventCommandIfReadOnly(what.as_ptr()) }
 }
