@@ -1,6 +1,6 @@
 # workflow_ext: the two commands are `make demo` (the main job) and `make test`.
 .PHONY: setup install demo test lint test-pgrx test-regress test-upgrade test-docs test-concurrency \
-        test-migrators test-devkit test-replicas test-exporter test-clients test-faults test-matrix psql stop clean bench bench-smoke
+        test-migrators test-devkit test-replicas test-exporter test-package test-clients test-faults test-matrix psql stop clean bench bench-smoke package
 
 # The PostgreSQL to build against: scripts/pg.sh is the one place that names
 # it (`make demo PG=17`, `PG=17 make install` … pick another major: 15, the
@@ -44,6 +44,8 @@ test-replicas:    ## a streaming standby, a logical subscriber, pg_dump/pg_resto
 	WFX_SUITES=replicas bash scripts/test.sh
 test-exporter:    ## prometheus-postgres-exporter with monitoring/workflow_ext_queries.yaml, scraped
 	WFX_SUITES=exporter bash scripts/test.sh
+test-package:     ## scripts/package.sh 15, then the .deb installed with dpkg -i without the source build
+	WFX_SUITES=package bash scripts/test.sh
 test-docs:        ## every ```sql block of README.md, its claimed results checked
 	WFX_SUITES=docs bash scripts/test.sh
 test-concurrency:
@@ -62,6 +64,9 @@ stop:
 clean: stop
 	bash scripts/cluster.sh destroy
 	cargo clean
+
+package: setup    ## release build, one .deb per major (postgresql-NN-workflow-ext) in target/package/
+	bash scripts/package.sh
 
 bench:            ## release build, dedicated cluster, full side-by-side run -> BENCHMARKS.md
 	bash scripts/bench.sh

@@ -25,6 +25,9 @@
 #                                 ports 54350-54359; PostgreSQL 15 only)
 #  13. exporter:                  tests/exporter (prometheus-postgres-exporter with
 #                                 monitoring/workflow_ext_queries.yaml, scraped; port 54360)
+#  14. package:                   scripts/package.sh 15 (a release build) and
+#                                 tests/package: the .deb installed with dpkg -i where
+#                                 the source build was moved aside; port 54370
 # Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench"
 # (default: all, in that order; on 16-18 all but faults).
 #
@@ -75,11 +78,11 @@ fi
 
 . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
 if [ "$PG_MAJOR" = 15 ]; then
-  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit replicas exporter clients faults bench}"
+  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit replicas exporter package clients faults bench}"
 else
   SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit clients bench}"
   for s in $SUITES; do
-    if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ]; then
+    if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ] || [ "$s" = package ]; then
       # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
       echo "test.sh: the $s suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
       exit 2
@@ -220,6 +223,10 @@ exporter() {
   python3 -m pytest -q -s -p no:cacheprovider tests/exporter
 }
 
+package() {
+  bash scripts/package.sh 15 && python3 -m pytest -q -s -p no:cacheprovider tests/package
+}
+
 faults() {
   python3 -m pytest -q -s -p no:cacheprovider tests/faults
 }
@@ -243,6 +250,7 @@ for suite in $SUITES; do
     clients) install_extension; run_suite "client examples" clients ;;
     replicas) install_extension; run_suite "replicas and backup (pytest)" replicas ;;
     exporter) install_extension; run_suite "Prometheus exporter scraped (pytest)" exporter ;;
+    package) install_extension; run_suite "Debian package built and installed (pytest)" package ;;
     faults) install_extension; run_suite "faults (pytest)" faults ;;
     bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
     *) echo "unknown suite $suite"; exit 2 ;;
