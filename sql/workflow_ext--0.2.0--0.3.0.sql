@@ -214,7 +214,8 @@ BEGIN
         'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END, '
         '       coalesce(r.last_at, now()) '
         '  FROM (SELECT run_id::text AS run_id, workflow_ext.run_state(array_agg(type::text ORDER BY seq)) AS state, '
-        '               max(seq) AS last_seq, %s AS last_at FROM %s GROUP BY run_id) r WHERE r.state IS NOT NULL',
+        '               max(seq) AS last_seq, %s AS last_at FROM %s WHERE run_id IS NOT NULL GROUP BY run_id) r '
+        ' WHERE r.state IS NOT NULL',
         CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at'
                                                       AND a.attnum > 0 AND NOT a.attisdropped)
              THEN 'max(created_at)::timestamptz' ELSE 'NULL::timestamptz' END, log)

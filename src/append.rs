@@ -144,20 +144,21 @@ fn find_creation_sql(log: &str, t: EventType) -> String {
 /// alone: a database not yet updated to 0.3.0, whose one log is
 /// `workflow_ext.events`).
 fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) -> LogPlans {
-    let (key, r_key, s_key, log_col, log_val, conflict) = if keyed {
-        let k = format!("log = '{}'::regclass AND", rel.to_u32());
-        (
-            k.clone(),
-            format!("r.{k}"),
-            format!("s.{k}"),
-            "log, ",
-            format!("'{}'::regclass, ", rel.to_u32()),
-            "log, run_id",
-        )
-    } else {
-        Default::default()
+    let oid = rel.to_u32();
+    // The condition naming this log's run rows, for a table alias ("" or "r.").
+    let key = |alias: &str| {
+        if keyed {
+            format!("{alias}log = '{oid}'::regclass AND")
+        } else {
+            String::new()
+        }
     };
-    let conflict = if keyed { conflict } else { "run_id" };
+    let (log_col, log_val, conflict) = if keyed {
+        ("log, ", format!("'{oid}'::regclass, "), "log, run_id")
+    } else {
+        ("", String::new(), "run_id")
+    };
+    let (r_key, s_key, key) = (key("r."), key("s."), key(""));
     // The time of the run's last append, for monitoring (0.3.0 on; not
     // indexed, so the bump stays a HOT update).
     let touch = if keyed { ", last_event_at = now()" } else { "" };
