@@ -7,7 +7,8 @@
 
 -- The write path's counters since the server started (src/metrics.rs):
 -- `appended` (events the validator admitted, also in transactions that rolled
--- back later), then one row per anomaly code refused. No rows unless
+-- back later), one row per anomaly code refused, and runs_completed /
+-- runs_failed / runs_cancelled (runs that reached that state). No rows unless
 -- workflow_ext is in shared_preload_libraries.
 CREATE FUNCTION workflow_ext.counters_since_start() RETURNS TABLE (counter text, value bigint)
     LANGUAGE c VOLATILE PARALLEL SAFE
@@ -43,7 +44,7 @@ $$;
 -- entities (the steps still running, waits still waiting, hooks active).
 CREATE FUNCTION workflow_ext.stuck_runs(idle interval DEFAULT '1 hour')
 RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_type text,
-               events bigint, active_entities text[])
+               last_event_at timestamptz, events bigint, active_entities text[])
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -61,6 +62,7 @@ BEGIN
         run_id := r.run_id;
         state := r.state;
         idle_for := now() - r.last_event_at;
+        last_event_at := r.last_event_at;
         events := r.last_seq;
         EXECUTE format(
             'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '

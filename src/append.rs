@@ -471,6 +471,9 @@ fn decide(
                     ),
                     "set run state"
                 );
+                if after.is_terminal() {
+                    metrics::count_run_finished(after);
+                }
             }
             Ok(run.seq)
         }

@@ -32,7 +32,7 @@ fn run_state(types: Array<'_, &str>) -> Option<&'static str> {
 #[pg_schema]
 mod tests {
     use crate::lifecycle::{CorrelationRule, EventType};
-    use crate::replay::tests::writer_code;
+    use crate::replay::tests::{writer_code, xorshift};
     use crate::subxact::in_subtransaction;
     use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
@@ -51,13 +51,7 @@ mod tests {
         .unwrap();
         Spi::run("SELECT workflow_ext.attach('dk_events')").unwrap();
         let corrs = ["s1", "s2", "w1", "h1", "a1"];
-        let mut state = 0x0DDB_1A5E_5BAD_5EEDu64;
-        let mut rand = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rand = xorshift(0x0DDB_1A5E_5BAD_5EED);
         let (mut refused, mut accepted) = (0, 0);
         for run_no in 0..40 {
             let run = format!("one-{run_no}");

@@ -1,8 +1,9 @@
 //! Monitoring: counters of the write path in shared memory, and what
 //! `metrics()` / `stuck_runs()` (sql/monitoring.sql) need from the rules.
 //!
-//! The counters (events admitted, events refused by anomaly code, since the
-//! server started) live in shared memory, which PostgreSQL hands out only
+//! The counters (events admitted, events refused by anomaly code, runs
+//! finished by terminal state, since the server started) live in shared
+//! memory, which PostgreSQL hands out only
 //! to libraries loaded by `shared_preload_libraries`. Without it the
 //! extension works the same and `refusals()` returns no rows.
 
@@ -11,9 +12,11 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// What a counter counts: the admitted events, then one refusal per anomaly
-/// code the writer can give.
-const COUNTED: [&str; 8] = [
+/// What a counter counts: the admitted events, one refusal per anomaly
+/// code the writer can give, then the runs that reached each terminal state
+/// (a state, not a row: the count of finished runs per state without
+/// reading them all, which a scrape could not afford on a long log).
+const COUNTED: [&str; 11] = [
     "appended",
     "missing_run_created",
     "duplicate_creation",
@@ -22,6 +25,9 @@ const COUNTED: [&str; 8] = [
     "event_after_run_terminal",
     "illegal_transition",
     "invalid_event",
+    "runs_completed",
+    "runs_failed",
+    "runs_cancelled",
 ];
 
 static COUNTERS: PgAtomic<[AtomicU64; COUNTED.len()]> =
@@ -67,8 +73,23 @@ pub fn count_refused(violation: Option<Violation>) {
     }
 }
 
-/// The write path's counters since the server started: `appended`, then
-/// one row per anomaly code. No rows without `shared_preload_libraries`.
+/// A run the validator moved into its terminal state (its transaction may
+/// still roll back).
+pub fn count_run_finished(state: State) {
+    let code = match state {
+        State::RunCompleted => "runs_completed",
+        State::RunFailed => "runs_failed",
+        State::RunCancelled => "runs_cancelled",
+        _ => return,
+    };
+    if let Some(slot) = COUNTED.iter().position(|c| *c == code) {
+        bump(slot);
+    }
+}
+
+/// The write path's counters since the server started: `appended`, one row
+/// per anomaly code, the runs finished per terminal state. No rows without
+/// `shared_preload_libraries`.
 #[pg_extern(sql = false)] // declared in sql/monitoring.sql
 fn counters_since_start(
 ) -> TableIterator<'static, (name!(counter, &'static str), name!(value, i64))> {

@@ -586,6 +586,18 @@ pub(crate) mod tests {
 
     /// The code the writer gave for a refusal: 23505 is the index's own
     /// duplicate error; argument errors are what the audit calls invalid.
+    /// A small deterministic generator for the property tests: `rand(n)`
+    /// is in 0..n, the same sequence for the same seed on every run.
+    pub(crate) fn xorshift(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut state = seed;
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        }
+    }
+
     pub(crate) fn writer_code(e: &CaughtError) -> String {
         let r = match e {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
@@ -624,13 +636,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         let corrs = ["s1", "s2", "w1", "h1"];
-        let mut state = 0x1234_5678_9ABC_DEF1u64;
-        let mut rand = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut rand = xorshift(0x1234_5678_9ABC_DEF1);
         let mut refused_total = 0;
         let mut token_conflicts = 0;
         for run_no in 0..80 {

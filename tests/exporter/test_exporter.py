@@ -31,7 +31,7 @@ ROLE = "wfx_exporter"
 LOG = "workflow_ext.events"
 ALL_COUNTERS = {"appended", "missing_run_created", "duplicate_creation", "missing_creation",
                 "event_after_terminal", "event_after_run_terminal", "illegal_transition",
-                "invalid_event"}
+                "invalid_event", "runs_completed", "runs_failed", "runs_cancelled"}
 
 
 def exporter_binary():
@@ -323,6 +323,7 @@ def test_exporter_exposes_workflow_ext_series(cluster, start_exporter):
     assert set(counters) == ALL_COUNTERS, counters
     assert counters["appended"] >= w.admitted, (counters, w.admitted)
     assert counters["event_after_terminal"] >= 1, counters
+    assert counters["runs_completed"] >= 1, counters  # the workload's completed run
 
     # More appends: the values follow on the next scrape.
     w2 = Writer(cluster)

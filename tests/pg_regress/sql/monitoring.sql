@@ -18,7 +18,8 @@ INSERT INTO mon.workflow_events (id, run_id, type, correlation_id) VALUES
 SELECT try($$INSERT INTO mon.workflow_events (id, run_id, type, correlation_id) VALUES ('wevt_M13', 'mon-running', 'step_started', 's2')$$);
 SELECT try($$INSERT INTO mon.workflow_events (id, run_id, type, correlation_id) VALUES ('wevt_M14', 'mon-none', 'run_started', NULL)$$);
 SELECT try($$INSERT INTO mon.workflow_events (id, run_id, type, correlation_id) VALUES ('wevt_M15', 'mon-done', 'bogus', NULL)$$);
--- What the write path counted meanwhile: 12 admitted, 3 refused by code.
+-- What the write path counted meanwhile: 12 admitted, 3 refused by code,
+-- one run finished.
 SELECT a.counter, a.value - b.value AS delta
   FROM workflow_ext.counters_since_start() a JOIN counted_before b USING (counter)
  WHERE a.value <> b.value ORDER BY a.counter;
@@ -39,6 +40,11 @@ SELECT events_inserted FROM workflow_ext.metrics() WHERE log = 'mon.workflow_eve
 -- The finish of a run takes it out.
 INSERT INTO mon.workflow_events (id, run_id, type, correlation_id) VALUES ('wevt_M16', 'mon-pending', 'run_cancelled', NULL);
 SELECT runs_pending, runs_running FROM workflow_ext.metrics() WHERE log = 'mon.workflow_events';
+SELECT a.counter, a.value - b.value AS delta
+  FROM workflow_ext.counters_since_start() a JOIN counted_before b USING (counter)
+ WHERE a.counter LIKE 'runs_%' ORDER BY a.counter;
+SELECT run_id, last_event_at <= now() AS recorded FROM workflow_ext.stuck_runs('0 s')
+ WHERE log = 'mon.workflow_events';
 -- Both read only the active runs: their scan can use runs_active (on a
 -- table this small the planner might rather read it all: not allowed here).
 SET enable_seqscan = off;
