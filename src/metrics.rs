@@ -53,37 +53,32 @@ fn counters() -> Option<&'static [AtomicU64; COUNTED.len()]> {
         .then(|| COUNTERS.get())
 }
 
-fn bump(slot: usize) {
-    if let Some(c) = counters() {
+/// Adds one to the counter named `name` (one of [`COUNTED`]).
+fn bump(name: &str) {
+    if let (Some(c), Some(slot)) = (counters(), COUNTED.iter().position(|c| *c == name)) {
         c[slot].fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// An event the validator admitted (its transaction may still roll back).
 pub fn count_appended() {
-    bump(0);
+    bump("appended");
 }
 
 /// An event the validator refused: the lifecycle's anomaly, or
 /// `invalid_event` for a row its argument rules refuse.
 pub fn count_refused(violation: Option<Violation>) {
-    let code = violation.map_or("invalid_event", Violation::code);
-    if let Some(slot) = COUNTED.iter().position(|c| *c == code) {
-        bump(slot);
-    }
+    bump(violation.map_or("invalid_event", Violation::code));
 }
 
 /// A run the validator moved into its terminal state (its transaction may
 /// still roll back).
 pub fn count_run_finished(state: State) {
-    let code = match state {
-        State::RunCompleted => "runs_completed",
-        State::RunFailed => "runs_failed",
-        State::RunCancelled => "runs_cancelled",
-        _ => return,
-    };
-    if let Some(slot) = COUNTED.iter().position(|c| *c == code) {
-        bump(slot);
+    match state {
+        State::RunCompleted => bump("runs_completed"),
+        State::RunFailed => bump("runs_failed"),
+        State::RunCancelled => bump("runs_cancelled"),
+        _ => {}
     }
 }
 
