@@ -95,41 +95,17 @@ CREATE FUNCTION workflow_ext.append_suspension_event(
     LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'append_suspension_event_wrapper';
 
--- Batch creation: what one suspension with Promise.all over many steps needs.
--- Each element is append_suspension_event's (idempotent per key, the same
--- validation, the same race guarantees), in input order; one statement, so
--- a bad element anywhere writes nothing. PL/pgSQL only checks the arrays and
--- unnests them; the rules stay in one place. SECURITY INVOKER, like the
--- single call.
+-- Batch creation: what one suspension with Promise.all over many steps needs
+-- (src/batch.rs). Each element is append_suspension_event's (idempotent per
+-- key, the same validation, the same race guarantees), in input order; one
+-- INSERT statement, so a bad element anywhere writes nothing, and the run is
+-- locked once for the whole batch. SECURITY INVOKER, like the single call:
+-- the INSERT needs the caller's own INSERT right on workflow_ext.events.
 CREATE FUNCTION workflow_ext.append_suspension_events(
     run_id text, correlation_ids text[], types text[], payloads jsonb[] DEFAULT NULL
 ) RETURNS TABLE (correlation_id text, event_id text, seq bigint, inserted boolean)
-    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF correlation_ids IS NULL OR types IS NULL THEN
-        RAISE EXCEPTION '% must not be null', CASE WHEN types IS NULL THEN 'types' ELSE 'correlation_ids' END
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF array_ndims(correlation_ids) > 1 OR array_ndims(types) > 1 OR array_ndims(payloads) > 1
-       OR cardinality(correlation_ids) <> cardinality(types)
-       OR cardinality(payloads) <> cardinality(types) THEN
-        RAISE EXCEPTION 'input arrays do not match'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('correlation_ids has %s elements, types %s, payloads %s; each must be one-dimensional.',
-                                  cardinality(correlation_ids), cardinality(types),
-                                  coalesce(cardinality(payloads)::text, 'none')),
-                  HINT = 'Pass one correlation id, one type and (if any) one payload per event.';
-    END IF;
-    RETURN QUERY
-    SELECT u.c, a.event_id, a.seq, a.inserted
-      FROM unnest(correlation_ids, types,
-                  coalesce(payloads, array_fill(NULL::jsonb, ARRAY[cardinality(types)])))
-           WITH ORDINALITY AS u(c, t, p, n)
-     CROSS JOIN LATERAL workflow_ext.append_suspension_event(run_id, u.c, u.t, u.p) a
-     ORDER BY u.n;
-END
-$$;
+    LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'append_suspension_events_wrapper';
 
 -- Validated append of any event type; a duplicate creation fails with 23505.
 -- The body is the INSERT alone: the events trigger checks everything, and an

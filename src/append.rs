@@ -44,6 +44,7 @@ struct LogPlans {
     /// table gets new plans (a kept plan re-parses its text).
     relname: String,
     relnamespace: pg_sys::Oid,
+    oid: pg_sys::Oid,
     /// Written for runs keyed by (log, run_id) ([`plans::runs_keyed_by_log`]).
     keyed: bool,
     insert_run: OwnedPreparedStatement,
@@ -78,7 +79,7 @@ thread_local! {
 /// The extension's own log, which the append functions write.
 const OWN_LOG: &str = "workflow_ext.events";
 
-const SUSPENSION_TYPES: [EventType; 4] = [
+pub(crate) const SUSPENSION_TYPES: [EventType; 4] = [
     EventType::RunCreated,
     EventType::StepCreated,
     EventType::WaitCreated,
@@ -165,6 +166,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
     LogPlans {
         relname: String::new(),
         relnamespace: pg_sys::InvalidOid,
+        oid: rel,
         keyed,
         insert_run: plans::keep(
             c,
@@ -500,6 +502,11 @@ fn decide(
 
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
 fn admit(client: &mut SpiClient<'_>, plans: &LogPlans, addr: &EventAddress<'_>) -> WfResult<i64> {
+    // A row of an announced batch whose run this transaction has locked
+    // for the batch (src/batch.rs).
+    if let Some(seq) = crate::batch::admit(client, plans.oid, addr)? {
+        return Ok(seq);
+    }
     if addr.event == EventType::RunCreated {
         let inserted = or_internal!(
             client.update(&plans.insert_run, Some(1), &[addr.run_id.into()]),
@@ -516,7 +523,11 @@ fn admit(client: &mut SpiClient<'_>, plans: &LogPlans, addr: &EventAddress<'_>) 
     decide(client, plans, addr, run, entity)
 }
 
-fn refused(addr: &EventAddress<'_>, violation: Violation, run_state: Option<State>) -> WfError {
+pub(crate) fn refused(
+    addr: &EventAddress<'_>,
+    violation: Violation,
+    run_state: Option<State>,
+) -> WfError {
     WfError::Refused {
         violation,
         run_id: addr.run_id.to_string(),
@@ -541,6 +552,18 @@ fn creation(
         ),
         "find creation"
     ))
+}
+
+/// The stored creation of a suspension event in `workflow_ext.events`, if
+/// any (a hook's hook_conflict counts: see [`find_creation_sql`]).
+pub(crate) fn stored_creation(
+    client: &mut SpiClient<'_>,
+    addr: &EventAddress<'_>,
+) -> Option<(String, i64)> {
+    let plan = suspension_index(addr.event)?;
+    with_append_plans(client, |c, plans| {
+        creation(c, &plans.find_creation[plan], addr)
+    })
 }
 
 /// Reads one column of the trigger's row as text (any type, via its output

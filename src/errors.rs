@@ -46,6 +46,13 @@ pub enum WfError {
     PayloadTooLarge { bytes: usize, limit: usize },
     /// A raw INSERT that names a seq other than the next one. 22023.
     SeqMismatch { given: i64, next: i64 },
+    /// `append_suspension_events` arrays of different lengths, or not
+    /// one-dimensional (element counts, `None`: no payloads). 22023.
+    BatchArraysMismatch {
+        correlation_ids: usize,
+        types: usize,
+        payloads: Option<usize>,
+    },
     /// The lifecycle forbids the event. 23503 (missing run / entity),
     /// 23505 (a duplicate the index cannot see) or 55000.
     Refused {
@@ -146,6 +153,7 @@ impl WfError {
             | WfError::CorrelationForbidden { .. }
             | WfError::PayloadNotObject
             | WfError::SeqMismatch { .. }
+            | WfError::BatchArraysMismatch { .. }
             | WfError::JoinExpectedMismatch { .. }
             | WfError::JoinExpectedInvalid { .. }
             | WfError::NegativeInterval
@@ -212,6 +220,7 @@ impl WfError {
                     }
                 }
             }
+            WfError::BatchArraysMismatch { .. } => "input arrays do not match".into(),
             WfError::AppendOnly { op, table } => format!("cannot {op} {table}"),
             WfError::JoinExpectedMismatch { join_key, .. } => {
                 format!("member count does not match join \"{}\"", clip(join_key))
@@ -275,6 +284,15 @@ impl WfError {
                 format!("The payload is {bytes} bytes; workflow_ext.max_payload_bytes is {limit}.")
             }
             WfError::SeqMismatch { next, .. } => format!("The next seq of this run is {next}."),
+            WfError::BatchArraysMismatch {
+                correlation_ids,
+                types,
+                payloads,
+            } => format!(
+                "correlation_ids has {correlation_ids} elements, types {types}, payloads {}; \
+                 each must be one-dimensional.",
+                payloads.map_or("none".to_string(), |n| n.to_string())
+            ),
             // The API contract of the module doc.
             WfError::Refused {
                 violation,
@@ -325,6 +343,9 @@ impl WfError {
             }
             WfError::Refused { violation: Violation::DuplicateCreation, .. } => {
                 "append_suspension_event returns the existing event instead of failing."
+            }
+            WfError::BatchArraysMismatch { .. } => {
+                "Pass one correlation id, one type and (if any) one payload per event."
             }
             WfError::NotSuspension { .. } => {
                 "The creation types are run_created, step_created, wait_created and hook_created; \

@@ -33,6 +33,7 @@ use pgrx::prelude::*;
 pub mod append;
 pub mod attach;
 pub mod audit;
+pub mod batch;
 pub mod bootstrap;
 pub mod errors;
 pub mod event_id;

@@ -32,6 +32,7 @@ SQL = ROOT / "sql"
 RELEASED = {
     "0.1.0": "349a20fd3f8e47675a933d7f71e58406a312e919c5a93fbd9bfee4dc1aca1966",
     "0.2.0": "4ffcc3471deb94e5a420ec75fff59e57fd34a455a4e31c8b861676dba4c2bf7c",
+    "0.3.0": "8fc255041a6f874d09d8358b4a909d50e0aa306025ba9200bd353dc8663f7269",
 }
 
 
@@ -213,3 +214,7 @@ def test_update_equals_fresh_install_and_keeps_data(fresh_db, version):
         assert c.execute("SELECT workflow_ext.bootstrap_begin('mig@v1')").fetchone()[0] is True
         c.execute("SELECT workflow_ext.bootstrap_end('mig@v1')")
         assert c.execute("SELECT workflow_ext.bootstrap_begin('mig@v1')").fetchone()[0] is False
+        # 0.4.0's batch in Rust: one call, dense seqs after the single appends.
+        rows = c.execute("SELECT correlation_id, seq, inserted FROM workflow_ext.append_suspension_events("
+                         "'wrun_d', ARRAY['b1', 'b2', 'b1'], ARRAY['step_created', 'step_created', 'step_created'])").fetchall()
+        assert rows == [("b1", 6, True), ("b2", 7, True), ("b1", 6, False)]
