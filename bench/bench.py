@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+from netdelay import DelayProxy
+import plots
+
 DB = "wfx_bench"
 HERE = os.path.dirname(os.path.abspath(__file__))
 # psql and pgbench of the PostgreSQL under test: scripts/pg.sh names it (PG=…).
@@ -45,8 +48,9 @@ def psql_file(path, db=DB):
         sys.exit(f"psql -f {path} failed:\n{out.stderr}")
 
 
-def pgbench(script, clients, seconds, variables=None):
-    """Runs one pgbench round; returns (tps, mean latency ms)."""
+def pgbench(script, clients, seconds, variables=None, via=None):
+    """Runs one pgbench round; returns (tps, mean latency ms). `via`: (host,
+    port) to connect through instead of the environment's socket."""
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
         path = f.name
@@ -54,6 +58,8 @@ def pgbench(script, clients, seconds, variables=None):
             "-T", str(seconds), "-f", path]
     for k, v in (variables or {}).items():
         args += ["-D", f"{k}={v}"]
+    if via:
+        args += ["-h", via[0], "-p", str(via[1])]
     out = subprocess.run(args + [DB], capture_output=True, text=True)
     os.unlink(path)
     if out.returncode != 0 or "tps = " not in out.stdout:
@@ -66,18 +72,18 @@ def pgbench(script, clients, seconds, variables=None):
     return tps, lat
 
 
-def alternate(scripts, clients, seconds, rounds, variables=None):
+def alternate(scripts, clients, seconds, rounds, variables=None, via=None):
     """Runs the scripts in turn, `rounds` times; returns each one's median tps."""
     tps = [[] for _ in scripts]
     for _ in range(rounds):
         for i, script in enumerate(scripts):
-            tps[i].append(pgbench(script, clients, seconds, variables)[0])
+            tps[i].append(pgbench(script, clients, seconds, variables, via)[0])
     return tuple(statistics.median(t) for t in tps)
 
 
-def side_by_side(a, b, clients, seconds, rounds, variables=None):
+def side_by_side(a, b, clients, seconds, rounds, variables=None, via=None):
     """Alternates A and B; returns (median tps A, median tps B)."""
-    return alternate([a, b], clients, seconds, rounds, variables)
+    return alternate([a, b], clients, seconds, rounds, variables, via)
 
 
 # The pgbench scripts. `prefix` keeps each workload's keys apart; `runs` and
@@ -153,16 +159,31 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}, PostgreSQL {pg}"
 
 
+SECTIONS = ("append", "duplicate", "lifecycle", "client_side", "plpgsql", "network", "batch", "replay", "scan", "space")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default="", help="comma-separated sections of " + ", ".join(SECTIONS))
     opt = ap.parse_args()
     smoke = opt.smoke
-    secs = 1 if smoke else 8
+    only = set(filter(None, opt.only.split(",")))
+    if only - set(SECTIONS):
+        sys.exit(f"unknown section(s): {', '.join(sorted(only - set(SECTIONS)))}")
+
+    def want(section):
+        return not only or section in only
+
+    secs = 1 if smoke else 6
+    sweep_secs = 1 if smoke else 5
     rounds = 1 if smoke else 3
     sizes = [1000, 2000] if smoke else [1000, 10000, 51200]
+    big_run = 5000 if smoke else 1_000_000
     scan_events = 20000 if smoke else 1_000_000
+    sweep_clients = (1, 4) if smoke else (1, 2, 4, 8)
+    batch_sizes = (1, 10) if smoke else (1, 10, 25, 50, 100)
 
     psql(f"DROP DATABASE IF EXISTS {DB}", db="postgres")
     psql(f"CREATE DATABASE {DB}", db="postgres")
@@ -170,144 +191,247 @@ def main():
     psql_file(os.path.join(HERE, "plpgsql.sql"))
     psql_file(os.path.join(HERE, "plpgsql_replay.sql"))
     rows = []  # (workload, A, B, A value, B value, ratio, unit)
+    # What the plots draw (bench/plots.py), written next to BENCHMARKS.md.
+    series = {"sweep": {}, "replay": [], "batch": []}
 
     def row(name, a_name, b_name, a, b, unit="tps"):
         ratio = a / b if b else float("nan")
         rows.append((name, a_name, b_name, a, b, ratio, unit))
         print(f"{name:58s} {a_name}={a:,.1f} {b_name}={b:,.1f} {unit}  ratio={ratio:.2f}", flush=True)
 
-    # 1. New keys: append_suspension_event vs a raw INSERT … ON CONFLICT DO NOTHING
-    #    into a table of the same shape and indexes (no trigger, no seq care).
-    for clients in (1, 4):
-        for runs, label in ((1000, "many runs"), (1, "one run")):
-            v = {"runs": runs}
-            a = suspension_script("step", runs=":runs")
-            b = draw(":runs", KEYS) + raw_insert_sql("step") + ";\n"
-            if runs == 1:
-                ta, tb = side_by_side(a, b, clients, secs, rounds, v)
-            else:
-                # The dense-seq floor in the same alternation: what bumping a
-                # run row in the insert's own statement costs, and no more.
-                f = (draw(":runs", KEYS) + "WITH u AS (UPDATE floor_runs SET last_seq = last_seq + 1 WHERE run_id = 'run-' || :r "
-                     "RETURNING last_seq) "
-                     "INSERT INTO floor_events (id, run_id, seq, type, correlation_id) "
-                     "SELECT workflow_ext.new_event_id(), 'run-' || :r, u.last_seq, 'step_created', 'step_' || :k "
-                     f"FROM u {CREATION_CONFLICT};\n")
-                ta, tb, tf = alternate([a, b, f], clients, secs, rounds, v)
-                row(f"dense-seq floor, {clients} client(s), {label}", "floor", "raw_insert", tf, tb)
-                row(f"new key vs the floor, {clients} client(s), {label}", "append_suspension", "floor", ta, tf)
-            row(f"new key, {clients} client(s), {label}", "append_suspension", "raw_insert", ta, tb)
+    # 1. New keys, many runs, 1..8 clients: append_suspension_event and
+    #    append_event vs a raw INSERT … ON CONFLICT DO NOTHING into a table of
+    #    the same shape and indexes (no trigger, no seq care), and two floors
+    #    of a dense per-run seq in the same alternation:
+    #    - "floor": bump a run row and insert, in one statement (what the
+    #      extension's lock is, and no more);
+    #    - "lock floor": lock the run row (FOR UPDATE, no new row version)
+    #      and take max(seq) + 1 from the (run_id, seq) index, in one
+    #      statement. Not a correct writer at more than one client (the max
+    #      is read in the statement's snapshot; a collision is skipped by
+    #      ON CONFLICT): it is the cheapest a row-lock design could be.
+    if want("append"):
+        v = {"runs": 1000}
+        scripts = {
+            "append_suspension": suspension_script("step", runs=":runs"),
+            "append_event": draw(":runs", KEYS)
+            + "SELECT * FROM workflow_ext.append_event('run-' || :r, 'ev_' || :k, 'step_created');\n",
+            "raw_insert": draw(":runs", KEYS) + raw_insert_sql("step") + ";\n",
+            "floor": draw(":runs", KEYS)
+            + "WITH u AS (UPDATE floor_runs SET last_seq = last_seq + 1 WHERE run_id = 'run-' || :r "
+            "RETURNING last_seq) "
+            "INSERT INTO floor_events (id, run_id, seq, type, correlation_id) "
+            "SELECT workflow_ext.new_event_id(), 'run-' || :r, u.last_seq, 'step_created', 'step_' || :k "
+            f"FROM u {CREATION_CONFLICT};\n",
+            "lock_floor": draw(":runs", KEYS)
+            + "WITH l AS (SELECT run_id FROM floor_runs WHERE run_id = 'run-' || :r FOR UPDATE) "
+            "INSERT INTO lock_floor_events (id, run_id, seq, type, correlation_id) "
+            "SELECT workflow_ext.new_event_id(), l.run_id, "
+            "coalesce((SELECT max(e.seq) FROM lock_floor_events e WHERE e.run_id = l.run_id), 0) + 1, "
+            "'step_created', 'step_' || :k FROM l ON CONFLICT DO NOTHING;\n",
+        }
+        names = list(scripts)
+        for clients in sweep_clients:
+            tps = dict(zip(names, alternate([scripts[n] for n in names], clients, sweep_secs, rounds, v)))
+            series["sweep"][clients] = tps
+            if clients in (1, 4):
+                raw = tps["raw_insert"]
+                row(f"new key, {clients} client(s), many runs", "append_suspension", "raw_insert",
+                    tps["append_suspension"], raw)
+                row(f"step_created via append_event, {clients} client(s)", "append_event", "raw_insert",
+                    tps["append_event"], raw)
+                row(f"dense-seq floor, {clients} client(s)", "floor", "raw_insert", tps["floor"], raw)
+                row(f"row-lock floor, {clients} client(s)", "lock_floor", "raw_insert", tps["lock_floor"], raw)
+                row(f"new key vs the floor, {clients} client(s)", "append_suspension", "floor",
+                    tps["append_suspension"], tps["floor"])
+        # Contention on one run: appends to a run are serialized by its lock.
+        ta, tb = side_by_side(suspension_script("one", runs=1), draw(1, KEYS) + raw_insert_sql("one") + ";\n",
+                              4, sweep_secs, rounds)
+        row("new key, 4 client(s), one run", "append_suspension", "raw_insert", ta, tb)
 
     # 2. Duplicate path: the key exists. vs an indexed SELECT of that row.
-    a = ("\\set k random(1, 1000)\n"
-         "SELECT * FROM workflow_ext.append_suspension_event('dup-run', 'step_' || :k, 'step_created');\n")
-    b = ("\\set k random(1, 1000)\n"
-         "SELECT id, seq FROM workflow_ext.events WHERE run_id = 'dup-run' AND correlation_id = 'step_' || :k "
-         "AND type = 'step_created';\n")
-    for clients in (1, 4):
-        ta, tb = side_by_side(a, b, clients, secs, rounds)
-        row(f"existing key, {clients} client(s)", "append_suspension", "indexed_select", ta, tb)
+    if want("duplicate"):
+        a = ("\\set k random(1, 1000)\n"
+             "SELECT * FROM workflow_ext.append_suspension_event('dup-run', 'step_' || :k, 'step_created');\n")
+        b = ("\\set k random(1, 1000)\n"
+             "SELECT id, seq FROM workflow_ext.events WHERE run_id = 'dup-run' AND correlation_id = 'step_' || :k "
+             "AND type = 'step_created';\n")
+        for clients in (1, 4):
+            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            row(f"existing key, {clients} client(s)", "append_suspension", "indexed_select", ta, tb)
 
     # 3. A step lifecycle (created, started, completed) through append_event vs
     #    raw inserts of the same three events.
-    a = (draw(1000, KEYS) + "BEGIN;\n"
-         "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_created');\n"
-         "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_started');\n"
-         "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_completed');\nCOMMIT;\n")
-    b = (draw(1000, KEYS) + "BEGIN;\n"
-         + "".join(
-             "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) VALUES "
-             f"(workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), '{t}', 'life_' || :k);\n"
-             for t in ("step_created", "step_started", "step_completed"))
-         + "COMMIT;\n")
-    for clients in (1, 4):
-        ta, tb = side_by_side(a, b, clients, secs, rounds)
-        row(f"step lifecycle (3 events), {clients} client(s)", "append_event", "raw_insert", ta, tb)
+    if want("lifecycle"):
+        a = (draw(1000, KEYS) + "BEGIN;\n"
+             "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_created');\n"
+             "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_started');\n"
+             "SELECT * FROM workflow_ext.append_event('run-' || :r, 'life_' || :k, 'step_completed');\nCOMMIT;\n")
+        b = (draw(1000, KEYS) + "BEGIN;\n"
+             + "".join(
+                 "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) VALUES "
+                 f"(workflow_ext.new_event_id(), 'run-' || :r, nextval('raw_seq'), '{t}', 'life_' || :k);\n"
+                 for t in ("step_created", "step_started", "step_completed"))
+             + "COMMIT;\n")
+        for clients in (1, 4):
+            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            row(f"step lifecycle (3 events), {clients} client(s)", "append_event", "raw_insert", ta, tb)
 
-    # 4. The client-side way (what world-postgres does): INSERT … ON CONFLICT
-    #    DO NOTHING, then read the winner back in a second round trip.
-    a = suspension_script("cs", keys=2000)
-    b = (draw(1000, 2000) + raw_insert_sql("cs") + " RETURNING id;\n"
-         "SELECT id, seq FROM raw_events WHERE run_id = 'run-' || :r AND correlation_id = 'cs_' || :k "
-         "AND type = 'step_created';\n")
-    for clients in (1, 4):
-        ta, tb = side_by_side(a, b, clients, secs, rounds)
-        row(f"client-side insert+read vs one call, {clients} client(s)", "append_suspension", "client_side", ta, tb)
+    # 4. The client-side path the DevKit world runs (one transaction: the
+    #    entity row with ON CONFLICT DO NOTHING, a look-up of an existing
+    #    creation event, the event insert, commit): five round trips, against
+    #    one call. Over the local socket here; over a delayed network in 4b.
+    def client_side_script(prefix):
+        return (draw(1000, KEYS) + "BEGIN;\n"
+                f"INSERT INTO cs_steps (step_id, run_id, status) VALUES ('{prefix}_' || :k, 'run-' || :r, 'pending') "
+                "ON CONFLICT DO NOTHING;\n"
+                f"SELECT id, seq FROM raw_events WHERE run_id = 'run-' || :r AND correlation_id = '{prefix}_' || :k "
+                "AND type = 'step_created';\n"
+                + raw_insert_sql(prefix) + " RETURNING id;\nCOMMIT;\n")
+
+    if want("client_side"):
+        a = suspension_script("cs")
+        b = client_side_script("cs")
+        for clients in (1, 4):
+            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            row(f"client-side transaction vs one call, {clients} client(s), local socket",
+                "append_suspension", "client_side", ta, tb)
+
+    # 4b. The same over a network: a TCP proxy on loopback delaying each
+    #     direction by 0.25 ms (bench/netdelay.py). What it really adds is
+    #     measured with SELECT 1 through it and directly.
+    if want("network"):
+        sock = os.path.join(os.environ["PGHOST"], f".s.PGSQL.{os.environ['PGPORT']}")
+        with DelayProxy(sock, delay=0.00025) as proxy:
+            via = ("127.0.0.1", proxy.port)
+
+            def added_round_trip():
+                # SELECT 1 latency through the proxy minus direct, in seconds.
+                direct = pgbench("SELECT 1;\n", 1, 3)[1]
+                return (pgbench("SELECT 1;\n", 1, 3, via=via)[1] - direct) / 1000
+
+            added = proxy.calibrate(added_round_trip) * 1000
+            rows.append(("round trip added by the proxy (SELECT 1 latency, through - direct)", "proxy", "",
+                         added, 0, float("nan"), "ms"))
+            print(f"proxy adds {added:.3f} ms per round trip (pumps sleep {proxy.sleep * 1e6:.0f} us)", flush=True)
+            a = suspension_script("net")
+            b = client_side_script("net")
+            for clients in (1, 8):
+                ta, tb = side_by_side(a, b, clients, secs, rounds, via=via)
+                row(f"client-side transaction vs one call, {clients} client(s), 0.25 ms each way",
+                    "append_suspension", "client_side", ta, tb)
 
     # 5. PL/pgSQL with the same semantics (bench/plpgsql.sql, not installed).
-    a = suspension_script("pl")
-    b = suspension_script("pl", function="plpgsql_append_suspension_event")
-    for clients in (1, 4):
-        ta, tb = side_by_side(a, b, clients, secs, rounds)
-        row(f"new key vs PL/pgSQL version, {clients} client(s)", "append_suspension", "plpgsql", ta, tb)
+    if want("plpgsql"):
+        a = suspension_script("pl")
+        b = suspension_script("pl", function="plpgsql_append_suspension_event")
+        for clients in (1, 4):
+            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            row(f"new key vs PL/pgSQL version, {clients} client(s)", "append_suspension", "plpgsql", ta, tb)
 
-    # 5b. Batch creation: one suspension of 50 steps (a new run each time), as
-    #     one append_suspension_events call vs 50 single calls each in its own
-    #     transaction vs 50 single calls in one transaction.
-    steps = 50
-    run = "'batch-' || :r || '-' || :client_id"
-    head = "\\set r random(1, 1000000000)\n"
-    created = f"SELECT workflow_ext.append_suspension_event({run}, NULL, 'run_created');\n"
-    singles = "".join(
-        f"SELECT * FROM workflow_ext.append_suspension_event({run}, 'step_{i}', 'step_created');\n"
-        for i in range(1, steps + 1))
-    a = (head + "BEGIN;\n" + created
-         + f"SELECT count(*) FROM workflow_ext.append_suspension_events({run}, "
-           f"(SELECT array_agg('step_' || i) FROM generate_series(1, {steps}) i), "
-           f"array_fill('step_created'::text, ARRAY[{steps}]));\nCOMMIT;\n")
-    b = head + created + singles
-    c = head + "BEGIN;\n" + created + singles + "COMMIT;\n"
-    for clients in (1, 4):
-        ta, tb, tc = alternate([a, b, c], clients, secs, rounds)
-        row(f"{steps}-step suspension, {clients} client(s): events/s", "batch_call", "single_calls_own_tx",
-            ta * steps, tb * steps, "events/s")
-        row(f"{steps}-step suspension, {clients} client(s): events/s", "batch_call", "single_calls_one_tx",
-            ta * steps, tc * steps, "events/s")
+    # 5b. Batch creation: one suspension of n steps (a new run each time), as
+    #     one append_suspension_events call vs n single calls each in its own
+    #     transaction vs n single calls in one transaction.
+    def suspension_scripts(steps):
+        run = "'batch-' || :r || '-' || :client_id"
+        head = "\\set r random(1, 1000000000)\n"
+        created = f"SELECT workflow_ext.append_suspension_event({run}, NULL, 'run_created');\n"
+        singles = "".join(
+            f"SELECT * FROM workflow_ext.append_suspension_event({run}, 'step_{i}', 'step_created');\n"
+            for i in range(1, steps + 1))
+        batch = (head + "BEGIN;\n" + created
+                 + f"SELECT count(*) FROM workflow_ext.append_suspension_events({run}, "
+                   f"(SELECT array_agg('step_' || i) FROM generate_series(1, {steps}) i), "
+                   f"array_fill('step_created'::text, ARRAY[{steps}]));\nCOMMIT;\n")
+        return batch, head + created + singles, head + "BEGIN;\n" + created + singles + "COMMIT;\n"
 
-    # 6. Replay vs the plain ordered read of the same rows, per run length,
-    #    and vs the PL/pgSQL replay (bench/plpgsql_replay.sql, not installed).
-    for n in sizes:
-        psql(f"SELECT make_run('replay-{n}', {n})")
-    for n in sizes:
-        a = f"SELECT count(*) FROM workflow_ext.replay('replay-{n}');\n"
-        b = (f"SELECT seq, id, type, correlation_id FROM workflow_ext.events "
-             f"WHERE run_id = 'replay-{n}' ORDER BY seq;\n")
-        p = f"SELECT count(*) FROM plpgsql_replay('replay-{n}');\n"
-        ta, tb, tp = alternate([a, b, p], 1, secs, rounds)
-        row(f"replay {n:,} events (runs/s)", "replay", "ordered_select", ta, tb, "runs/s")
-        row(f"replay {n:,} events vs PL/pgSQL replay (runs/s)", "replay", "plpgsql_replay", ta, tp, "runs/s")
-        rows.append((f"replay {n:,} events: events/s", "replay", "", ta * n, 0, float("nan"), "events/s"))
+    if want("batch"):
+        steps = 50
+        a, b, c = suspension_scripts(steps)
+        for clients in (1, 4):
+            ta, tb, tc = alternate([a, b, c], clients, secs, rounds)
+            row(f"{steps}-step suspension, {clients} client(s): events/s", "batch_call", "single_calls_own_tx",
+                ta * steps, tb * steps, "events/s")
+            row(f"{steps}-step suspension, {clients} client(s): events/s", "batch_call", "single_calls_one_tx",
+                ta * steps, tc * steps, "events/s")
+        for n in batch_sizes:
+            a, b, c = suspension_scripts(n)
+            ta, tb, tc = alternate([a, b, c], 1, sweep_secs, max(1, rounds - 1))
+            series["batch"].append({"size": n, "batch_call": ta * n, "single_calls_own_tx": tb * n,
+                                    "single_calls_one_tx": tc * n})
+            print(f"batch size {n}: batch {ta * n:,.0f} events/s, singles {tb * n:,.0f} (own tx), "
+                  f"{tc * n:,.0f} (one tx)", flush=True)
+
+    # 6. Replay vs the plain ordered read of the same columns, deformed in the
+    #    server (summed lengths: every value is read, nothing is sent), per
+    #    run length, and vs the PL/pgSQL replay (bench/plpgsql_replay.sql).
+    def ordered_read(run):
+        return ("SELECT sum(length(id) + coalesce(length(correlation_id), 0) + length(type::text) + seq) "
+                f"FROM (SELECT id, correlation_id, type, seq FROM workflow_ext.events WHERE run_id = '{run}' "
+                "ORDER BY seq) s;\n")
+
+    if want("replay"):
+        for n in sizes:
+            psql(f"SELECT make_run('replay-{n}', {n})")
+        for n in sizes:
+            a = f"SELECT count(*) FROM workflow_ext.replay('replay-{n}');\n"
+            b = ordered_read(f"replay-{n}")
+            p = f"SELECT count(*) FROM plpgsql_replay('replay-{n}');\n"
+            ta, tb, tp = alternate([a, b, p], 1, secs, rounds)
+            row(f"replay {n:,} events (runs/s)", "replay", "ordered_read", ta, tb, "runs/s")
+            row(f"replay {n:,} events vs PL/pgSQL replay (runs/s)", "replay", "plpgsql_replay", ta, tp, "runs/s")
+            rows.append((f"replay {n:,} events: events/s", "replay", "", ta * n, 0, float("nan"), "events/s"))
+            series["replay"].append({"events": n, "replay_s": 1 / ta, "ordered_read_s": 1 / tb})
+        # One long run, timed in one session (a pgbench round would be one call).
+        psql(f"SELECT make_run('replay-big', {big_run})")
+        psql("VACUUM ANALYZE workflow_ext.events")
+        ta = tb = None
+        times = {"replay": [], "read": []}
+        for _ in range(rounds):
+            times["replay"].append(timed(f"SELECT count(*) FROM workflow_ext.replay('replay-big')", 1))
+            times["read"].append(timed(ordered_read("replay-big"), 1))
+        ta, tb = statistics.median(times["replay"]), statistics.median(times["read"])
+        row(f"replay {big_run:,} events (runs/s)", "replay", "ordered_read", 1 / ta, 1 / tb, "runs/s")
+        rows.append((f"replay {big_run:,} events: events/s", "replay", "", big_run / ta, 0, float("nan"), "events/s"))
+        series["replay"].append({"events": big_run, "replay_s": ta, "ordered_read_s": tb})
 
     # 7. The database-wide scan.
-    runs = scan_events // 100
-    psql(f"SELECT make_run('scan-' || i, 100) FROM generate_series(1, {runs}) i")
-    total = int(psql("SELECT count(*) FROM workflow_ext.events"))
-    t = timed("SELECT count(*) FROM workflow_ext.scan()", 1 if smoke else 3)
-    rows.append((f"scan of {total:,} events", "scan", "", total / t, 0, float("nan"), "events/s"))
-    print(f"scan: {total:,} events in {t:.2f} s = {total / t:,.0f} events/s", flush=True)
+    if want("scan"):
+        runs = scan_events // 100
+        psql(f"SELECT make_run('scan-' || i, 100) FROM generate_series(1, {runs}) i")
+        total = int(psql("SELECT count(*) FROM workflow_ext.events"))
+        t = timed("SELECT count(*) FROM workflow_ext.scan()", 1 if smoke else 3)
+        rows.append((f"scan of {total:,} events", "scan", "", total / t, 0, float("nan"), "events/s"))
+        print(f"scan: {total:,} events in {t:.2f} s = {total / t:,.0f} events/s", flush=True)
 
-    # 8. Space and WAL per event.
-    per_event = psql("SELECT pg_total_relation_size('workflow_ext.events') / count(*) FROM workflow_ext.events")
-    raw_per_event = psql("SELECT pg_total_relation_size('raw_events') / count(*) FROM raw_events")
-    rows.append(("table+index bytes per event", "events", "raw_events", float(per_event), float(raw_per_event),
-                 float(per_event) / float(raw_per_event), "bytes"))
-    n = 200 if smoke else 5000
-    wal = {"a": [], "b": []}
-    for _ in range(rounds):
-        wal["a"].append(wal_per_call(suspension_script("wal"), n))
-        wal["b"].append(wal_per_call(draw(1000, KEYS) + raw_insert_sql("wal", on_conflict=False) + ";\n", n))
-    rec_a, fpi_a = (statistics.median(x[i] for x in wal["a"]) for i in (0, 1))
-    rec_b, fpi_b = (statistics.median(x[i] for x in wal["b"]) for i in (0, 1))
-    rows.append(("WAL record bytes per call, new key, own transaction", "append_suspension", "raw_insert",
-                 rec_a, rec_b, rec_a / rec_b, "bytes"))
-    rows.append(("WAL full-page-image bytes per call (after a CHECKPOINT)", "append_suspension", "raw_insert",
-                 fpi_a, fpi_b, fpi_a / fpi_b if fpi_b else float("nan"), "bytes"))
-    print(f"bytes per event (table+indexes): {per_event} vs raw {raw_per_event}; "
-          f"WAL records per call: {rec_a:.0f} vs raw {rec_b:.0f}; FPI per call: {fpi_a:.0f} vs raw {fpi_b:.0f}",
-          flush=True)
+    if want("space"):
+        # 8. Space and WAL per event.
+        per_event = psql("SELECT pg_total_relation_size('workflow_ext.events') / count(*) FROM workflow_ext.events")
+        raw_per_event = psql("SELECT pg_total_relation_size('raw_events') / count(*) FROM raw_events")
+        rows.append(("table+index bytes per event", "events", "raw_events", float(per_event), float(raw_per_event),
+                     float(per_event) / float(raw_per_event), "bytes"))
+        n = 200 if smoke else 5000
+        wal = {"a": [], "b": []}
+        for _ in range(rounds):
+            wal["a"].append(wal_per_call(suspension_script("wal"), n))
+            wal["b"].append(wal_per_call(draw(1000, KEYS) + raw_insert_sql("wal", on_conflict=False) + ";\n", n))
+        rec_a, fpi_a = (statistics.median(x[i] for x in wal["a"]) for i in (0, 1))
+        rec_b, fpi_b = (statistics.median(x[i] for x in wal["b"]) for i in (0, 1))
+        rows.append(("WAL record bytes per call, new key, own transaction", "append_suspension", "raw_insert",
+                     rec_a, rec_b, rec_a / rec_b, "bytes"))
+        rows.append(("WAL full-page-image bytes per call (after a CHECKPOINT)", "append_suspension", "raw_insert",
+                     fpi_a, fpi_b, fpi_a / fpi_b if fpi_b else float("nan"), "bytes"))
+        print(f"bytes per event (table+indexes): {per_event} vs raw {raw_per_event}; "
+              f"WAL records per call: {rec_a:.0f} vs raw {rec_b:.0f}; FPI per call: {fpi_a:.0f} vs raw {fpi_b:.0f}",
+              flush=True)
 
     if opt.out:
         write_markdown(opt.out, rows, smoke, secs, rounds)
+    # The pictures: next to BENCHMARKS.md for a full run, in a scratch
+    # directory for the smoke run (which only checks that they can be drawn).
+    out_dir = os.path.dirname(os.path.abspath(opt.out)) if opt.out and not smoke else tempfile.mkdtemp()
+    for path in plots.draw(series, out_dir):
+        print(f"wrote {path}", flush=True)
 
 
 def write_markdown(path, rows, smoke, secs, rounds):

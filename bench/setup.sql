@@ -12,6 +12,13 @@ CREATE SEQUENCE raw_seq;
 CREATE TABLE floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 CREATE TABLE floor_runs (run_id text PRIMARY KEY, last_seq bigint NOT NULL) WITH (fillfactor = 80);
 INSERT INTO floor_runs SELECT 'run-' || i, 2 FROM generate_series(1, 1000) i;
+-- The row-lock floor: the run row locked FOR UPDATE, seq = max(seq) + 1.
+CREATE TABLE lock_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+
+-- The DevKit world's entity table for the client-side path (workflow_steps:
+-- primary key step_id).
+CREATE TABLE cs_steps (step_id text PRIMARY KEY, run_id text NOT NULL, status text NOT NULL,
+                       created_at timestamptz NOT NULL DEFAULT now());
 
 -- Runs for the append workloads, and a run whose 1,000 steps exist already.
 SELECT count(*) FROM (SELECT workflow_ext.append_event('run-' || i, NULL, 'run_created'),

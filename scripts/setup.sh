@@ -34,18 +34,22 @@ mon_pkgs=(prometheus-postgres-exporter)
 for p in "${pg_pkgs[@]}" "${mon_pkgs[@]}" libclang-dev clang sudo pkg-config; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
-if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
-  need_promtool=1
-fi
-if [ ${#need_pkgs[@]} -gt 0 ] || [ -n "${need_promtool:-}" ]; then
-  echo "setup: installing Debian packages: ${need_pkgs[*]} ${need_promtool:+prometheus}"
+# Installed without their recommends: prometheus only for promtool (not
+# node-exporter and the rest); linux-perf records the profiles in
+# BENCHMARKS.md (bench/profile.sh). matplotlib, for `make bench`'s plots,
+# comes from PyPI with the test clients (tests/requirements.txt).
+norec_pkgs=()
+for p in prometheus linux-perf; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || norec_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ] || [ ${#norec_pkgs[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_pkgs[*]} ${norec_pkgs[*]}"
   $SUDO apt-get update -qq
   if [ ${#need_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
   fi
-  if [ -n "${need_promtool:-}" ]; then
-    # Only for promtool: without recommends (node-exporter and the rest).
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [ ${#norec_pkgs[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${norec_pkgs[@]}" >/dev/null
   fi
   # The packages ship services; the tests start their own exporter.
   for svc in prometheus-postgres-exporter prometheus; do

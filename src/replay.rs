@@ -34,6 +34,10 @@ struct Source {
     /// A jsonb `payload` column: hook tokens can be read (the DevKit's 4.x
     /// rows keep their data in payload_cbor, which SQL cannot read).
     has_jsonb_payload: bool,
+    /// The extension's own log, whose `type` is the enum: it is read as the
+    /// enum's OID and named from these labels, instead of going through the
+    /// enum's output and text's input twice per row.
+    enum_labels: Option<Vec<(pg_sys::Oid, String)>>,
 }
 
 fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
@@ -75,7 +79,28 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
         });
     }
     let has_jsonb_payload: bool = or_internal!(row.get(4), "source payload").unwrap_or(false);
+    let enum_labels = (name == "workflow_ext.events").then(|| {
+        or_internal!(
+            client.select(
+                "SELECT e.oid, e.enumlabel::text FROM pg_catalog.pg_enum e \
+                  WHERE e.enumtypid = 'workflow_ext.event_type'::pg_catalog.regtype",
+                None,
+                &[],
+            ),
+            "event type labels"
+        )
+        .map(|r| {
+            let oid: Option<pg_sys::Oid> = r.get(1).ok().flatten();
+            let label: Option<String> = r.get(2).ok().flatten();
+            (
+                oid.unwrap_or_else(|| internal!("enum label without oid")),
+                label.unwrap_or_default(),
+            )
+        })
+        .collect()
+    });
     Ok(Source {
+        enum_labels,
         has_seq: has("seq"),
         has_created_at: has("created_at"),
         has_jsonb_payload,
@@ -125,11 +150,19 @@ fn stream(
     client: &SpiClient<'_>,
     query: &str,
     args: &[pgrx::datum::DatumWithOid<'_>],
-    has_seq: bool,
+    src: &Source,
     mut on_run_end: impl FnMut(Option<&str>, i64),
     mut on_token: impl FnMut(&str),
     mut emit: impl FnMut(&StoredEvent<'_>, Finding),
 ) {
+    let has_seq = src.has_seq;
+    let label = |d: pg_sys::Datum| -> Option<&str> {
+        let oid = pg_sys::Oid::from(d.value() as u32);
+        src.enum_labels
+            .as_ref()
+            .and_then(|l| l.iter().find(|(o, _)| *o == oid))
+            .map(|(_, l)| l.as_str())
+    };
     let mut cursor = or_internal!(client.try_open_cursor(query, args), "open replay cursor");
     let mut auditor = Auditor::new();
     // The run being audited: None before the first row; Some(None) for the
@@ -177,7 +210,11 @@ fn stream(
                                 (true, true) => Seq::Null,
                                 (true, false) => Seq::Value(values[0].value() as i64),
                             },
-                            type_name: txt(1),
+                            type_name: match (nulls[1], &src.enum_labels) {
+                                (true, _) => None,
+                                (false, Some(_)) => label(values[1]),
+                                (false, None) => text(values[1]),
+                            },
                             correlation_id: txt(2),
                             id: txt(3),
                             run_id: txt(4),
@@ -234,15 +271,24 @@ fn order_by(src: &Source) -> &'static str {
 /// The select list `stream` reads.
 fn columns(src: &Source) -> String {
     format!(
-        "{}, type::text, correlation_id::text, id::text, run_id::text, {}",
+        "{}, {}, correlation_id::text, id::text, run_id::text, {}",
         seq_column(src),
+        if src.enum_labels.is_some() {
+            "type"
+        } else {
+            "type::text"
+        },
         token_column(src)
     )
 }
 
 /// A hook_created's token, as the writer reads it (events_track_hook_tokens).
 fn token_column(src: &Source) -> &'static str {
-    if src.has_jsonb_payload {
+    if src.enum_labels.is_some() {
+        "CASE WHEN type = 'hook_created'::workflow_ext.event_type \
+              AND pg_catalog.jsonb_typeof(payload OPERATOR(pg_catalog.->) 'token') = 'string' \
+         THEN payload OPERATOR(pg_catalog.->>) 'token' END"
+    } else if src.has_jsonb_payload {
         "CASE WHEN type::text = 'hook_created' \
               AND pg_catalog.jsonb_typeof(payload OPERATOR(pg_catalog.->) 'token') = 'string' \
          THEN payload OPERATOR(pg_catalog.->>) 'token' END"
@@ -399,7 +445,7 @@ fn replay(
             client,
             &query,
             &[run_id.into()],
-            src.has_seq,
+            &src,
             |_, _| {},
             |t| tokens.push(t.to_string()),
             |e, f| {
@@ -512,7 +558,7 @@ fn scan(
             client,
             &query,
             &args,
-            src.has_seq,
+            &src,
             |run, events| {
                 if since.is_some() {
                     audited.extend(run.map(str::to_string));
