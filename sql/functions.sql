@@ -2,10 +2,16 @@
 -- signatures, volatility, security and search_path are declared here, in
 -- one place, next to the reason for each choice.
 --
--- Every function that runs SQL pins search_path to pg_catalog, then pg_temp
--- (last, explicitly, so a temporary object can never shadow anything): a
+-- Every function that runs SQL is immune to the caller's search_path, so a
 -- caller cannot redirect the extension's statements with look-alike tables,
--- functions or operators earlier on its own search_path.
+-- types, functions or operators earlier on its own path. Two ways:
+-- - the write path (the events trigger, append_suspension_event[s],
+--   append_event) spells every name with its schema, operators included
+--   (OPERATOR(pg_catalog.=), see src/plans.rs), and pins nothing: a pinned
+--   search_path is a GUC pushed and popped on every call, which cost a
+--   quarter of an append's time (BENCHMARKS.md);
+-- - every other function pins search_path to pg_catalog, then pg_temp (last,
+--   explicitly, so a temporary object can never shadow anything).
 
 -- Triggers -------------------------------------------------------------------
 
@@ -13,9 +19,10 @@
 -- workflow_ext.events and each attached table. It writes workflow_ext.runs,
 -- which clients may not touch: SECURITY DEFINER (the extension owner) is what
 -- lets any role that may INSERT into a log have its row validated and
--- stamped. It runs only fixed, parameterised statements.
+-- stamped. It runs only fixed, parameterised, fully qualified statements
+-- (no search_path pin: see the top of this file).
 CREATE FUNCTION workflow_ext.events_before_insert() RETURNS trigger
-    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    LANGUAGE c SECURITY DEFINER
     AS 'MODULE_PATHNAME', 'events_before_insert_wrapper';
 
 -- Refuses UPDATE, DELETE and TRUNCATE of the log (purge_runs excepted).
@@ -92,7 +99,7 @@ CREATE FUNCTION workflow_ext.run_state(types text[]) RETURNS text
 CREATE FUNCTION workflow_ext.append_suspension_event(
     run_id text, correlation_id text, type text, payload jsonb DEFAULT NULL
 ) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
-    LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'append_suspension_event_wrapper';
 
 -- Batch creation: what one suspension with Promise.all over many steps needs
@@ -104,7 +111,7 @@ CREATE FUNCTION workflow_ext.append_suspension_event(
 CREATE FUNCTION workflow_ext.append_suspension_events(
     run_id text, correlation_ids text[], types text[], payloads jsonb[] DEFAULT NULL
 ) RETURNS TABLE (correlation_id text, event_id text, seq bigint, inserted boolean)
-    LANGUAGE c VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'append_suspension_events_wrapper';
 
 -- Validated append of any event type; a duplicate creation fails with 23505.
@@ -120,7 +127,7 @@ CREATE FUNCTION workflow_ext.checked_event_type(type text) RETURNS text
 CREATE FUNCTION workflow_ext.append_event(
     run_id text, correlation_id text, type text, payload jsonb DEFAULT NULL
 ) RETURNS TABLE (event_id text, seq bigint)
-    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 BEGIN
     RETURN QUERY
@@ -185,13 +192,19 @@ CREATE FUNCTION workflow_ext.bootstrap_end(name text) RETURNS void
 -- SECURITY INVOKER: reading a source needs the caller's own SELECT right, so
 -- the audit can never show a table the caller may not read. The source is a
 -- regclass (an OID), rendered back by regclass output: it cannot inject SQL.
+-- enable_sort = off: the events are streamed in replay order, which an
+-- index on (run_id, seq) gives as it is walked; left to itself the planner
+-- often prefers a bitmap scan and a sort, which for a long run spills to
+-- disk and costs a third more (BENCHMARKS.md). A source without such an
+-- index is still sorted.
 CREATE FUNCTION workflow_ext.replay(run_id text, source regclass DEFAULT 'workflow_ext.events')
 RETURNS TABLE (seq bigint, event_id text, event_type text, correlation_id text, anomaly text, detail text)
-    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp SET enable_sort = off
     AS 'MODULE_PATHNAME', 'replay_wrapper';
 
--- One row per run with anomalies, for periodic monitoring.
+-- One row per run with anomalies, for periodic monitoring (enable_sort: as
+-- replay).
 CREATE FUNCTION workflow_ext.scan(source regclass DEFAULT 'workflow_ext.events', since timestamptz DEFAULT NULL)
 RETURNS TABLE (run_id text, events bigint, anomalies bigint, first_seq bigint, first_anomaly text, first_detail text)
-    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp
+    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp SET enable_sort = off
     AS 'MODULE_PATHNAME', 'scan_wrapper';

@@ -25,7 +25,7 @@ use crate::event_id;
 use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::metrics;
 use crate::payload::Payload;
-use crate::plans::{self, BOOL, JSONB, TEXT};
+use crate::plans::{self, BOOL, EQ, JSONB, MINUS, PLUS, TEXT};
 use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
 use crate::validate::{self, EventAddress};
 use pgrx::prelude::*;
@@ -97,10 +97,7 @@ const UNIQUE_TYPES: [EventType; 5] = [
 ];
 
 fn kind_types_sql(kind: EntityKind) -> String {
-    kind.event_types()
-        .map(|t| format!("'{t}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    plans::type_list(kind.event_types())
 }
 
 /// Which of the per-suspension-type plans serves `event`.
@@ -111,8 +108,8 @@ fn suspension_index(event: EventType) -> Option<usize> {
 /// An entity's last event in `log`, by kind; `alias.` prefixes the columns.
 fn entity_last_sql(log: &str, kind: EntityKind, alias: &str) -> String {
     format!(
-        "SELECT {alias}type::text FROM {log} {} \
-         WHERE {alias}run_id = $1 AND {alias}correlation_id = $2 AND {alias}type IN ({}) \
+        "SELECT {alias}type::pg_catalog.text FROM {log} {} \
+         WHERE {alias}run_id {EQ} $1 AND {alias}correlation_id {EQ} $2 AND {alias}type {EQ} ANY ({}) \
          ORDER BY {alias}seq DESC LIMIT 1",
         alias.trim_end_matches('.'),
         kind_types_sql(kind)
@@ -127,16 +124,21 @@ fn entity_last_sql(log: &str, kind: EntityKind, alias: &str) -> String {
 /// back too.
 fn find_creation_sql(log: &str, t: EventType) -> String {
     let corr = if t == EventType::RunCreated {
-        "$2::text IS NULL AND correlation_id IS NULL"
+        "$2::pg_catalog.text IS NULL AND correlation_id IS NULL".to_string()
     } else {
-        "correlation_id = $2"
+        format!("correlation_id {EQ} $2")
     };
     let types = if t == EventType::HookCreated {
-        format!("type IN ('{t}', '{}')", EventType::HookConflict)
+        format!(
+            "type {EQ} ANY ({})",
+            plans::type_list([t, EventType::HookConflict])
+        )
     } else {
-        format!("type = '{t}'")
+        format!("type {EQ} '{t}'")
     };
-    format!("SELECT id::text, seq FROM {log} WHERE run_id = $1 AND {corr} AND {types}")
+    format!(
+        "SELECT id::pg_catalog.text, seq FROM {log} WHERE run_id {EQ} $1 AND {corr} AND {types}"
+    )
 }
 
 /// The plans of the log `rel`, whose name (as regclass prints it, quoted
@@ -149,20 +151,28 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
     // The condition naming this log's run rows, for a table alias ("" or "r.").
     let key = |alias: &str| {
         if keyed {
-            format!("{alias}log = '{oid}'::regclass AND")
+            format!("{alias}log {EQ} '{oid}'::pg_catalog.regclass AND")
         } else {
             String::new()
         }
     };
     let (log_col, log_val, conflict) = if keyed {
-        ("log, ", format!("'{oid}'::regclass, "), "log, run_id")
+        (
+            "log, ",
+            format!("'{oid}'::pg_catalog.regclass, "),
+            "log, run_id",
+        )
     } else {
         ("", String::new(), "run_id")
     };
     let (r_key, s_key, key) = (key("r."), key("s."), key(""));
     // The time of the run's last append, for monitoring (0.3.0 on; not
     // indexed, so the bump stays a HOT update).
-    let touch = if keyed { ", last_event_at = now()" } else { "" };
+    let touch = if keyed {
+        ", last_event_at = pg_catalog.now()"
+    } else {
+        ""
+    };
     LogPlans {
         relname: String::new(),
         relnamespace: pg_sys::InvalidOid,
@@ -180,7 +190,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         bump: plans::keep(
             c,
             &format!(
-                "UPDATE workflow_ext.runs SET last_seq = last_seq + 1{touch} WHERE {key} run_id = $1 \
+                "UPDATE workflow_ext.runs SET last_seq = last_seq {PLUS} 1{touch} WHERE {key} run_id {EQ} $1 \
                  RETURNING state, last_seq"
             ),
             &[TEXT],
@@ -189,10 +199,10 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
             plans::keep(
                 c,
                 &format!(
-                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + 1{touch} \
-                     WHERE {r_key} r.run_id = $1 \
+                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq {PLUS} 1{touch} \
+                     WHERE {r_key} r.run_id {EQ} $1 \
                      RETURNING r.state, r.last_seq, \
-                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} s.run_id = $1), ({})",
+                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} s.run_id {EQ} $1), ({})",
                     entity_last_sql(log, kind, "e.")
                 ),
                 &[TEXT, TEXT],
@@ -200,15 +210,17 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         }),
         unbump: plans::keep(
             c,
-            &format!("UPDATE workflow_ext.runs SET last_seq = last_seq - 1 WHERE {key} run_id = $1"),
+            &format!(
+                "UPDATE workflow_ext.runs SET last_seq = last_seq {MINUS} 1 WHERE {key} run_id {EQ} $1"
+            ),
             &[TEXT],
         ),
         set_run_state: plans::keep(
             c,
             &format!(
                 "UPDATE workflow_ext.runs SET state = $2, \
-                 finished_at = CASE WHEN $3 THEN coalesce(finished_at, now()) END \
-                 WHERE {key} run_id = $1"
+                 finished_at = CASE WHEN $3 THEN coalesce(finished_at, pg_catalog.now()) END \
+                 WHERE {key} run_id {EQ} $1"
             ),
             &[TEXT, TEXT, BOOL],
         ),
@@ -219,7 +231,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
 }
 
 fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
-    let creation_types = SUSPENSION_TYPES.map(|t| format!("'{t}'")).join(", ");
+    let creation_types = plans::type_list(SUSPENSION_TYPES);
     AppendPlans {
         find_creation: SUSPENSION_TYPES.map(|t| plans::keep(c, &find_creation_sql(OWN_LOG, t), &[TEXT, TEXT])),
         find_or_insert: SUSPENSION_TYPES.map(|t| {
@@ -229,7 +241,7 @@ fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
                     "WITH found AS ({}), \
                      ins AS (INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
                              SELECT $1, $2, '{t}', $3 WHERE NOT EXISTS (SELECT FROM found) \
-                             ON CONFLICT (run_id, correlation_id, type) WHERE type IN ({creation_types}) \
+                             ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) \
                              DO NOTHING RETURNING id, seq) \
                      SELECT id, seq, false FROM found UNION ALL SELECT id, seq, true FROM ins",
                     find_creation_sql(OWN_LOG, t)
@@ -266,7 +278,11 @@ unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlan
         }
     }
     let log: String = or_internal!(
-        client.select("SELECT $1::regclass::text", Some(1), &[oid.into()]),
+        client.select(
+            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+            Some(1),
+            &[oid.into()]
+        ),
         "log name"
     )
     .first()
@@ -294,7 +310,7 @@ fn with_append_plans<R>(
 
 /// Column `n` of the current row, which our own statements never return
 /// NULL.
-fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+pub(crate) fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
     row: &SpiTupleTable<'_>,
     n: usize,
     what: &str,

@@ -115,6 +115,21 @@ impl Auditor {
         Self::default()
     }
 
+    /// Ready for the next run: forgets this one, keeping the maps' memory
+    /// unless a large run made them large (then clearing them per run would
+    /// cost more than allocating anew).
+    pub fn reset(&mut self) {
+        if self.entities.capacity() > 1024 || self.tokens.capacity() > 1024 {
+            *self = Self::new();
+            return;
+        }
+        self.entities.clear();
+        self.tokens.clear();
+        self.run = None;
+        self.events = 0;
+        self.last_seq = None;
+    }
+
     /// Judges the next stored event of the run and returns the findings for
     /// it (usually none).
     pub fn feed(&mut self, e: &StoredEvent<'_>) -> Vec<Finding> {

@@ -27,11 +27,11 @@
 //! `workflow_ext.events` turn the announcement off: every row then takes the
 //! ordinary path, which names the error.
 
-use crate::append::{refused, stored_creation, SUSPENSION_TYPES};
+use crate::append::{refused, required, stored_creation, SUSPENSION_TYPES};
 use crate::errors::{internal, or_internal, or_raise, WfError, WfResult};
 use crate::lifecycle::{self, EventType, State};
 use crate::payload::Payload;
-use crate::plans::{self, INT8, TEXT, TEXTARRAY};
+use crate::plans::{self, EQ, INT8, MINUS, PLUS, TEXT, TEXTARRAY};
 use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
 use crate::validate::{self, EventAddress};
 use pgrx::datum::{AnyArray, DatumWithOid, FromDatum};
@@ -86,30 +86,35 @@ thread_local! {
     static PLANS: OnceCell<BatchPlans> = const { OnceCell::new() };
 }
 
+/// (`ROWS FROM (unnest(a), unnest(b))` is what `unnest(a, b)` means; only
+/// the unqualified spelling has that shorthand.)
+///
 /// Ordinals of the keys (correlation ids `$c`, types `$t`) that have a
 /// creation in the run `$1`: the suspension type itself, or for a hook the
 /// hook_conflict recorded in its place.
 fn existing_sql(c: &str, t: &str) -> String {
     format!(
-        "SELECT coalesce(array_agg(k.n), '{{}}') \
-           FROM unnest({c}::text[], {t}::text[]) WITH ORDINALITY k(c, t, n) \
+        "SELECT coalesce(pg_catalog.array_agg(k.n), '{{}}') \
+           FROM ROWS FROM (pg_catalog.unnest({c}::pg_catalog.text[]), pg_catalog.unnest({t}::pg_catalog.text[])) \
+                WITH ORDINALITY k(c, t, n) \
           WHERE EXISTS (SELECT FROM workflow_ext.events e \
-                         WHERE e.run_id = $1 AND e.correlation_id = k.c \
-                           AND e.type::text IN (k.t, CASE WHEN k.t = 'hook_created' THEN 'hook_conflict' END))"
+                         WHERE e.run_id {EQ} $1 AND e.correlation_id {EQ} k.c \
+                           AND e.type::pg_catalog.text {EQ} ANY \
+                               (ARRAY[k.t, CASE WHEN k.t {EQ} 'hook_created' THEN 'hook_conflict' END]))"
     )
 }
 
 fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
-    let log = "log = 'workflow_ext.events'::regclass";
-    let creation_types = SUSPENSION_TYPES.map(|t| format!("'{t}'")).join(", ");
+    let log = format!("log {EQ} 'workflow_ext.events'::pg_catalog.regclass");
+    let creation_types = plans::type_list(SUSPENSION_TYPES);
     BatchPlans {
         lock_and_reserve: plans::keep(
             c,
             &format!(
-                "UPDATE workflow_ext.runs r SET last_seq = r.last_seq + $2, last_event_at = now() \
-                  WHERE r.{log} AND r.run_id = $1 \
+                "UPDATE workflow_ext.runs r SET last_seq = r.last_seq {PLUS} $2, last_event_at = pg_catalog.now() \
+                  WHERE r.{log} AND r.run_id {EQ} $1 \
                  RETURNING r.state, r.last_seq, \
-                   (SELECT s.last_seq FROM workflow_ext.runs s WHERE s.{log} AND s.run_id = $1), ({})",
+                   (SELECT s.last_seq FROM workflow_ext.runs s WHERE s.{log} AND s.run_id {EQ} $1), ({})",
                 existing_sql("$3", "$4")
             ),
             &[TEXT, INT8, TEXTARRAY, TEXTARRAY],
@@ -117,7 +122,9 @@ fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
         existing: plans::keep(c, &existing_sql("$2", "$3"), &[TEXT, TEXTARRAY, TEXTARRAY]),
         give_back: plans::keep(
             c,
-            &format!("UPDATE workflow_ext.runs SET last_seq = last_seq - $2 WHERE {log} AND run_id = $1"),
+            &format!(
+                "UPDATE workflow_ext.runs SET last_seq = last_seq {MINUS} $2 WHERE {log} AND run_id {EQ} $1"
+            ),
             &[TEXT, INT8],
         ),
         insert: plans::keep(
@@ -125,10 +132,11 @@ fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
             &format!(
                 "INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
                  SELECT $1, u.c, u.t::workflow_ext.event_type, u.p \
-                   FROM unnest($2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY u(c, t, p, n) \
-                  WHERE u.n = ANY ($5::bigint[]) ORDER BY u.n \
-                 ON CONFLICT (run_id, correlation_id, type) WHERE type IN ({creation_types}) DO NOTHING \
-                 RETURNING correlation_id, type::text, id, seq"
+                   FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), \
+                                   pg_catalog.unnest($4::pg_catalog.jsonb[])) WITH ORDINALITY u(c, t, p, n) \
+                  WHERE u.n {EQ} ANY ($5::pg_catalog.int8[]) ORDER BY u.n \
+                 ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) DO NOTHING \
+                 RETURNING correlation_id, type::pg_catalog.text, id, seq"
             ),
             &[TEXT, TEXTARRAY, TEXTARRAY, plans::JSONBARRAY, plans::INT8ARRAY],
         ),
@@ -242,8 +250,11 @@ impl Intent {
             let mut ordinals: Vec<i64> = required(&row, 4, "existing keys");
             let state = State::parse(lifecycle::EntityKind::Run, &state)
                 .unwrap_or_else(|| internal!("run state \"{state}\" is not a run state"));
-            let first = last - n + 1;
-            if seen != Some(first - 1) && !uses_transaction_snapshot() {
+            let before = last
+                .checked_sub(n)
+                .unwrap_or_else(|| internal!("run seq {last} below the reservation"));
+            let first = before + 1; // before < last: no overflow
+            if seen != Some(before) && !uses_transaction_snapshot() {
                 // Someone appended to the run after this statement's
                 // snapshot: read the keys again, now that the lock is held.
                 ordinals = required(
@@ -262,7 +273,11 @@ impl Intent {
             }
             let mut existing = vec![false; self.keys.len()];
             for o in ordinals {
-                let i = usize::try_from(o - 1).unwrap_or_else(|_| internal!("bad ordinal {o}"));
+                let i = o
+                    .checked_sub(1)
+                    .and_then(|i| usize::try_from(i).ok())
+                    .filter(|i| *i < existing.len())
+                    .unwrap_or_else(|| internal!("bad ordinal {o}"));
                 existing[i] = true;
             }
             let found = existing.iter().filter(|e| **e).count() as i64;
@@ -306,14 +321,6 @@ impl Intent {
             .map(|(t, c)| (c.clone(), t.as_str().to_string()))
             .unzip()
     }
-}
-
-fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    row: &pgrx::spi::SpiTupleTable<'_>,
-    n: usize,
-    what: &str,
-) -> T {
-    or_internal!(row.get::<T>(n), "{what}").unwrap_or_else(|| internal!("{what} is NULL"))
 }
 
 /// Announces an intent for the duration of one statement; takes it back

@@ -39,6 +39,7 @@ pub mod errors;
 pub mod event_id;
 pub mod fanin;
 pub mod lifecycle;
+pub mod log_scan;
 pub mod metrics;
 pub mod payload;
 pub mod plans;

@@ -11,6 +11,23 @@ pub const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
 pub const BOOL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
 pub const JSONB: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBOID);
 pub const INT4: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT4OID);
+/// The operators of the write path's statements, spelled with their schema:
+/// the trigger and the append functions do not pin search_path (see
+/// sql/functions.sql), so nothing they run may depend on it. Every other
+/// name in those statements is qualified too (`workflow_ext.`,
+/// `pg_catalog.`), and tests/pg_regress/sql/privileges.sql puts look-alike
+/// operators, functions and tables ahead of pg_catalog to prove it.
+pub const EQ: &str = "OPERATOR(pg_catalog.=)";
+pub const PLUS: &str = "OPERATOR(pg_catalog.+)";
+pub const MINUS: &str = "OPERATOR(pg_catalog.-)";
+
+/// `'{a,b}'`: an array literal of type names, for `type {EQ} ANY (…)`; it
+/// takes the type of the column (the enum, or the DevKit's varchar).
+pub fn type_list<T: std::fmt::Display>(types: impl IntoIterator<Item = T>) -> String {
+    let names: Vec<String> = types.into_iter().map(|t| t.to_string()).collect();
+    format!("'{{{}}}'", names.join(","))
+}
+
 pub const INT8: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8OID);
 pub const TEXTARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
 pub const JSONBARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBARRAYOID);

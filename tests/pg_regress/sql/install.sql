@@ -23,7 +23,8 @@ SELECT indexdef FROM pg_indexes
 -- Triggers fire ALWAYS (also under session_replication_role = replica).
 SELECT tgname, tgenabled FROM pg_trigger
  WHERE tgrelid = 'workflow_ext.events'::regclass AND NOT tgisinternal ORDER BY 1;
--- Every function that runs SQL pins its search_path; who runs as definer.
+-- Which functions pin search_path (the write path qualifies every name
+-- instead) or set planner options; who runs as definer.
 SELECT p.proname, p.prosecdef, p.proconfig
   FROM pg_proc p WHERE p.pronamespace = 'workflow_ext'::regnamespace ORDER BY 1;
 -- A helper for the following tests: runs a statement, returns its SQLSTATE

@@ -44,8 +44,12 @@ SELECT try($$DELETE FROM workflow_ext.join_members$$);
 SELECT try($$SELECT workflow_ext.purge_runs('0')$$);
 SELECT try($$ALTER TABLE workflow_ext.events DISABLE TRIGGER events_validate_insert$$);
 SELECT try($$SET session_replication_role = replica$$);
--- Look-alike objects earlier on the search_path change nothing: every
--- function pins search_path = pg_catalog, pg_temp.
+-- Look-alike objects earlier on the search_path, even ahead of pg_catalog,
+-- change nothing: the write path qualifies every name (operators included),
+-- every other function pins search_path = pg_catalog, pg_temp. Each
+-- look-alike would corrupt the result if it were used: `=` matches
+-- everything, `+` and `-` jump by 1000, now() is the epoch, unnest returns
+-- nothing, `text` is an integer.
 RESET ROLE;
 CREATE SCHEMA wfx_evil AUTHORIZATION wfx_app;
 SET ROLE wfx_app;
@@ -53,15 +57,29 @@ CREATE TABLE wfx_evil.events (LIKE workflow_ext.events);
 CREATE TABLE wfx_evil.runs (run_id text, state text, last_seq bigint);
 CREATE FUNCTION wfx_evil.texteq_evil(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
 CREATE OPERATOR wfx_evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = wfx_evil.texteq_evil);
+CREATE FUNCTION wfx_evil.plus_evil(bigint, integer) RETURNS bigint LANGUAGE sql AS 'SELECT $1 OPERATOR(pg_catalog.+) 1000';
+CREATE OPERATOR wfx_evil.+ (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = wfx_evil.plus_evil);
+CREATE FUNCTION wfx_evil.minus_evil(bigint, integer) RETURNS bigint LANGUAGE sql AS 'SELECT $1 OPERATOR(pg_catalog.-) 1000';
+CREATE OPERATOR wfx_evil.- (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = wfx_evil.minus_evil);
 CREATE FUNCTION wfx_evil.now() RETURNS timestamptz LANGUAGE sql AS $$SELECT 'epoch'::timestamptz$$;
-SET search_path = wfx_evil, public;
+CREATE FUNCTION wfx_evil.unnest(text[], text[], jsonb[]) RETURNS TABLE (c text, t text, p jsonb)
+    LANGUAGE sql AS 'SELECT NULL::text, NULL::text, NULL::jsonb WHERE false';
+CREATE FUNCTION wfx_evil.unnest(text[], text[]) RETURNS TABLE (c text, t text)
+    LANGUAGE sql AS 'SELECT NULL::text, NULL::text WHERE false';
+CREATE DOMAIN wfx_evil.text AS integer;
+SET search_path = wfx_evil, pg_catalog, public;
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', 's2', 'step_created');
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('priv-run', 's2', 'step_created');
 SELECT seq FROM workflow_ext.append_event('priv-run', 's2', 'step_started');
+SELECT correlation_id, seq, inserted FROM workflow_ext.append_suspension_events('priv-run',
+    ARRAY['s3', 's2', 's4'], ARRAY['step_created', 'step_created', 'step_created']);
+INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('priv-run', 's3', 'step_started')
+    RETURNING seq;
 SELECT count(*) AS evil_rows FROM wfx_evil.events;
 RESET search_path;
 SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'priv-run' ORDER BY seq;
 RESET ROLE;
+SELECT last_seq, last_event_at > 'epoch' AS stamped_now FROM workflow_ext.runs WHERE run_id = 'priv-run';
 DROP SCHEMA wfx_evil CASCADE;
 -- Revoked, the role is back to nothing.
 SELECT workflow_ext.grant_access('wfx_app', 'writer', revoke => true);
