@@ -40,3 +40,14 @@ CREATE FUNCTION make_run(r text, n int) RETURNS void LANGUAGE sql AS $$
   ) s ORDER BY o;
 $$;
 
+
+-- The plain ordered read of one run's replay columns (id, correlation_id,
+-- type, seq in seq order), every value deformed in the server (summed
+-- lengths, nothing sent): replay's limit. As PostgreSQL plans it (often a
+-- bitmap scan and a sort) in bench.py's script; here forced onto the
+-- primary key's order, which is what replay itself walks.
+CREATE FUNCTION ordered_read_in_index_order(r text) RETURNS numeric
+LANGUAGE sql STABLE SET enable_sort = off AS $$
+  SELECT sum(length(id) + coalesce(length(correlation_id), 0) + length(type::text) + seq)
+    FROM (SELECT id, correlation_id, type, seq FROM workflow_ext.events WHERE run_id = r ORDER BY seq) s
+$$;

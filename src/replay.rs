@@ -17,11 +17,13 @@ use crate::audit::{Auditor, Finding, Seq, StoredEvent, TOKEN_CONFLICT};
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::lifecycle::EventType;
 use crate::log_scan::OwnLogScan;
+use crate::plans;
 use crate::validate;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::PgMemoryContexts;
-use std::cell::RefCell;
+use pgrx::PgOid;
+use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 
 /// Rows fetched from the cursor at a time.
@@ -41,20 +43,47 @@ struct Source {
     enum_labels: Option<Vec<(pg_sys::Oid, String)>>,
 }
 
+/// The catalog reads every call makes, prepared once per backend: they are
+/// most of the fixed cost of a replay of a short run.
+struct InspectPlans {
+    source: OwnedPreparedStatement,
+    labels: OwnedPreparedStatement,
+}
+
+thread_local! {
+    static INSPECT_PLANS: OnceCell<InspectPlans> = const { OnceCell::new() };
+}
+
+fn with_inspect_plans<R>(client: &SpiClient<'_>, f: impl FnOnce(&InspectPlans) -> R) -> R {
+    INSPECT_PLANS.with(|cell| {
+        f(cell.get_or_init(|| InspectPlans {
+            source: plans::keep(
+                client,
+                "SELECT c.oid::pg_catalog.regclass::text, c.relkind::text, \
+                        pg_catalog.array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), \
+                        pg_catalog.bool_or(a.attname = 'payload' AND a.attnum > 0 AND NOT a.attisdropped \
+                                           AND a.atttypid = 'pg_catalog.jsonb'::pg_catalog.regtype) \
+                 FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+                 WHERE c.oid = $1 GROUP BY c.oid, c.relkind",
+                &[PgOid::BuiltIn(pg_sys::BuiltinOid::OIDOID)],
+            ),
+            labels: plans::keep(
+                client,
+                "SELECT e.oid, e.enumlabel::text FROM pg_catalog.pg_enum e \
+                  WHERE e.enumtypid = 'workflow_ext.event_type'::pg_catalog.regtype",
+                &[],
+            ),
+        }))
+    })
+}
+
 fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
-    let rel = or_internal!(
-        client.select(
-            "SELECT c.oid::pg_catalog.regclass::text, c.relkind::text, \
-                    pg_catalog.array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), \
-                    pg_catalog.bool_or(a.attname = 'payload' AND a.attnum > 0 AND NOT a.attisdropped \
-                                       AND a.atttypid = 'pg_catalog.jsonb'::pg_catalog.regtype) \
-             FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-             WHERE c.oid = $1 GROUP BY c.oid, c.relkind",
-            Some(1),
-            &[oid.into()],
-        ),
-        "inspect source"
-    );
+    let rel = with_inspect_plans(client, |p| {
+        or_internal!(
+            client.select(&p.source, Some(1), &[oid.into()]),
+            "inspect source"
+        )
+    });
     if rel.is_empty() {
         return Err(WfError::SourceNotFound { oid: oid.to_u32() });
     }
@@ -81,15 +110,9 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
     }
     let has_jsonb_payload: bool = or_internal!(row.get(4), "source payload").unwrap_or(false);
     let enum_labels = (name == "workflow_ext.events").then(|| {
-        or_internal!(
-            client.select(
-                "SELECT e.oid, e.enumlabel::text FROM pg_catalog.pg_enum e \
-                  WHERE e.enumtypid = 'workflow_ext.event_type'::pg_catalog.regtype",
-                None,
-                &[],
-            ),
-            "event type labels"
-        )
+        with_inspect_plans(client, |p| {
+            or_internal!(client.select(&p.labels, None, &[]), "event type labels")
+        })
         .map(|r| {
             let oid: Option<pg_sys::Oid> = r.get(1).ok().flatten();
             let label: Option<String> = r.get(2).ok().flatten();
