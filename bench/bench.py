@@ -180,8 +180,10 @@ def main():
     def want(section):
         return not only or section in only
 
-    secs = 1 if smoke else 6
-    sweep_secs = 1 if smoke else 5
+    # Seconds per pgbench round (WFX_BENCH_SECS / WFX_BENCH_SWEEP_SECS
+    # override them; the header of BENCHMARKS.md says what was used).
+    secs = 1 if smoke else int(os.environ.get("WFX_BENCH_SECS", 6))
+    sweep_secs = 1 if smoke else int(os.environ.get("WFX_BENCH_SWEEP_SECS", 5))
     rounds = 1 if smoke else 3
     sizes = [1000, 2000] if smoke else [1000, 10000, 51200]
     big_run = 5000 if smoke else 1_000_000
@@ -436,7 +438,7 @@ def main():
               flush=True)
 
     if opt.out:
-        write_markdown(opt.out, rows, smoke, secs, rounds)
+        write_markdown(opt.out, rows, smoke, secs, sweep_secs, rounds)
     # The pictures: next to BENCHMARKS.md for a full run, in a scratch
     # directory for the smoke run (which only checks that they can be drawn).
     out_dir = os.path.dirname(os.path.abspath(opt.out)) if opt.out and not smoke else tempfile.mkdtemp()
@@ -444,14 +446,15 @@ def main():
         print(f"wrote {path}", flush=True)
 
 
-def write_markdown(path, rows, smoke, secs, rounds):
+def write_markdown(path, rows, smoke, secs, sweep_secs, rounds):
     lines = [
         "# Benchmarks",
         "",
         f"Produced by `make bench{'-smoke' if smoke else ''}` (bench/bench.py) on "
         f"{time.strftime('%Y-%m-%d')}: {machine()}.",
         f"Cluster settings: `scripts/postgresql.conf` (fsync on, synchronous_commit on). "
-        f"pgbench `-M prepared`, {secs} s per round, {rounds} alternating round(s) per side; "
+        f"pgbench `-M prepared`, {secs} s per round ({sweep_secs} s in the client and batch-size sweeps), "
+        f"{rounds} alternating round(s) per side; "
         "figures are medians, ratios are A / B of the same run.",
         "",
         "| workload | A | B | A | B | A / B |",

@@ -640,11 +640,17 @@ fn events_before_insert<'a>(
         if let Some(p) = payload {
             p.check()?;
         }
-        let seq_assigned = Spi::connect_mut(|client| {
-            // SAFETY: the trigger's relation is open for the whole call.
-            let plans = unsafe { log_plans(client, rel) };
-            admit(client, &plans, &addr)
-        })?;
+        // SAFETY: an open relation's OID.
+        let rel_oid = unsafe { (*rel).rd_id };
+        let seq_assigned = match crate::batch::admit_reserved(rel_oid, &addr)? {
+            // A batch row the batch's lock already covers: no statement.
+            Some(seq) => seq,
+            None => Spi::connect_mut(|client| {
+                // SAFETY: the trigger's relation is open for the whole call.
+                let plans = unsafe { log_plans(client, rel) };
+                admit(client, &plans, &addr)
+            })?,
+        };
         match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
             Some(given) if given != seq_assigned => Err(WfError::SeqMismatch {
                 given,

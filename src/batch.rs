@@ -171,7 +171,52 @@ pub(crate) fn admit(
     verdict
 }
 
+/// The common case of a batch row, decided without a statement: the run is
+/// locked for the batch and the row is its next new key. `None` (nothing
+/// consumed): the trigger connects to SPI and goes through [`admit`].
+pub(crate) fn admit_reserved(rel: pg_sys::Oid, addr: &EventAddress<'_>) -> WfResult<Option<i64>> {
+    INTENT.with(|i| {
+        let mut i = i.borrow_mut();
+        let Some(intent) = i.as_mut() else {
+            return Ok(None);
+        };
+        let key = intent.next;
+        let reserved = rel == intent.log
+            && addr.run_id == intent.run_id
+            && intent.keys.get(key).map(|(t, c)| (*t, Some(c.as_str())))
+                == Some((addr.event, addr.correlation_id))
+            && matches!(&intent.lock, Lock::Held { existing, .. } if !existing[key]);
+        if !reserved {
+            return Ok(None);
+        }
+        intent.next += 1;
+        intent.take_reserved(addr).map(Some)
+    })
+}
+
 impl Intent {
+    /// The next reserved seq for `addr`, a new key of the batch, after the
+    /// lifecycle's verdict on the run state read under the lock.
+    fn take_reserved(&mut self, addr: &EventAddress<'_>) -> WfResult<i64> {
+        let Lock::Held {
+            state,
+            next_seq,
+            unused,
+            ..
+        } = &mut self.lock
+        else {
+            internal!("batch row without the batch's lock")
+        };
+        lifecycle::check(Some(*state), None, addr.event)
+            .map_err(|v| refused(addr, v, Some(*state)))?;
+        let seq = *next_seq;
+        *next_seq = next_seq
+            .checked_add(1)
+            .unwrap_or_else(|| internal!("seq overflow"));
+        *unused -= 1;
+        Ok(seq)
+    }
+
     fn admit(
         &mut self,
         client: &mut SpiClient<'_>,
@@ -196,27 +241,12 @@ impl Intent {
         if matches!(self.lock, Lock::NotYet) {
             self.lock = self.lock(client);
         }
-        let Lock::Held {
-            state,
-            next_seq,
-            unused,
-            existing,
-        } = &mut self.lock
-        else {
-            return Ok(None);
-        };
-        if existing[key] {
-            // The ordinary path reads it again and hands it to the index.
-            return Ok(None);
+        match &self.lock {
+            Lock::Held { existing, .. } if !existing[key] => self.take_reserved(addr).map(Some),
+            // A key that exists: the ordinary path reads it again and hands
+            // it to the index. No run row: the ordinary path names the error.
+            _ => Ok(None),
         }
-        lifecycle::check(Some(*state), None, addr.event)
-            .map_err(|v| refused(addr, v, Some(*state)))?;
-        let seq = *next_seq;
-        *next_seq = next_seq
-            .checked_add(1)
-            .unwrap_or_else(|| internal!("seq overflow"));
-        *unused -= 1;
-        Ok(Some(seq))
     }
 
     /// The first row: lock the run, reserve a seq per key, learn which keys
