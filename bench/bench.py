@@ -13,6 +13,7 @@ Needs a running cluster with the extension installed (make bench does both)
 and PGHOST/PGPORT/PGUSER in the environment.
 """
 import argparse
+import json
 import os
 import platform
 import re
@@ -163,7 +164,8 @@ def machine():
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}, PostgreSQL {pg}"
 
 
-SECTIONS = ("append", "duplicate", "lifecycle", "client_side", "plpgsql", "network", "batch", "replay", "scan", "space")
+SECTIONS = ("append", "duplicate", "lifecycle", "client_side", "plpgsql", "network", "batch", "replay", "replay_big",
+            "scan", "space")
 
 
 def main():
@@ -240,6 +242,7 @@ def main():
         for clients in sweep_clients:
             tps = dict(zip(names, alternate([scripts[n] for n in names], clients, sweep_secs, rounds, v)))
             series["sweep"][clients] = tps
+            print(f"sweep {clients} client(s): " + ", ".join(f"{k} {v:,.1f}" for k, v in tps.items()), flush=True)
             if clients in (1, 4):
                 raw = tps["raw_insert"]
                 row(f"new key, {clients} client(s), many runs", "append_suspension", "raw_insert",
@@ -313,10 +316,11 @@ def main():
 
             def added_round_trip():
                 # SELECT 1 latency through the proxy minus direct, in seconds.
-                direct = pgbench("SELECT 1;\n", 1, 3)[1]
-                return (pgbench("SELECT 1;\n", 1, 3, via=via)[1] - direct) / 1000
+                probe = 1 if smoke else 2
+                direct = pgbench("SELECT 1;\n", 1, probe)[1]
+                return (pgbench("SELECT 1;\n", 1, probe, via=via)[1] - direct) / 1000
 
-            added = proxy.calibrate(added_round_trip) * 1000
+            added = proxy.calibrate(added_round_trip, rounds=1 if smoke else 7) * 1000
             rows.append(("round trip added by the proxy (SELECT 1 latency, through - direct)", "proxy", "",
                          added, 0, float("nan"), "ms"))
             print(f"proxy adds {added:.3f} ms per round trip (pumps sleep {proxy.sleep * 1e6:.0f} us)", flush=True)
@@ -392,8 +396,14 @@ def main():
             rows.append((f"replay {n:,} events: events/s", "replay", "", ta * n, 0, float("nan"), "events/s"))
             series["replay"].append({"events": n, "replay_s": 1 / ta, "ordered_read_s": 1 / tb,
                                      "ordered_read_index_s": 1 / ti})
-        # One long run, timed in one session (a pgbench round would be one call).
-        psql(f"SELECT make_run('replay-big', {big_run})")
+    # 6b. One long run (about 1M events), timed in one session (a pgbench
+    #     round would be one call), grown in transactions of 10,000 events.
+    if want("replay_big"):
+        psql("SELECT make_run('replay-big', 2)")
+        steps, chunk = (big_run - 2) // 3 + 1, 3334
+        for first in range(0, steps, chunk):
+            psql(f"SELECT extend_run('replay-big', {first}, {min(chunk, steps - first)})")
+        big_run = int(psql("SELECT count(*) FROM workflow_ext.events WHERE run_id = 'replay-big'"))
         psql("VACUUM ANALYZE workflow_ext.events")
         times = {"replay": [], "read": [], "index": []}
         for _ in range(rounds):
@@ -437,6 +447,7 @@ def main():
               f"WAL records per call: {rec_a:.0f} vs raw {rec_b:.0f}; FPI per call: {fpi_a:.0f} vs raw {fpi_b:.0f}",
               flush=True)
 
+    print("SERIES: " + json.dumps(series), flush=True)
     if opt.out:
         write_markdown(opt.out, rows, smoke, secs, sweep_secs, rounds)
     # The pictures: next to BENCHMARKS.md for a full run, in a scratch

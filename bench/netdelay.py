@@ -7,8 +7,8 @@ direction one thread reads a chunk, sleeps until `delay` has passed since it
 arrived, and sends it on. That is exact for a request/response protocol such
 as pgbench's (one message in flight per direction); a chunk that arrives
 while the previous one waits is delayed a little more. A thread's sleep and
-wake-up overshoot, so `calibrate` shortens the sleep until a measured round
-trip through the proxy costs twice `delay` more than a direct one;
+wake-up overshoot, so `calibrate` searches the sleep for which a measured
+round trip through the proxy costs twice `delay` more than a direct one;
 bench/bench.py reports what it measured.
 
     with DelayProxy(socket_path, delay=0.00025) as proxy:
@@ -88,18 +88,30 @@ class DelayProxy:
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=_pump, args=(src, dst, self), daemon=True).start()
 
-    def calibrate(self, added_round_trip, rounds=10):
-        """Adjusts the pumps' sleep until `added_round_trip()` (seconds a
+    def calibrate(self, added_round_trip, rounds=7):
+        """Finds the pumps' sleep for which `added_round_trip()` (seconds a
         round trip through the proxy takes beyond a direct one) is twice the
-        delay; returns the last measurement."""
+        delay, by bisection between no sleep and the full delay (the added
+        time grows with the sleep; each probe is the median of three, for a
+        shared machine's noise). Returns the measurement at the sleep kept."""
         target = 2 * self.delay
-        added = added_round_trip()
+
+        def probe():
+            return statistics.median(added_round_trip() for _ in range(3))
+
+        low, high = 0.0, self.delay
+        best = None
         for _ in range(rounds):
-            if abs(added - target) < 0.05 * target:
-                break
-            self.sleep = max(0.0, self.sleep + (target - added) / 2)
-            added = added_round_trip()
-        return added
+            self.sleep = (low + high) / 2
+            added = probe()
+            if best is None or abs(added - target) < abs(best[1] - target):
+                best = (self.sleep, added)
+            if added > target:
+                high = self.sleep
+            else:
+                low = self.sleep
+        self.sleep = best[0]
+        return best[1]
 
     def __enter__(self):
         threading.Thread(target=self._serve, daemon=True).start()

@@ -41,6 +41,17 @@ CREATE FUNCTION make_run(r text, n int) RETURNS void LANGUAGE sql AS $$
 $$;
 
 
+-- Appends `steps` more step lifecycles to run r, from step number `first`.
+-- bench.py grows its 1M-event run with it, in transactions of 10,000
+-- events: within one transaction every append to a run adds a version of
+-- its run row that nobody can prune before commit, so one transaction of n
+-- appends to one run costs O(n^2) (BENCHMARKS.md).
+CREATE FUNCTION extend_run(r text, first int, steps int) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO workflow_ext.events (run_id, correlation_id, type)
+  SELECT r, 'step_' || (first + i / 3), ((ARRAY['step_created', 'step_started', 'step_completed'])[i % 3 + 1])::workflow_ext.event_type
+    FROM generate_series(0, 3 * steps - 1) i ORDER BY i;
+$$;
+
 -- The plain ordered read of one run's replay columns (id, correlation_id,
 -- type, seq in seq order), every value deformed in the server (summed
 -- lengths, nothing sent): replay's limit. As PostgreSQL plans it (often a
