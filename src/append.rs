@@ -277,9 +277,16 @@ unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlan
             return p;
         }
     }
+    // Always schema-qualified: regclass output leaves the schema out when
+    // the table is visible on the current search_path, which the trigger
+    // does not pin, so an unqualified name could later resolve to a
+    // look-alike table (or view) earlier on a caller's path.
     let log: String = or_internal!(
         client.select(
-            "SELECT $1::pg_catalog.regclass::pg_catalog.text",
+            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+                    OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+              WHERE c.oid OPERATOR(pg_catalog.=) $1",
             Some(1),
             &[oid.into()]
         ),

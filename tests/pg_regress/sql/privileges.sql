@@ -80,6 +80,27 @@ RESET search_path;
 SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'priv-run' ORDER BY seq;
 RESET ROLE;
 SELECT last_seq, last_event_at > 'epoch' AS stamped_now FROM workflow_ext.runs WHERE run_id = 'priv-run';
+-- An attached table on the caller's search_path: the validator's plans are
+-- made while the table is visible there, then the path changes so that a
+-- look-alike holding a forged creation comes first (a kept plan is parsed
+-- again under the new path). The validator still reads the real table: its
+-- statements name the table with its schema.
+CREATE SCHEMA wfx_app_s;
+CREATE TABLE wfx_app_s.dk (id varchar PRIMARY KEY, run_id varchar NOT NULL, type varchar NOT NULL,
+                           correlation_id varchar);
+INSERT INTO wfx_app_s.dk VALUES ('wevt_1', 'dkrun', 'run_created', NULL);
+SELECT workflow_ext.attach('wfx_app_s.dk');
+CREATE TABLE wfx_evil.dk (id varchar, run_id varchar, type varchar, correlation_id varchar, seq bigint);
+INSERT INTO wfx_evil.dk VALUES ('wevt_f', 'dkrun', 'step_created', 'ghost', 2);
+SET search_path = wfx_app_s, pg_catalog;
+INSERT INTO wfx_app_s.dk (id, run_id, type, correlation_id) VALUES ('wevt_2', 'dkrun', 'step_created', 'real')
+    RETURNING seq;
+SET search_path = wfx_evil, wfx_app_s, pg_catalog;
+SELECT public.try($$INSERT INTO wfx_app_s.dk (id, run_id, type, correlation_id)
+                    VALUES ('wevt_3', 'dkrun', 'step_started', 'ghost')$$);
+RESET search_path;
+SELECT count(*) AS dk_rows FROM wfx_app_s.dk;
+DROP SCHEMA wfx_app_s CASCADE;
 DROP SCHEMA wfx_evil CASCADE;
 -- Revoked, the role is back to nothing.
 SELECT workflow_ext.grant_access('wfx_app', 'writer', revoke => true);
