@@ -27,6 +27,11 @@ pub struct OwnLogScan {
     index: pg_sys::Relation,
     scan: pg_sys::IndexScanDesc,
     slot: *mut pg_sys::TupleTableSlot,
+    /// The context the scan was opened in. The index AM allocates state on
+    /// demand during a fetch (btree's list of killed items, the first time
+    /// it meets a dead tuple); that must outlive the caller's per-batch
+    /// context, so every fetch runs here.
+    cxt: pg_sys::MemoryContext,
     /// Attribute numbers (0-based) of seq, type, correlation_id, id, run_id,
     /// payload in the table.
     cols: [usize; 6],
@@ -36,8 +41,37 @@ pub struct OwnLogScan {
     _run_id: Option<pg_sys::Datum>,
 }
 
+/// The OIDs of `workflow_ext.events` and of its index `index`, when the
+/// current user may read the table directly as SQL would let them: every
+/// privilege of `needs` on the whole table (column grants alone go through
+/// SQL) and no row security. None otherwise.
+///
+/// # Safety
+/// Inside a transaction.
+pub(crate) unsafe fn own_log_and_index(
+    index: &CStr,
+    needs: &[u32],
+) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), true);
+        let rel_oid = pg_sys::get_relname_relid(c"events".as_ptr(), ns);
+        let idx_oid = pg_sys::get_relname_relid(index.as_ptr(), ns);
+        if rel_oid == pg_sys::InvalidOid || idx_oid == pg_sys::InvalidOid {
+            return None;
+        }
+        let user = pg_sys::GetUserId();
+        let granted = needs.iter().all(|mode| {
+            pg_sys::pg_class_aclcheck(rel_oid, user, *mode as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
+        });
+        let no_rls = pg_sys::check_enable_rls(rel_oid, pg_sys::InvalidOid, true)
+            == pg_sys::CheckEnableRlsResult::RLS_NONE as i32;
+        (granted && no_rls).then_some((rel_oid, idx_oid))
+    }
+}
+
 /// The 0-based attribute number of column `name` of `rel`.
-unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize> {
+pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize> {
     unsafe {
         let n = pg_sys::SPI_fnumber((*rel).rd_att, name.as_ptr());
         usize::try_from(n).ok().filter(|n| *n > 0).map(|n| n - 1)
@@ -55,20 +89,7 @@ impl OwnLogScan {
     /// transaction's abort, which releases locks, pins and the scan).
     pub unsafe fn open(run_id: Option<&str>) -> Option<Self> {
         unsafe {
-            let ns = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), true);
-            let rel_oid = pg_sys::get_relname_relid(c"events".as_ptr(), ns);
-            let idx_oid = pg_sys::get_relname_relid(c"events_pkey".as_ptr(), ns);
-            if rel_oid == pg_sys::InvalidOid || idx_oid == pg_sys::InvalidOid {
-                return None;
-            }
-            // What SQL would check: SELECT on the table, no row security.
-            if pg_sys::pg_class_aclcheck(rel_oid, pg_sys::GetUserId(), pg_sys::ACL_SELECT as _)
-                != pg_sys::AclResult::ACLCHECK_OK
-                || pg_sys::check_enable_rls(rel_oid, pg_sys::InvalidOid, true)
-                    != pg_sys::CheckEnableRlsResult::RLS_NONE as i32
-            {
-                return None;
-            }
+            let (rel_oid, idx_oid) = own_log_and_index(c"events_pkey", &[pg_sys::ACL_SELECT])?;
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             let heap = pg_sys::table_open(rel_oid, lock);
             let index = pg_sys::index_open(idx_oid, lock);
@@ -103,6 +124,7 @@ impl OwnLogScan {
                 index,
                 scan: std::ptr::null_mut(),
                 slot: std::ptr::null_mut(),
+                cxt: pg_sys::CurrentMemoryContext,
                 cols,
                 hook_created,
                 _key: Box::new(std::mem::zeroed()),
@@ -163,17 +185,25 @@ impl OwnLogScan {
     /// # Safety
     /// Between [`Self::open`] and [`Self::finish`]; the datums point into
     /// the scan's current buffer or the current memory context and are
-    /// valid until the next call.
+    /// valid until the next call. Only the token is allocated in the
+    /// current context.
     pub unsafe fn next(&mut self, values: &mut [pg_sys::Datum; 6], nulls: &mut [bool; 6]) -> bool {
         unsafe {
-            if !pg_sys::index_getnext_slot(
-                self.scan,
-                pg_sys::ScanDirection::ForwardScanDirection,
-                self.slot,
-            ) {
+            let (scan, slot) = (self.scan, self.slot);
+            let found = pgrx::PgMemoryContexts::For(self.cxt).switch_to(|_| {
+                let found = pg_sys::index_getnext_slot(
+                    scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                    slot,
+                );
+                if found {
+                    pg_sys::slot_getallattrs(slot);
+                }
+                found
+            });
+            if !found {
                 return false;
             }
-            pg_sys::slot_getallattrs(self.slot);
             let natts = usize::try_from((*self.slot).tts_nvalid).unwrap_or(0);
             let v = std::slice::from_raw_parts((*self.slot).tts_values, natts);
             let n = std::slice::from_raw_parts((*self.slot).tts_isnull, natts);

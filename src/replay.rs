@@ -197,20 +197,16 @@ fn stream(
     let mut values = [pg_sys::Datum::from(0usize); 6];
     let mut nulls = [true; 6];
     let mut scratch = PgMemoryContexts::new("workflow_ext audit batch");
-    // The own log, read straight from its primary key (src/log_scan.rs), on
-    // PostgreSQL 15 only: on 16 the direct read crashed a backend in CI
-    // (replay of the own log, SIGSEGV) and the cause is not found yet, so
-    // 16-18 read through SPI until it is.
+    // The own log, read straight from its primary key (src/log_scan.rs).
     let scan = match (direct, &src.enum_labels) {
         // SAFETY: in the function's transaction, with its snapshot.
-        (Some(run), Some(labels)) if cfg!(feature = "pg15") => unsafe { OwnLogScan::open(run) }
-            .map(|scan| {
-                let hook = labels
-                    .iter()
-                    .find(|(_, l)| l == EventType::HookCreated.as_str())
-                    .map_or(pg_sys::InvalidOid, |(o, _)| *o);
-                scan.with_hook_created(hook)
-            }),
+        (Some(run), Some(labels)) => unsafe { OwnLogScan::open(run) }.map(|scan| {
+            let hook = labels
+                .iter()
+                .find(|(_, l)| l == EventType::HookCreated.as_str())
+                .map_or(pg_sys::InvalidOid, |(o, _)| *o);
+            scan.with_hook_created(hook)
+        }),
         _ => None,
     };
     if let Some(mut scan) = scan {
