@@ -730,6 +730,15 @@ fn append_suspension_event(
         raise!(WfError::NotSuspension { event: addr.event })
     };
     refuse_if_read_only(c"append_suspension_event");
+    // A creation already stored (a redelivery): one index probe, no
+    // statement (src/creation_probe.rs); anything else, the statement below.
+    // SAFETY: in the function's transaction; `addr.event` is a suspension
+    // type.
+    if let Some((id, seq)) =
+        unsafe { crate::creation_probe::find(addr.run_id, addr.correlation_id, addr.event) }
+    {
+        return TableIterator::once((id, seq, false));
+    }
     let row = Spi::connect_mut(|client| {
         with_append_plans(client, |c, plans| {
             // One statement: a committed creation is returned as it is (the

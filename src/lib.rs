@@ -12,6 +12,9 @@
 //! - [`attach`]: protecting an existing table in place (`sql/attach.sql`).
 //! - [`audit`]: the replay auditor, pure Rust, on the same state machine.
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
+//! - [`log_scan`]: the own log read straight from its primary key, for replay.
+//! - [`creation_probe`]: a stored creation found straight in the creation
+//!   index, for `append_suspension_event`'s duplicate calls.
 //! - [`fanin`]: the exactly-once join barrier.
 //! - [`retention`]: removing whole finished runs.
 //! - [`metrics`]: the write path's counters (shared memory, when preloaded)
@@ -35,6 +38,7 @@ pub mod attach;
 pub mod audit;
 pub mod batch;
 pub mod bootstrap;
+pub mod creation_probe;
 pub mod errors;
 pub mod event_id;
 pub mod fanin;

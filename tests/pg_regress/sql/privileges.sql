@@ -104,6 +104,17 @@ DROP SCHEMA wfx_app_s CASCADE;
 DROP SCHEMA wfx_evil CASCADE;
 -- Revoked, the role is back to nothing.
 SELECT workflow_ext.grant_access('wfx_app', 'writer', revoke => true);
+-- A role that may read the log and call the function but not insert may
+-- not append, not even a creation that is stored (answered without a
+-- statement, src/creation_probe.rs, under the grants the statement would
+-- need: 42501 as before).
+GRANT USAGE ON SCHEMA workflow_ext TO wfx_app;
+GRANT SELECT ON workflow_ext.events TO wfx_app;
+GRANT EXECUTE ON FUNCTION workflow_ext.append_suspension_event(text, text, text, jsonb) TO wfx_app;
+SET ROLE wfx_app;
+SELECT try($$SELECT * FROM workflow_ext.append_suspension_event('priv-run', NULL, 'run_created')$$);
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION workflow_ext.append_suspension_event(text, text, text, jsonb) FROM wfx_app;
 SELECT workflow_ext.grant_access('wfx_app', 'reader', revoke => true);
 SET ROLE wfx_app;
 SELECT try($$SELECT count(*) FROM workflow_ext.events$$);

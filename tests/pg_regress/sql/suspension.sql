@@ -28,6 +28,15 @@ SELECT seq FROM workflow_ext.append_event('run-2', NULL, 'run_cancelled');
 SELECT try($$SELECT workflow_ext.append_suspension_event('run-2', 'step_b', 'step_created')$$);
 -- ...but asking again for an entity that exists still returns it.
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');
+-- A stored creation asked for again is answered from the creation index
+-- (src/creation_probe.rs): the same event, and only the lock a read takes
+-- (the insert statement would take RowExclusiveLock on the log).
+BEGIN;
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', NULL, 'run_created');
+SELECT string_agg(DISTINCT mode, ', ') AS log_locks FROM pg_locks
+ WHERE pid = pg_backend_pid() AND relation = 'workflow_ext.events'::regclass;
+COMMIT;
 -- Seqs are dense per run.
 SELECT run_id, count(*), min(seq), max(seq) FROM workflow_ext.events GROUP BY run_id ORDER BY run_id;
 -- Batch creation: one row per input, in input order; idempotent per key

@@ -1,0 +1,171 @@
+//! `append_suspension_event`'s answer for a creation that already exists,
+//! looked up straight in `workflow_ext.events`' creation index from Rust.
+//!
+//! A redelivered suspension (a worker retrying, a replayed workflow) asks
+//! for a creation that is there. Through SPI the answer cost a whole
+//! `WITH found … INSERT … ON CONFLICT` statement: parsing nothing, but
+//! starting an executor that opens the table for insert with every index
+//! and its arbiter, to insert no row. Here it is one index probe.
+//!
+//! The probe only ever answers "found": whenever it cannot answer (no
+//! direct read allowed, the index not as expected, the row not in this
+//! snapshot), the caller takes the SQL path, which decides as before. So a
+//! miss costs one probe and changes nothing.
+
+use crate::lifecycle::EventType;
+use crate::log_scan::{column, own_log_and_index};
+use pgrx::pg_sys;
+use pgrx::FromDatum;
+use std::ffi::CString;
+
+/// The stored creation `event` of (`run_id`, `correlation_id`) in the
+/// statement's snapshot: its id and seq; None when it is not found or the
+/// probe may not answer.
+///
+/// Allowed exactly when the SQL statement it replaces would run with the
+/// same result: the user holds SELECT and INSERT on the whole table (the
+/// statement reads and inserts) and row security does not apply.
+///
+/// # Safety
+/// Inside a transaction; `event` is a creation type in the index's
+/// predicate (a suspension type).
+pub unsafe fn find(
+    run_id: &str,
+    correlation_id: Option<&str>,
+    event: EventType,
+) -> Option<(String, i64)> {
+    unsafe {
+        if !pg_sys::ActiveSnapshotSet() {
+            return None;
+        }
+        let (rel_oid, idx_oid) = own_log_and_index(
+            c"workflow_events_entity_creation_unique",
+            &[pg_sys::ACL_SELECT, pg_sys::ACL_INSERT],
+        )?;
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(rel_oid, lock);
+        let index = pg_sys::index_open(idx_oid, lock);
+        let found = probe(heap, index, run_id, correlation_id, event);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+unsafe fn probe(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    run_id: &str,
+    correlation_id: Option<&str>,
+    event: EventType,
+) -> Option<(String, i64)> {
+    unsafe {
+        let id_col = column(heap, c"id")?;
+        let run_col = column(heap, c"run_id")?;
+        let corr_col = column(heap, c"correlation_id")?;
+        let type_col = column(heap, c"type")?;
+        let seq_col = column(heap, c"seq")?;
+        // The index must be usable and keyed (run_id, correlation_id, type).
+        let ix = (*index).rd_index;
+        let keys = std::slice::from_raw_parts(
+            (*ix).indkey.values.as_ptr(),
+            usize::try_from((*ix).indnkeyatts).ok()?,
+        );
+        let expected = [run_col, corr_col, type_col].map(|c| i16::try_from(c + 1).ok());
+        if !(*ix).indisvalid
+            || keys.len() != 3
+            || keys.iter().zip(expected).any(|(k, e)| Some(*k) != e)
+        {
+            return None;
+        }
+        // The label's OID in the column's enum.
+        let type_oid = pg_sys::get_atttype((*heap).rd_id, i16::try_from(type_col + 1).ok()?);
+        let label = CString::new(event.as_str()).ok()?;
+        let label_oid = pg_sys::GetSysCacheOid(
+            pg_sys::SysCacheIdentifier::ENUMTYPOIDNAME as i32,
+            pg_sys::Anum_pg_enum_oid as pg_sys::AttrNumber,
+            pg_sys::Datum::from(type_oid),
+            pg_sys::Datum::from(label.as_ptr()),
+            pg_sys::Datum::from(0usize),
+            pg_sys::Datum::from(0usize),
+        );
+        if label_oid == pg_sys::InvalidOid {
+            return None;
+        }
+        let collation = |i: usize| *(*index).rd_indcollation.add(i);
+        let run_datum = pgrx::IntoDatum::into_datum(run_id)?;
+        let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
+        let eq = pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber;
+        pg_sys::ScanKeyEntryInitialize(
+            &mut keys[0],
+            0,
+            1,
+            eq,
+            pg_sys::InvalidOid,
+            collation(0),
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            run_datum,
+        );
+        match correlation_id {
+            Some(corr) => pg_sys::ScanKeyEntryInitialize(
+                &mut keys[1],
+                0,
+                2,
+                eq,
+                pg_sys::InvalidOid,
+                collation(1),
+                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                pgrx::IntoDatum::into_datum(corr)?,
+            ),
+            // run_created: the NULL correlation id (the index is NULLS NOT
+            // DISTINCT, so its NULLs are keys like any other).
+            None => pg_sys::ScanKeyEntryInitialize(
+                &mut keys[1],
+                (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
+                2,
+                0, // InvalidStrategy: a NULL test, no operator
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::Datum::from(0usize),
+            ),
+        }
+        pg_sys::ScanKeyEntryInitialize(
+            &mut keys[2],
+            0,
+            3,
+            eq,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::Oid::from(pg_sys::F_ENUM_EQ),
+            pg_sys::Datum::from(label_oid),
+        );
+        #[cfg(not(feature = "pg18"))]
+        let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), 3, 0);
+        #[cfg(feature = "pg18")]
+        let scan = pg_sys::index_beginscan(
+            heap,
+            index,
+            pg_sys::GetActiveSnapshot(),
+            std::ptr::null_mut(),
+            3,
+            0,
+        );
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), 3, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let mut found = None;
+        if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getallattrs(slot);
+            let natts = usize::try_from((*slot).tts_nvalid).unwrap_or(0);
+            let values = std::slice::from_raw_parts((*slot).tts_values, natts);
+            let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+            if id_col < natts && seq_col < natts && !nulls[id_col] && !nulls[seq_col] {
+                let id = String::from_datum(values[id_col], false);
+                found = id.map(|id| (id, values[seq_col].value() as i64));
+            }
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        found
+    }
+}
