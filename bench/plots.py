@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 LABELS = {
     "raw_insert": "raw INSERT … ON CONFLICT (no guarantees)",
     "lock_floor": "row-lock floor (FOR UPDATE + max(seq))",
+    "advisory_floor": "advisory-lock floor (xact lock + max(seq))",
     "floor": "dense-seq floor (run row bumped in the insert)",
     "append_suspension": "append_suspension_event",
     "append_event": "append_event (step_created)",

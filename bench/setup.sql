@@ -14,6 +14,9 @@ CREATE TABLE floor_runs (run_id text PRIMARY KEY, last_seq bigint NOT NULL) WITH
 INSERT INTO floor_runs SELECT 'run-' || i, 2 FROM generate_series(1, 1000) i;
 -- The row-lock floor: the run row locked FOR UPDATE, seq = max(seq) + 1.
 CREATE TABLE lock_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+-- The advisory-lock floor: a transaction-scoped advisory lock on the run's
+-- hash, seq = max(seq) + 1 (no run row at all).
+CREATE TABLE adv_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 
 -- The DevKit world's entity table for the client-side path (workflow_steps:
 -- primary key step_id).
