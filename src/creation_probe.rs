@@ -13,7 +13,7 @@
 //! miss costs one probe and changes nothing.
 
 use crate::lifecycle::EventType;
-use crate::log_scan::{column, own_log_and_index};
+use crate::log_scan::{begin_index_scan, column, own_log_and_index};
 use pgrx::pg_sys;
 use pgrx::FromDatum;
 use std::ffi::CString;
@@ -140,17 +140,7 @@ unsafe fn probe(
             pg_sys::Oid::from(pg_sys::F_ENUM_EQ),
             pg_sys::Datum::from(label_oid),
         );
-        #[cfg(not(feature = "pg18"))]
-        let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), 3, 0);
-        #[cfg(feature = "pg18")]
-        let scan = pg_sys::index_beginscan(
-            heap,
-            index,
-            pg_sys::GetActiveSnapshot(),
-            std::ptr::null_mut(),
-            3,
-            0,
-        );
+        let scan = begin_index_scan(heap, index, 3);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), 3, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
         let mut found = None;

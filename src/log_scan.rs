@@ -70,6 +70,32 @@ pub(crate) unsafe fn own_log_and_index(
     }
 }
 
+/// `index_beginscan` of `index` on `heap` with `nkeys` keys, in the active
+/// snapshot (18 added an instrumentation argument).
+///
+/// # Safety
+/// Both relations open, a snapshot active.
+pub(crate) unsafe fn begin_index_scan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), nkeys, 0);
+        #[cfg(feature = "pg18")]
+        let scan = pg_sys::index_beginscan(
+            heap,
+            index,
+            pg_sys::GetActiveSnapshot(),
+            std::ptr::null_mut(),
+            nkeys,
+            0,
+        );
+        scan
+    }
+}
+
 /// The 0-based attribute number of column `name` of `rel`.
 pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize> {
     unsafe {
@@ -134,18 +160,7 @@ impl OwnLogScan {
                 me.close_relations();
                 return None;
             }
-            let nkeys = i32::from(run_id.is_some());
-            #[cfg(not(feature = "pg18"))]
-            let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), nkeys, 0);
-            #[cfg(feature = "pg18")]
-            let scan = pg_sys::index_beginscan(
-                heap,
-                index,
-                pg_sys::GetActiveSnapshot(),
-                std::ptr::null_mut(),
-                nkeys,
-                0,
-            );
+            let scan = begin_index_scan(heap, index, i32::from(run_id.is_some()));
             me.scan = scan;
             me.slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
             if let Some(run_id) = run_id {
