@@ -13,7 +13,7 @@
 //! miss costs one probe and changes nothing.
 
 use crate::lifecycle::EventType;
-use crate::log_scan::{begin_index_scan, column, own_log_and_index};
+use crate::log_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
 use pgrx::pg_sys;
 use pgrx::FromDatum;
 use std::ffi::CString;
@@ -92,31 +92,10 @@ unsafe fn probe(
         if label_oid == pg_sys::InvalidOid {
             return None;
         }
-        let collation = |i: usize| *(*index).rd_indcollation.add(i);
-        let run_datum = pgrx::IntoDatum::into_datum(run_id)?;
         let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
-        let eq = pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber;
-        pg_sys::ScanKeyEntryInitialize(
-            &mut keys[0],
-            0,
-            1,
-            eq,
-            pg_sys::InvalidOid,
-            collation(0),
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            run_datum,
-        );
+        text_eq_key(&mut keys[0], index, 1, pgrx::IntoDatum::into_datum(run_id)?);
         match correlation_id {
-            Some(corr) => pg_sys::ScanKeyEntryInitialize(
-                &mut keys[1],
-                0,
-                2,
-                eq,
-                pg_sys::InvalidOid,
-                collation(1),
-                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-                pgrx::IntoDatum::into_datum(corr)?,
-            ),
+            Some(corr) => text_eq_key(&mut keys[1], index, 2, pgrx::IntoDatum::into_datum(corr)?),
             // run_created: the NULL correlation id (the index is NULLS NOT
             // DISTINCT, so its NULLs are keys like any other).
             None => pg_sys::ScanKeyEntryInitialize(
@@ -134,7 +113,7 @@ unsafe fn probe(
             &mut keys[2],
             0,
             3,
-            eq,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
             pg_sys::InvalidOid,
             pg_sys::InvalidOid,
             pg_sys::Oid::from(pg_sys::F_ENUM_EQ),

@@ -96,6 +96,35 @@ pub(crate) unsafe fn begin_index_scan(
     }
 }
 
+/// `key` := the index's column `attno` (1-based, text) equals `value`,
+/// compared under the column's collation in the index.
+///
+/// # Safety
+/// `index` open, `attno` one of its key columns, `value` a text datum that
+/// outlives the scan.
+pub(crate) unsafe fn text_eq_key(
+    key: &mut pg_sys::ScanKeyData,
+    index: pg_sys::Relation,
+    attno: pg_sys::AttrNumber,
+    value: pg_sys::Datum,
+) {
+    unsafe {
+        let collation = *(*index)
+            .rd_indcollation
+            .add(usize::try_from(attno - 1).unwrap_or(0));
+        pg_sys::ScanKeyEntryInitialize(
+            key,
+            0,
+            attno,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::InvalidOid,
+            collation,
+            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+            value,
+        );
+    }
+}
+
 /// The 0-based attribute number of column `name` of `rel`.
 pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize> {
     unsafe {
@@ -166,17 +195,7 @@ impl OwnLogScan {
             if let Some(run_id) = run_id {
                 let value = pgrx::IntoDatum::into_datum(run_id)
                     .unwrap_or_else(|| crate::errors::internal!("run id datum"));
-                // run_id = $1 on the index's first column, with its collation.
-                pg_sys::ScanKeyEntryInitialize(
-                    &mut *me._key,
-                    0,
-                    1,
-                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                    pg_sys::InvalidOid,
-                    *(*index).rd_indcollation,
-                    pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-                    value,
-                );
+                text_eq_key(&mut me._key, index, 1, value);
                 me._run_id = Some(value);
                 pg_sys::index_rescan(scan, &mut *me._key, 1, std::ptr::null_mut(), 0);
             } else {
