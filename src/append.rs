@@ -20,6 +20,7 @@
 //! `INSERT … ON CONFLICT DO NOTHING` (the idempotent append) skips the row.
 //! Either way the log's uniqueness is enforced by the index, not by timing.
 
+use crate::creation_probe::Probe;
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::event_id;
 use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
@@ -69,6 +70,9 @@ struct AppendPlans {
     /// `find_creation`, and the insert if nothing was found, in one
     /// statement; one plan per suspension type.
     find_or_insert: [OwnedPreparedStatement; 4],
+    /// The insert alone, for a key the creation probe has just found absent
+    /// (src/creation_probe.rs); one plan per suspension type.
+    insert: [OwnedPreparedStatement; 4],
 }
 
 thread_local! {
@@ -232,8 +236,12 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
 
 fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
     let creation_types = plans::type_list(SUSPENSION_TYPES);
+    let on_conflict = format!(
+        "ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) DO NOTHING"
+    );
     AppendPlans {
-        find_creation: SUSPENSION_TYPES.map(|t| plans::keep(c, &find_creation_sql(OWN_LOG, t), &[TEXT, TEXT])),
+        find_creation: SUSPENSION_TYPES
+            .map(|t| plans::keep(c, &find_creation_sql(OWN_LOG, t), &[TEXT, TEXT])),
         find_or_insert: SUSPENSION_TYPES.map(|t| {
             plans::keep(
                 c,
@@ -241,10 +249,19 @@ fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
                     "WITH found AS ({}), \
                      ins AS (INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
                              SELECT $1, $2, '{t}', $3 WHERE NOT EXISTS (SELECT FROM found) \
-                             ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) \
-                             DO NOTHING RETURNING id, seq) \
+                             {on_conflict} RETURNING id, seq) \
                      SELECT id, seq, false FROM found UNION ALL SELECT id, seq, true FROM ins",
                     find_creation_sql(OWN_LOG, t)
+                ),
+                &[TEXT, TEXT, JSONB],
+            )
+        }),
+        insert: SUSPENSION_TYPES.map(|t| {
+            plans::keep(
+                c,
+                &format!(
+                    "INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
+                     VALUES ($1, $2, '{t}', $3) {on_conflict} RETURNING id, seq"
                 ),
                 &[TEXT, TEXT, JSONB],
             )
@@ -731,34 +748,42 @@ fn append_suspension_event(
     };
     refuse_if_read_only(c"append_suspension_event");
     // A creation already stored (a redelivery): one index probe, no
-    // statement (src/creation_probe.rs); anything else, the statement below.
+    // statement (src/creation_probe.rs).
     // SAFETY: in the function's transaction; `addr.event` is a suspension
     // type.
-    if let Some((id, seq)) =
-        unsafe { crate::creation_probe::find(addr.run_id, addr.correlation_id, addr.event) }
-    {
-        return TableIterator::once((id, seq, false));
-    }
+    let probed =
+        unsafe { crate::creation_probe::find(addr.run_id, addr.correlation_id, addr.event) };
+    // The probe read the index and found nothing: the INSERT alone. Not for
+    // a hook, whose stored creation may be the hook_conflict recorded in its
+    // place, which the creation index does not hold (`find_creation_sql`).
+    let absent = match probed {
+        Probe::Found(id, seq) => return TableIterator::once((id, seq, false)),
+        Probe::Absent => addr.event != EventType::HookCreated,
+        Probe::NotAsked => false,
+    };
     let row = Spi::connect_mut(|client| {
         with_append_plans(client, |c, plans| {
-            // One statement: a committed creation is returned as it is (the
-            // log is append-only, so a duplicate takes no lock at all);
-            // otherwise the row is inserted, through the trigger.
             let args = [
                 addr.run_id.into(),
                 addr.correlation_id.into(),
                 payload.into(),
             ];
-            let rows = or_internal!(
-                c.update(&plans.find_or_insert[plan], Some(1), &args),
-                "append"
-            );
+            // Otherwise one statement that returns a committed creation as
+            // it is (the log is append-only, so a duplicate takes no lock at
+            // all) or inserts the row. Either way the row passes the trigger.
+            let (statement, what) = if absent {
+                (&plans.insert[plan], "insert")
+            } else {
+                (&plans.find_or_insert[plan], "append")
+            };
+            let rows = or_internal!(c.update(statement, Some(1), &args), "{what}");
             if !rows.is_empty() {
                 let row = rows.first();
                 return (
                     required(&row, 1, "event id"),
                     required(&row, 2, "event seq"),
-                    required(&row, 3, "inserted"),
+                    // The INSERT alone returns only the row it inserted.
+                    absent || required(&row, 3, "inserted"),
                 );
             }
             // Skipped on conflict: the winner has committed (READ COMMITTED

@@ -5,12 +5,13 @@
 //! for a creation that is there. Through SPI the answer cost a whole
 //! `WITH found … INSERT … ON CONFLICT` statement: parsing nothing, but
 //! starting an executor that opens the table for insert with every index
-//! and its arbiter, to insert no row. Here it is one index probe.
+//! and its arbiter, to insert no row. Here it is one index probe, and a key
+//! it finds absent is inserted by the INSERT alone, without that lookup.
 //!
-//! The probe only ever answers "found": whenever it cannot answer (no
-//! direct read allowed, the index not as expected, the row not in this
-//! snapshot), the caller takes the SQL path, which decides as before. So a
-//! miss costs one probe and changes nothing.
+//! The probe answers [`Probe::Found`] or [`Probe::Absent`] only when it
+//! read the index; whenever it cannot read it (no direct read allowed, the
+//! index not as expected) it says [`Probe::NotAsked`] and the caller takes
+//! the SQL path that looks the creation up itself.
 
 use crate::lifecycle::EventType;
 use crate::log_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
@@ -18,9 +19,18 @@ use pgrx::pg_sys;
 use pgrx::FromDatum;
 use std::ffi::CString;
 
+/// What the probe learned.
+pub enum Probe {
+    /// The stored creation: its id and seq.
+    Found(String, i64),
+    /// The index, read in the statement's snapshot, holds no such creation.
+    Absent,
+    /// The probe may not or cannot read the index.
+    NotAsked,
+}
+
 /// The stored creation `event` of (`run_id`, `correlation_id`) in the
-/// statement's snapshot: its id and seq; None when it is not found or the
-/// probe may not answer.
+/// statement's snapshot.
 ///
 /// Allowed exactly when the SQL statement it replaces would run with the
 /// same result: the user holds SELECT and INSERT on the whole table (the
@@ -29,36 +39,40 @@ use std::ffi::CString;
 /// # Safety
 /// Inside a transaction; `event` is a creation type in the index's
 /// predicate (a suspension type).
-pub unsafe fn find(
-    run_id: &str,
-    correlation_id: Option<&str>,
-    event: EventType,
-) -> Option<(String, i64)> {
+pub unsafe fn find(run_id: &str, correlation_id: Option<&str>, event: EventType) -> Probe {
     unsafe {
         if !pg_sys::ActiveSnapshotSet() {
-            return None;
+            return Probe::NotAsked;
         }
-        let (rel_oid, idx_oid) = own_log_and_index(
+        let Some((rel_oid, idx_oid)) = own_log_and_index(
             c"workflow_events_entity_creation_unique",
             &[pg_sys::ACL_SELECT, pg_sys::ACL_INSERT],
-        )?;
+        ) else {
+            return Probe::NotAsked;
+        };
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let heap = pg_sys::table_open(rel_oid, lock);
         let index = pg_sys::index_open(idx_oid, lock);
         let found = probe(heap, index, run_id, correlation_id, event);
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
         pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
-        found
+        match found {
+            Some(Some((id, seq))) => Probe::Found(id, seq),
+            Some(None) => Probe::Absent,
+            None => Probe::NotAsked,
+        }
     }
 }
 
+/// Some(the creation found, if any) when the index was read; None when it
+/// could not be.
 unsafe fn probe(
     heap: pg_sys::Relation,
     index: pg_sys::Relation,
     run_id: &str,
     correlation_id: Option<&str>,
     event: EventType,
-) -> Option<(String, i64)> {
+) -> Option<Option<(String, i64)>> {
     unsafe {
         let id_col = column(heap, c"id")?;
         let run_col = column(heap, c"run_id")?;
@@ -122,15 +136,18 @@ unsafe fn probe(
         let scan = begin_index_scan(heap, index, 3);
         pg_sys::index_rescan(scan, keys.as_mut_ptr(), 3, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        let mut found = None;
+        let mut found = Some(None);
         if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
             pg_sys::slot_getallattrs(slot);
             let natts = usize::try_from((*slot).tts_nvalid).unwrap_or(0);
             let values = std::slice::from_raw_parts((*slot).tts_values, natts);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+            // A row we cannot read (both columns are NOT NULL in our log):
+            // say nothing rather than "absent".
+            found = None;
             if id_col < natts && seq_col < natts && !nulls[id_col] && !nulls[seq_col] {
                 let id = String::from_datum(values[id_col], false);
-                found = id.map(|id| (id, values[seq_col].value() as i64));
+                found = id.map(|id| Some((id, values[seq_col].value() as i64)));
             }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);

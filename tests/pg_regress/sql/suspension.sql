@@ -37,6 +37,18 @@ SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', NULL, 'r
 SELECT string_agg(DISTINCT mode, ', ') AS log_locks FROM pg_locks
  WHERE pid = pg_backend_pid() AND relation = 'workflow_ext.events'::regclass;
 COMMIT;
+-- A new key the probe found absent is inserted by the INSERT alone, which
+-- does not look the creation up again: the log is scanned three times in
+-- this transaction (the probe, the ON CONFLICT arbiter, the trigger's read
+-- of the step's last event); the statement with its lookup scanned it four
+-- (the backend's counts not yet reported, hence a difference).
+BEGIN;
+SELECT seq_scan + idx_scan AS scans_before FROM pg_stat_xact_all_tables
+ WHERE relid = 'workflow_ext.events'::regclass \gset
+SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-1', 'step_new', 'step_created');
+SELECT seq_scan + idx_scan - :scans_before AS scans_of_the_log FROM pg_stat_xact_all_tables
+ WHERE relid = 'workflow_ext.events'::regclass;
+ROLLBACK;
 -- Seqs are dense per run.
 SELECT run_id, count(*), min(seq), max(seq) FROM workflow_ext.events GROUP BY run_id ORDER BY run_id;
 -- Batch creation: one row per input, in input order; idempotent per key
