@@ -251,6 +251,8 @@ def main():
             "SELECT workflow_ext.new_event_id(), 'run-' || :r, "
             "coalesce((SELECT max(e.seq) FROM adv_floor_events e WHERE e.run_id = 'run-' || :r), 0) + 1, "
             "'step_created', 'step_' || :k FROM l ON CONFLICT DO NOTHING;\n",
+            "fn_insert": draw(":runs", KEYS) + "SELECT * FROM fn_insert('run-' || :r, 'step_' || :k);\n",
+            "fn_floor": draw(":runs", KEYS) + "SELECT * FROM fn_floor('run-' || :r, 'step_' || :k);\n",
         }
         names = list(scripts)
         for clients in sweep_clients:
@@ -269,6 +271,12 @@ def main():
                     tps["advisory_floor"], raw)
                 row(f"new key vs the floor, {clients} client(s)", "append_suspension", "floor",
                     tps["append_suspension"], tps["floor"])
+                row(f"raw insert in a function, {clients} client(s)", "fn_insert", "raw_insert",
+                    tps["fn_insert"], raw)
+                row(f"dense-seq floor in a function, {clients} client(s)", "fn_floor", "raw_insert",
+                    tps["fn_floor"], raw)
+                row(f"new key vs the floor in a function, {clients} client(s)", "append_suspension", "fn_floor",
+                    tps["append_suspension"], tps["fn_floor"])
         # Contention on one run: appends to a run are serialized by its lock.
         ta, tb = side_by_side(suspension_script("one", runs=1), draw(1, KEYS) + raw_insert_sql("one") + ";\n",
                               4, sweep_secs, rounds)
@@ -281,9 +289,12 @@ def main():
         b = ("\\set k random(1, 1000)\n"
              "SELECT id, seq FROM workflow_ext.events WHERE run_id = 'dup-run' AND correlation_id = 'step_' || :k "
              "AND type = 'step_created';\n")
+        c = ("\\set k random(1, 1000)\n"
+             "SELECT * FROM fn_select('dup-run', 'step_' || :k);\n")
         for clients in (1, 4):
-            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            ta, tb, tc = alternate([a, b, c], clients, secs, rounds)
             row(f"existing key, {clients} client(s)", "append_suspension", "indexed_select", ta, tb)
+            row(f"indexed SELECT in a function, {clients} client(s)", "fn_select", "indexed_select", tc, tb)
 
     # 3. A step lifecycle (created, started, completed) through append_event vs
     #    raw inserts of the same three events.

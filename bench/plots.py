@@ -1,5 +1,5 @@
 """The pictures of `make bench` (matplotlib, Debian's python3-matplotlib):
-throughput against clients for the raw insert, the two floors and each
+throughput against clients for the raw insert, the floors and each
 append path; replay time against events (log-log: a straight line of slope
 1 is linear); events/s against batch size. Called by bench/bench.py with
 what it measured; returns the paths written."""
@@ -15,6 +15,8 @@ LABELS = {
     "lock_floor": "row-lock floor (FOR UPDATE + max(seq))",
     "advisory_floor": "advisory-lock floor (xact lock + max(seq))",
     "floor": "dense-seq floor (run row bumped in the insert)",
+    "fn_insert": "raw INSERT inside a PL/pgSQL function",
+    "fn_floor": "dense-seq floor inside a PL/pgSQL function",
     "append_suspension": "append_suspension_event",
     "append_event": "append_event (step_created)",
 }

@@ -18,6 +18,39 @@ CREATE TABLE lock_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCL
 -- hash, seq = max(seq) + 1 (no run row at all).
 CREATE TABLE adv_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 
+-- The same two inserts as the raw limit and the dense-seq floor, each inside
+-- a PL/pgSQL function of append_suspension_event's result shape: what a
+-- function call adds to them. fn_floor is the floor of any one-call append
+-- that keeps a dense per-run seq (no validation, no read-back), fn_select
+-- that of any one-call answer for an existing key.
+CREATE TABLE fn_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE fn_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE FUNCTION fn_insert(p_run text, p_corr text) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY INSERT INTO fn_events AS e (id, run_id, seq, type, correlation_id)
+    VALUES (workflow_ext.new_event_id(), p_run, nextval('raw_seq'), 'step_created', p_corr)
+    ON CONFLICT (run_id, correlation_id, type)
+       WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created') DO NOTHING
+    RETURNING e.id, e.seq, true;
+END $$;
+CREATE FUNCTION fn_floor(p_run text, p_corr text) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY WITH u AS (UPDATE floor_runs r SET last_seq = r.last_seq + 1 WHERE r.run_id = p_run RETURNING r.last_seq)
+    INSERT INTO fn_floor_events AS e (id, run_id, seq, type, correlation_id)
+    SELECT workflow_ext.new_event_id(), p_run, u.last_seq, 'step_created', p_corr FROM u
+    ON CONFLICT (run_id, correlation_id, type)
+       WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created') DO NOTHING
+    RETURNING e.id, e.seq, true;
+END $$;
+CREATE FUNCTION fn_select(p_run text, p_corr text) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN QUERY SELECT e.id, e.seq, false FROM workflow_ext.events e
+    WHERE e.run_id = p_run AND e.correlation_id = p_corr AND e.type = 'step_created';
+END $$;
+
 -- The DevKit world's entity table for the client-side path (workflow_steps:
 -- primary key step_id).
 CREATE TABLE cs_steps (step_id text PRIMARY KEY, run_id text NOT NULL, status text NOT NULL,
