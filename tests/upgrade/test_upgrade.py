@@ -33,6 +33,7 @@ RELEASED = {
     "0.1.0": "349a20fd3f8e47675a933d7f71e58406a312e919c5a93fbd9bfee4dc1aca1966",
     "0.2.0": "4ffcc3471deb94e5a420ec75fff59e57fd34a455a4e31c8b861676dba4c2bf7c",
     "0.3.0": "8fc255041a6f874d09d8358b4a909d50e0aa306025ba9200bd353dc8663f7269",
+    "0.4.0": "f62559764c5062ee5c7877ef0e96348a5a81a523a42e96582d76b4100e74c351",
 }
 
 
@@ -218,3 +219,19 @@ def test_update_equals_fresh_install_and_keeps_data(fresh_db, version):
         rows = c.execute("SELECT correlation_id, seq, inserted FROM workflow_ext.append_suspension_events("
                          "'wrun_d', ARRAY['b1', 'b2', 'b1'], ARRAY['step_created', 'step_created', 'step_created'])").fetchall()
         assert rows == [("b1", 6, True), ("b2", 7, True), ("b1", 6, False)]
+        # 0.4.1's grant_access: revoking one kind keeps what another kind the
+        # role holds shares with it.
+        role = f"wfx_upg_{uuid.uuid4().hex[:8]}"
+        c.execute(f'CREATE ROLE "{role}"')
+        try:
+            c.execute("SELECT workflow_ext.grant_access(%s, 'writer')", (role,))
+            c.execute("SELECT workflow_ext.grant_access(%s, 'reader')", (role,))
+            c.execute("SELECT workflow_ext.grant_access(%s, 'writer', revoke => true)", (role,))
+            assert c.execute(
+                "SELECT has_schema_privilege(%s, 'workflow_ext', 'USAGE'), "
+                "has_table_privilege(%s, 'workflow_ext.events', 'SELECT'), "
+                "has_table_privilege(%s, 'workflow_ext.events', 'INSERT')", (role, role, role)).fetchone() == (
+                True, True, False)
+            c.execute("SELECT workflow_ext.grant_access(%s, 'reader', revoke => true)", (role,))
+        finally:
+            c.execute(f'DROP ROLE "{role}"')

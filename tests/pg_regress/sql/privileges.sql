@@ -102,8 +102,14 @@ RESET search_path;
 SELECT count(*) AS dk_rows FROM wfx_app_s.dk;
 DROP SCHEMA wfx_app_s CASCADE;
 DROP SCHEMA wfx_evil CASCADE;
--- Revoked, the role is back to nothing.
+-- Writer revoked: what the role's reader access shares with it (USAGE,
+-- SELECT on events) stays, the rest goes.
 SELECT workflow_ext.grant_access('wfx_app', 'writer', revoke => true);
+SELECT has_schema_privilege('wfx_app', 'workflow_ext', 'USAGE') AS usage,
+       has_table_privilege('wfx_app', 'workflow_ext.events', 'SELECT') AS "select",
+       has_table_privilege('wfx_app', 'workflow_ext.events', 'INSERT') AS "insert",
+       has_function_privilege('wfx_app', 'workflow_ext.append_event(text, text, text, jsonb)', 'EXECUTE') AS append,
+       has_function_privilege('wfx_app', 'workflow_ext.scan(regclass, timestamptz)', 'EXECUTE') AS scan;
 -- A role that may read the log and call the function but not insert may
 -- not append, not even a creation that is stored (answered without a
 -- statement, src/creation_probe.rs, under the grants the statement would
@@ -115,10 +121,20 @@ SET ROLE wfx_app;
 SELECT try($$SELECT * FROM workflow_ext.append_suspension_event('priv-run', NULL, 'run_created')$$);
 RESET ROLE;
 REVOKE EXECUTE ON FUNCTION workflow_ext.append_suspension_event(text, text, text, jsonb) FROM wfx_app;
+-- Reader revoked too: the role is back to nothing.
 SELECT workflow_ext.grant_access('wfx_app', 'reader', revoke => true);
 SET ROLE wfx_app;
 SELECT try($$SELECT count(*) FROM workflow_ext.events$$);
 RESET ROLE;
+SELECT count(*) AS privileges_left
+  FROM (SELECT FROM pg_class c, aclexplode(c.relacl) a
+         WHERE c.relnamespace = 'workflow_ext'::regnamespace AND a.grantee = 'wfx_app'::regrole
+        UNION ALL
+        SELECT FROM pg_proc p, aclexplode(p.proacl) a
+         WHERE p.pronamespace = 'workflow_ext'::regnamespace AND a.grantee = 'wfx_app'::regrole
+        UNION ALL
+        SELECT FROM pg_namespace n, aclexplode(n.nspacl) a
+         WHERE n.nspname = 'workflow_ext' AND a.grantee = 'wfx_app'::regrole) x;
 -- A monitoring role: metrics and stuck runs, not the log.
 CREATE ROLE wfx_monitor;
 SELECT workflow_ext.grant_access('wfx_monitor', 'monitor');
