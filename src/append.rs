@@ -71,8 +71,10 @@ struct AppendPlans {
     /// statement; one plan per suspension type.
     find_or_insert: [OwnedPreparedStatement; 4],
     /// The insert alone, for a key the creation probe has just found absent
-    /// (src/creation_probe.rs); one plan per suspension type.
-    insert: [OwnedPreparedStatement; 4],
+    /// (src/creation_probe.rs); one plan per suspension type, none for a
+    /// hook, whose stored creation may be the hook_conflict recorded in its
+    /// place, which the creation index does not hold (`find_creation_sql`).
+    insert: [Option<OwnedPreparedStatement>; 4],
 }
 
 thread_local! {
@@ -257,14 +259,16 @@ fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
             )
         }),
         insert: SUSPENSION_TYPES.map(|t| {
-            plans::keep(
-                c,
-                &format!(
-                    "INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
-                     VALUES ($1, $2, '{t}', $3) {on_conflict} RETURNING id, seq"
-                ),
-                &[TEXT, TEXT, JSONB],
-            )
+            (t != EventType::HookCreated).then(|| {
+                plans::keep(
+                    c,
+                    &format!(
+                        "INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
+                         VALUES ($1, $2, '{t}', $3) {on_conflict} RETURNING id, seq"
+                    ),
+                    &[TEXT, TEXT, JSONB],
+                )
+            })
         }),
     }
 }
@@ -753,16 +757,16 @@ fn append_suspension_event(
     // type.
     let probed =
         unsafe { crate::creation_probe::find(addr.run_id, addr.correlation_id, addr.event) };
-    // The probe read the index and found nothing: the INSERT alone. Not for
-    // a hook, whose stored creation may be the hook_conflict recorded in its
-    // place, which the creation index does not hold (`find_creation_sql`).
     let absent = match probed {
         Probe::Found(id, seq) => return TableIterator::once((id, seq, false)),
-        Probe::Absent => addr.event != EventType::HookCreated,
+        Probe::Absent => true,
         Probe::NotAsked => false,
     };
     let row = Spi::connect_mut(|client| {
         with_append_plans(client, |c, plans| {
+            // The probe read the index and found nothing: the INSERT alone,
+            // where the type has one (`AppendPlans::insert`).
+            let alone = plans.insert[plan].as_ref().filter(|_| absent);
             let args = [
                 addr.run_id.into(),
                 addr.correlation_id.into(),
@@ -771,10 +775,9 @@ fn append_suspension_event(
             // Otherwise one statement that returns a committed creation as
             // it is (the log is append-only, so a duplicate takes no lock at
             // all) or inserts the row. Either way the row passes the trigger.
-            let (statement, what) = if absent {
-                (&plans.insert[plan], "insert")
-            } else {
-                (&plans.find_or_insert[plan], "append")
+            let (statement, what) = match alone {
+                Some(insert) => (insert, "insert"),
+                None => (&plans.find_or_insert[plan], "append"),
             };
             let rows = or_internal!(c.update(statement, Some(1), &args), "{what}");
             if !rows.is_empty() {
@@ -783,7 +786,7 @@ fn append_suspension_event(
                     required(&row, 1, "event id"),
                     required(&row, 2, "event seq"),
                     // The INSERT alone returns only the row it inserted.
-                    absent || required(&row, 3, "inserted"),
+                    alone.is_some() || required(&row, 3, "inserted"),
                 );
             }
             // Skipped on conflict: the winner has committed (READ COMMITTED
