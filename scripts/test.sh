@@ -56,7 +56,7 @@ if [ "${1:-}" = --matrix ]; then
   for m in $majors; do
     echo; echo "######## PostgreSQL $m"
     if [ "$m" = 15 ]; then suites="${WFX_SUITES:-}"
-    else suites="${WFX_MATRIX_SUITES:-lint pgrx regress concurrency}"; fi
+    else suites="${WFX_MATRIX_SUITES:-lint pgrx regress security concurrency}"; fi
     # A run that fails outside a suite (set-up, install, an unknown suite)
     # still leaves a failed line.
     if ! PG="$m" WFX_SUITES="$suites" WFX_REPORT="$report" bash "$0"; then
@@ -78,9 +78,9 @@ fi
 
 . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
 if [ "$PG_MAJOR" = 15 ]; then
-  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit replicas exporter package clients faults bench}"
+  SUITES="${WFX_SUITES:-lint pgrx regress security upgrade docs concurrency migrators devkit replicas exporter package clients faults bench}"
 else
-  SUITES="${WFX_SUITES:-lint pgrx regress upgrade docs concurrency migrators devkit clients bench}"
+  SUITES="${WFX_SUITES:-lint pgrx regress security upgrade docs concurrency migrators devkit clients bench}"
   for s in $SUITES; do
     if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ] || [ "$s" = package ]; then
       # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
@@ -175,6 +175,23 @@ regress() {
     || { cat "$out/regression.diffs" 2>/dev/null | head -200; return 1; }
 }
 
+security() {
+  # Issue 28's reproductions, as the roles named: pg_regress (tests/security/
+  # schedule), then the cancellation checks (pytest), if any.
+  local out="$ROOT/target/security/pg$PG_MAJOR"
+  rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
+  eval "$(bash scripts/cluster.sh env)"
+  "$PG_PGXS/src/test/regress/pg_regress" \
+    --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
+    --inputdir="$ROOT/tests/security" --outputdir="$out" --dbname=wfx_security \
+    --schedule="$ROOT/tests/security/schedule" \
+    || { cat "$out/regression.diffs" 2>/dev/null | head -200; return 1; }
+  if compgen -G "tests/security/test_*.py" >/dev/null; then
+    export PGHOST PGPORT PGUSER
+    python3 -m pytest -q -s -p no:cacheprovider tests/security
+  fi
+}
+
 upgrade() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
@@ -242,6 +259,7 @@ for suite in $SUITES; do
     lint) run_suite "lint (cargo fmt, cargo clippy)" lint ;;
     pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
     regress) install_extension; run_suite "pg_regress" regress ;;
+    security) install_extension; run_suite "security: owner, roles, cancellation (pg_regress + pytest)" security ;;
     upgrade) install_extension; run_suite "upgrade from released versions (pytest)" upgrade ;;
     docs) install_extension; run_suite "README SQL (pytest)" docs ;;
     concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;

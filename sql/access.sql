@@ -9,8 +9,11 @@
 --   reader    USAGE; SELECT on events; EXECUTE on replay, scan
 --   migrator  USAGE; SELECT on bootstraps; EXECUTE on bootstrap,
 --             bootstrap_begin, bootstrap_end
---   monitor   membership in pg_monitor (metrics, stuck_runs,
---             counters_since_start, attached_logs)
+--   monitor   USAGE; EXECUTE on metrics, stuck_runs, counters_since_start;
+--             SELECT on attached_logs: workflow_ext's numbers and nothing
+--             else (0.4 granted all of pg_monitor, which reads every
+--             session's query text; a role granted monitor then keeps
+--             pg_monitor until it is revoked by hand)
 -- A revoke keeps what another kind the role holds shares with it (USAGE,
 -- SELECT on events): PostgreSQL keeps one grant, not one per kind.
 CREATE FUNCTION workflow_ext.grant_access(role regrole, access text, revoke boolean DEFAULT false)
@@ -39,7 +42,11 @@ DECLARE
         ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap(text, text)'],
         ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap_begin(text, interval, text)'],
         ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap_end(text)'],
-        ['monitor', 'pg_monitor']];
+        ['monitor', 'USAGE ON SCHEMA workflow_ext'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.metrics(interval)'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.stuck_runs(interval)'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.counters_since_start()'],
+        ['monitor', 'SELECT ON workflow_ext.attached_logs']];
     -- The other kinds the role holds (granted to it directly, not through a
     -- membership), each known by a privilege only that kind grants. Their
     -- shared privileges survive a revoke of this kind.
@@ -71,6 +78,10 @@ BEGIN
                 OR (items[j][1] = 'migrator' AND EXISTS (
                      SELECT FROM pg_proc p, aclexplode(p.proacl) a
                       WHERE p.oid = 'workflow_ext.bootstrap(text, text)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE'))
+                OR (items[j][1] = 'monitor' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.metrics(interval)'::regprocedure
                         AND a.grantee = role AND a.privilege_type = 'EXECUTE')));
     END IF;
     FOR i IN 1 .. array_length(items, 1) LOOP

@@ -27,6 +27,127 @@ BEGIN
 END
 $$;
 
+-- An index predicate as PostgreSQL prints it, without the casts between
+-- text, varchar and the event enum and without parentheses and spaces: the
+-- same predicate prints differently after a column's type was changed and
+-- back (the index is rebuilt from it). Only those casts go: a cast that
+-- changes values (to char(n), say) still tells a weaker predicate apart.
+-- Internal.
+CREATE FUNCTION workflow_ext.predicate_shape(predicate text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT regexp_replace(
+             regexp_replace(predicate, '::(text|character varying|workflow_ext\.event_type|event_type)(\[\])?', '', 'g'),
+             '[()[:space:]]', '', 'g')
+$$;
+
+-- Whether index `idx` of `log` is the extension's creation index in all but
+-- its name: unique, NULLS NOT DISTINCT, valid, on exactly (run_id,
+-- correlation_id, type), with the predicate of the registered definition
+-- (workflow_ext.logs.creation_index, compared by predicate_shape). Compares
+-- structure, not the definition's text, so a renamed table or schema keeps
+-- its index. Catalog reads only. Internal.
+CREATE FUNCTION workflow_ext.is_creation_index(idx regclass, log regclass) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(bool_and(
+               i.indisunique AND i.indnullsnotdistinct AND i.indisvalid AND i.indisready AND i.indislive
+               AND i.indexprs IS NULL
+               AND i.indkey::text = array_to_string(ARRAY(
+                       SELECT a.attnum FROM unnest(ARRAY['run_id', 'correlation_id', 'type']) WITH ORDINALITY k(col, n)
+                         JOIN pg_attribute a ON a.attrelid = log AND a.attname = k.col
+                        ORDER BY k.n), ' ')
+               AND workflow_ext.predicate_shape(pg_get_expr(i.indpred, i.indrelid))
+                   = workflow_ext.predicate_shape(substring(l.creation_index FROM ' WHERE (.*)$'))), false)
+      FROM pg_index i JOIN workflow_ext.logs l ON l.relation = i.indrelid
+     WHERE i.indexrelid = idx AND i.indrelid = log
+$$;
+
+-- The extension's creation index of `log`, or NULL when the index of that
+-- name is missing, invalid or another one (the write path then refuses a
+-- duplicate creation itself, src/append.rs). Internal.
+CREATE FUNCTION workflow_ext.creation_index_of(log regclass) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = log AND c.relname = 'workflow_events_entity_creation_unique'
+       AND workflow_ext.is_creation_index(c.oid::regclass, log)
+$$;
+
+-- The columns the extension reads on `log` have the built-in types of
+-- src/log_shape.rs (42804) and exist (42703; seq only when not
+-- `attaching`). Internal.
+CREATE FUNCTION workflow_ext.check_log_columns(log regclass, attaching boolean) RETURNS void
+    LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'check_log_columns_wrapper';
+
+-- Runs one of attach's statements on the table as the table's owner, with
+-- SECURITY_RESTRICTED_OPERATION (src/owner.rs): whatever code the owner
+-- attached to the table runs with the owner's rights. Internal.
+CREATE FUNCTION workflow_ext.execute_as_owner(log regclass, statement text) RETURNS bigint
+    LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'execute_as_owner_wrapper';
+
+-- What a protected log may be (threat model: README, Security): a plain,
+-- permanent table, neither inheriting nor inherited, not a partition,
+-- without rules, without triggers but the extension's, with the columns
+-- of check_log_columns. attach checks it before it touches anything
+-- (`attaching`), the DDL watcher after every DDL command on an attached
+-- log, where the extension's own triggers must also be ENABLE ALWAYS
+-- (`created`: triggers this very command created, which are not enabled
+-- yet, as in a pg_restore). Catalog reads only. Internal.
+CREATE FUNCTION workflow_ext.check_log(log regclass, attaching boolean, created oid[] DEFAULT '{}')
+RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel record;
+    what text;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relispartition INTO rel FROM pg_class c WHERE c.oid = log;
+    IF rel.relkind IS NULL THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', log::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION '"%" is not a table', log
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'Only a plain table can be attached: its rows are checked by a row trigger.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'cannot attach temporary table "%"', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A temporary table ends with its session, which would leave its registration behind.';
+    END IF;
+    what := CASE
+        WHEN rel.relispartition THEN 'it is a partition'
+        WHEN EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = log) THEN 'it inherits from another table'
+        WHEN EXISTS (SELECT FROM pg_inherits h WHERE h.inhparent = log) THEN 'another table inherits from it'
+        WHEN EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = log) THEN 'it has rules'
+        WHEN EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid = log AND NOT t.tgisinternal
+                        AND (t.tgname NOT IN ('workflow_ext_validate_insert', 'workflow_ext_append_only',
+                                              'workflow_ext_no_truncate')
+                             OR t.tgfoid NOT IN ('workflow_ext.events_before_insert()'::regprocedure,
+                                                 'workflow_ext.events_refuse_change()'::regprocedure)))
+            THEN 'it has triggers of its own'
+        WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
+                                        WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
+                                          AND t.oid <> ALL (created))
+            THEN 'a trigger of workflow_ext is not ENABLE ALWAYS'
+    END;
+    IF what IS NOT NULL THEN
+        RAISE EXCEPTION '"%" cannot be a protected log: %', log, what
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Inheritance, partitions, rules and other triggers would let rows or code past '
+                           'the validating trigger; its triggers must fire under every session_replication_role.',
+                  HINT = CASE WHEN attaching THEN 'Remove them, then attach again.'
+                              ELSE 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).' END;
+    END IF;
+    PERFORM workflow_ext.check_log_columns(log, attaching);
+END
+$$;
+
 -- Puts the extension's guarantees on an existing event table (the DevKit's
 -- workflow.workflow_events, or any table with id, run_id, type and
 -- correlation_id columns): audits the rows already there, numbers them in
@@ -38,15 +159,18 @@ $$;
 -- SECURITY INVOKER: the DDL runs with the caller's rights (the caller must
 -- own the table), and the registration writes workflow_ext.logs and runs,
 -- which only their owner may write; so attach needs a superuser (or the
--- extension owner) and is not executable by PUBLIC (finalize.sql).
+-- extension owner) and is not executable by PUBLIC (finalize.sql). Nothing
+-- the table's owner chose runs with those rights: check_log refuses what
+-- would (other triggers, rules, inheritance, column types), and the
+-- statements that write the table run as its owner.
 CREATE FUNCTION workflow_ext.attach(log regclass, accept_existing boolean DEFAULT false)
 RETURNS bigint
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    kind "char";
     rel_name name;
-    rel_schema name;
+    rel_schema oid;
+    index_base text;
     seq_type regtype;
     bad_runs bigint;
     worst text;
@@ -61,15 +185,10 @@ BEGIN
         RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT c.relkind, c.relname, n.nspname INTO kind, rel_name, rel_schema
-      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = log;
-    IF kind IS NULL THEN
+    -- Names by OID, never parsed again: any legal identifier works.
+    SELECT c.relname, c.relnamespace INTO rel_name, rel_schema FROM pg_class c WHERE c.oid = log;
+    IF rel_name IS NULL THEN
         RAISE EXCEPTION 'relation with OID % does not exist', log::oid USING ERRCODE = 'undefined_table';
-    END IF;
-    IF kind <> 'r' THEN
-        RAISE EXCEPTION '"%" is not a table', log
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'Only a plain table can be attached: its rows are checked by a row trigger.';
     END IF;
     -- Nothing is written between the audit and the trigger.
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
@@ -78,16 +197,13 @@ BEGIN
         PERFORM workflow_ext.keep_creation_index_of(log);
         RETURN 0;
     END IF;
+    -- Before anything reads the table: what may be attached, and the
+    -- column types (no cast, operator or trigger of the owner's runs here).
+    PERFORM workflow_ext.check_log(log, attaching => true);
     SELECT a.atttypid::regtype INTO seq_type
       FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0 AND NOT a.attisdropped;
-    IF seq_type IS NOT NULL AND seq_type <> 'bigint'::regtype THEN
-        RAISE EXCEPTION 'column "seq" of "%" is %, not bigint', log, seq_type
-            USING ERRCODE = 'datatype_mismatch',
-                  HINT = 'Rename the column; attach adds a bigint seq of its own.';
-    END IF;
 
-    -- The audit: scan() checks the shape (42703 for a missing column) and
-    -- replays every run with the writer's rules.
+    -- The audit: scan() replays every run with the writer's rules.
     SELECT count(*), string_agg(format('run "%s" (%s anomalies, first: %s at %s)',
                                        s.run_id, s.anomalies, s.first_anomaly, s.first_seq), ', ')
                      FILTER (WHERE s.rank <= 5)
@@ -121,31 +237,42 @@ BEGIN
     END IF;
 
     -- A dense seq per run, in replay order (the DevKit's: by id, ULIDs sort
-    -- by bytes); kept in a seq column the table may already have.
+    -- by bytes); kept in a seq column the table may already have. The
+    -- statements that write the table run as its owner (execute_as_owner):
+    -- its constraints, index expressions and generated columns are code the
+    -- owner chose.
     IF seq_type IS NULL THEN
-        EXECUTE format('ALTER TABLE %s ADD COLUMN seq bigint', log);
-        EXECUTE format(
+        PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ADD COLUMN seq bigint', log));
+        numbered := workflow_ext.execute_as_owner(log, format(
             'UPDATE %1$s t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER '
-            '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log);
-        GET DIAGNOSTICS numbered = ROW_COUNT;
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN seq SET NOT NULL', log);
+            '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log));
+        PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ALTER COLUMN seq SET NOT NULL', log));
         seq_added := true;
     END IF;
-    EXECUTE format('CREATE UNIQUE INDEX %I ON %s (run_id, seq)', left(rel_name, 50) || '_wfx_run_seq', log);
-    added := added || format('%I.%I', rel_schema, left(rel_name, 50) || '_wfx_run_seq');
+    -- Index names from the table's, cut to whole characters so that both
+    -- suffixes fit in 63 bytes.
+    index_base := rel_name;
+    WHILE octet_length(index_base) > 40 LOOP
+        index_base := left(index_base, -1);
+    END LOOP;
+    EXECUTE format('CREATE UNIQUE INDEX %I ON %s (run_id, seq)', index_base || '_wfx_run_seq', log);
+    added := added || format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel_schema),
+                             index_base || '_wfx_run_seq');
     -- An entity's last event in one backward index step (the trigger's read).
     EXECUTE format('CREATE INDEX %I ON %s (run_id, correlation_id, seq) WHERE correlation_id IS NOT NULL',
-                   left(rel_name, 50) || '_wfx_entity_seq', log);
-    added := added || format('%I.%I', rel_schema, left(rel_name, 50) || '_wfx_entity_seq');
+                   index_base || '_wfx_entity_seq', log);
+    added := added || format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel_schema),
+                             index_base || '_wfx_entity_seq');
 
     -- The table's own creation index of that name (the DevKit's, without
     -- run_created) gives way to the extension's, a superset; detach puts it
     -- back.
     SELECT i.indexrelid::regclass AS idx, i.indrelid INTO own_index
       FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
-     WHERE c.relname = 'workflow_events_entity_creation_unique' AND c.relnamespace = rel_schema::regnamespace;
+     WHERE c.relname = 'workflow_events_entity_creation_unique' AND c.relnamespace = rel_schema;
     IF own_index.idx IS NOT NULL AND own_index.indrelid <> log THEN
-        RAISE EXCEPTION 'index "workflow_events_entity_creation_unique" of schema "%" belongs to another table', rel_schema
+        RAISE EXCEPTION 'index "workflow_events_entity_creation_unique" of schema "%" belongs to another table',
+                        (SELECT nspname FROM pg_namespace WHERE oid = rel_schema)
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Attach tables of one schema one at a time: the index name is per schema.';
     END IF;
@@ -180,6 +307,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER workflow_ext_validate_insert, '
                    'ENABLE ALWAYS TRIGGER workflow_ext_append_only, ENABLE ALWAYS TRIGGER workflow_ext_no_truncate', log);
 
+    -- Registered last: from here on the DDL watcher guards the table.
     INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
                                    creation_index, added_indexes)
     VALUES (log, accept_existing, seq_added, numbered, replaced, def, added);
@@ -233,50 +361,81 @@ END
 $$;
 
 -- If `log`'s creation index is no longer the extension's (a package
--- migration dropped and recreated it, as world-postgres 5.0's 0014 does),
--- puts the extension's back. Its own CREATE INDEX fires the index watcher
--- again: a transaction-local flag stops that recursion. workflow_ext.events
--- is left alone (its index is the extension's own, from schema.sql).
--- Internal.
+-- migration dropped and recreated it, as world-postgres 5.0's 0014 does, or
+-- renamed another index onto its name), puts the extension's back, and
+-- keeps the package's definition as the one detach restores. Its own
+-- CREATE INDEX fires the DDL watcher again, which finds the index intact
+-- and returns: no flag, so no session can switch the watcher off.
+-- workflow_ext.events is left alone (its index is the extension's own, from
+-- schema.sql). Internal.
 CREATE FUNCTION workflow_ext.keep_creation_index_of(log regclass) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     idx regclass;
-    want text;
 BEGIN
     IF log = 'workflow_ext.events'::regclass
-       OR current_setting('workflow_ext.restoring_creation_index', true) = 'on' THEN
+       OR NOT EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log)
+       OR workflow_ext.creation_index_of(log) IS NOT NULL THEN
         RETURN;
     END IF;
-    SELECT l.creation_index INTO want FROM workflow_ext.logs l WHERE l.relation = log;
     SELECT i.indexrelid INTO idx
       FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
      WHERE i.indrelid = log AND c.relname = 'workflow_events_entity_creation_unique';
-    IF want IS NULL OR (idx IS NOT NULL AND pg_get_indexdef(idx) = want) THEN
-        RETURN;
-    END IF;
-    PERFORM set_config('workflow_ext.restoring_creation_index', 'on', true);
     IF idx IS NOT NULL THEN
+        UPDATE workflow_ext.logs l SET replaced_index = pg_get_indexdef(idx) WHERE l.relation = log;
         EXECUTE format('DROP INDEX %s', idx);
     END IF;
     UPDATE workflow_ext.logs l SET creation_index = workflow_ext.create_creation_index(log)
      WHERE l.relation = log;
-    PERFORM set_config('workflow_ext.restoring_creation_index', 'off', true);
 END
 $$;
 
--- Event trigger (ddl_command_end, CREATE INDEX): a migration that recreates
--- an attached table's creation index gets the extension's back at the end of
--- that statement, in its own transaction. SECURITY DEFINER: the migration's
--- role may not read workflow_ext.logs; it only ever drops and recreates the
--- index of a table attach registered, with fixed statements.
-CREATE FUNCTION workflow_ext.on_create_index() RETURNS event_trigger
+-- Event trigger (ddl_command_end): the DDL watcher. After every command
+-- that could change what protects an attached log, the log is checked
+-- (workflow_ext.check_log); a command that left a log unprotected fails,
+-- and with it its transaction: disabling, renaming or re-enabling as
+-- REPLICA/ORIGIN the extension's triggers, triggers or rules of one's own,
+-- inheritance and partitions, changing the type of a column the extension
+-- reads. A creation index recreated or renamed onto its name by a package
+-- migration is replaced by the extension's (keep_creation_index_of);
+-- renaming the extension's away is refused. Dropping it is allowed (a
+-- migration drops and recreates it in one transaction): meanwhile the
+-- write path refuses duplicate creations itself. workflow_ext.events is
+-- owned by the extension's owner and is not checked. SECURITY DEFINER: the
+-- command's role may not read workflow_ext.logs.
+CREATE FUNCTION workflow_ext.on_ddl_command_end() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t regclass;
+    created oid[];
 BEGIN
+    IF NOT EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation <> 'workflow_ext.events'::regclass) THEN
+        RETURN;
+    END IF;
+    -- Triggers this command created: not enabled yet (pg_restore enables
+    -- each with its own ALTER TABLE, which is checked).
+    SELECT coalesce(array_agg(d.objid), '{}') INTO created
+      FROM pg_event_trigger_ddl_commands() d
+     WHERE d.classid = 'pg_trigger'::regclass AND d.command_tag = 'CREATE TRIGGER';
+    -- The extension's creation index renamed away: refused.
+    FOR t IN SELECT DISTINCT i.indrelid::regclass
+               FROM pg_event_trigger_ddl_commands() d
+               JOIN pg_index i ON i.indexrelid = d.objid
+               JOIN pg_class c ON c.oid = d.objid
+               JOIN workflow_ext.logs l ON l.relation = i.indrelid
+              WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER INDEX'
+                AND c.relname <> 'workflow_events_entity_creation_unique'
+                AND workflow_ext.is_creation_index(c.oid::regclass, i.indrelid::regclass)
+                AND workflow_ext.creation_index_of(i.indrelid::regclass) IS NULL
+    LOOP
+        RAISE EXCEPTION 'cannot rename the creation index of "%"', t
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'workflow_events_entity_creation_unique is the name clients map to "already exists".',
+                  HINT = 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).';
+    END LOOP;
+    -- An index created or renamed onto the name: the extension's back.
     FOR t IN SELECT DISTINCT i.indrelid::regclass
                FROM pg_event_trigger_ddl_commands() d
                JOIN pg_index i ON i.indexrelid = d.objid
@@ -286,15 +445,40 @@ BEGIN
     LOOP
         PERFORM workflow_ext.keep_creation_index_of(t);
     END LOOP;
+    -- Every attached log (there are few): a command on another table can
+    -- still touch one (CREATE TABLE … INHERITS, ATTACH PARTITION).
+    FOR t IN SELECT l.relation FROM workflow_ext.logs l
+              WHERE l.relation <> 'workflow_ext.events'::regclass ORDER BY l.relation
+    LOOP
+        PERFORM workflow_ext.check_log(t, attaching => false, created => created);
+    END LOOP;
 END
 $$;
 
 -- Event trigger (sql_drop): a dropped attached table leaves no registration
--- or run rows behind. SECURITY DEFINER for the internal tables.
+-- or run rows behind; dropping one of the extension's triggers from a table
+-- that stays attached is refused. (DROP EXTENSION … CASCADE drops this event
+-- trigger first, so it cannot refuse that.) SECURITY DEFINER for the
+-- internal tables.
 CREATE FUNCTION workflow_ext.on_drop() RETURNS event_trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t text;
 BEGIN
+    FOR t IN SELECT d.object_identity
+               FROM pg_event_trigger_dropped_objects() d
+              WHERE d.object_type = 'trigger'
+                AND d.address_names[3] IN ('workflow_ext_validate_insert', 'workflow_ext_append_only',
+                                           'workflow_ext_no_truncate')
+                AND EXISTS (SELECT FROM workflow_ext.logs l JOIN pg_class c ON c.oid = l.relation
+                                                            JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = d.address_names[1] AND c.relname = d.address_names[2])
+    LOOP
+        RAISE EXCEPTION 'cannot drop trigger % of an attached log', t
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).';
+    END LOOP;
     DELETE FROM workflow_ext.runs r
      USING pg_event_trigger_dropped_objects() d
      WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND r.log::oid = d.objid;
@@ -304,10 +488,15 @@ BEGIN
 END
 $$;
 
-CREATE EVENT TRIGGER workflow_ext_keep_creation_index ON ddl_command_end
-    WHEN TAG IN ('CREATE INDEX') EXECUTE FUNCTION workflow_ext.on_create_index();
+CREATE EVENT TRIGGER workflow_ext_guard_logs ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER',
+                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE')
+    EXECUTE FUNCTION workflow_ext.on_ddl_command_end();
 CREATE EVENT TRIGGER workflow_ext_forget_dropped ON sql_drop
     EXECUTE FUNCTION workflow_ext.on_drop();
+-- They fire under every session_replication_role, like the log's triggers.
+ALTER EVENT TRIGGER workflow_ext_guard_logs ENABLE ALWAYS;
+ALTER EVENT TRIGGER workflow_ext_forget_dropped ENABLE ALWAYS;
 
 -- What is protected, with the options attach was given.
 CREATE VIEW workflow_ext.attached_logs AS

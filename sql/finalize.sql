@@ -38,6 +38,12 @@ REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.create_creation_index(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.keep_creation_index_of(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.execute_as_owner(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.check_log(regclass, boolean, oid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.check_log_columns(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.is_creation_index(regclass, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.creation_index_of(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.predicate_shape(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.grant_access(regrole, text, boolean) FROM PUBLIC;
 
 -- Secure by default: PUBLIC gets nothing of the schema. Payloads are often

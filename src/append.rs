@@ -24,6 +24,7 @@ use crate::creation_probe::Probe;
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::event_id;
 use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
+use crate::log_shape;
 use crate::metrics;
 use crate::payload::Payload;
 use crate::plans::{self, BOOL, EQ, JSONB, MINUS, PLUS, TEXT};
@@ -538,10 +539,52 @@ fn decide(
                 // The index would not catch it: refuse ourselves.
                 return Err(refused(addr, Violation::DuplicateCreation, run.state));
             }
+            // The owner of an attached table can drop its creation index (a
+            // package migration drops and recreates it): without it the row
+            // would be stored twice, so refuse it ourselves.
+            if !creation_index_intact(client, plans.oid) {
+                return Err(WfError::CreationIndexMissing {
+                    log: crate::owner::relation_name(plans.oid),
+                });
+            }
             Ok(run.seq)
         }
         Err(violation) => Err(refused(addr, violation, run.state)),
     }
+}
+
+/// Whether `log` has the extension's creation index, valid
+/// (`workflow_ext.creation_index_of`, sql/attach.sql). The extension's own
+/// log always has it: only the extension's owner can drop it. A database
+/// whose SQL predates the function (before ALTER EXTENSION UPDATE) is not
+/// asked.
+fn creation_index_intact(client: &mut SpiClient<'_>, log: pg_sys::Oid) -> bool {
+    let asked = or_internal!(
+        client.update(
+            "SELECT CASE WHEN $1 OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass::pg_catalog.oid \
+                          OR pg_catalog.to_regprocedure('workflow_ext.creation_index_of(pg_catalog.regclass)') IS NULL \
+                         THEN true END",
+            Some(1),
+            &[log.into()],
+        ),
+        "creation index check"
+    );
+    if asked.first().get::<bool>(1).ok().flatten().is_some() {
+        return true;
+    }
+    or_internal!(
+        client.update(
+            "SELECT workflow_ext.creation_index_of($1::pg_catalog.oid::pg_catalog.regclass) IS NOT NULL",
+            Some(1),
+            &[log.into()],
+        ),
+        "creation index check"
+    )
+    .first()
+    .get::<bool>(1)
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }
 
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
@@ -610,21 +653,30 @@ pub(crate) fn stored_creation(
     })
 }
 
-/// Reads one column of the trigger's row as text (any type, via its output
-/// function), by name.
+/// Reads one column (by attribute number, 0: absent) of the trigger's row
+/// as text, through its type's output function: a built-in one, since
+/// [`log_shape::check`] admitted the column's type.
 unsafe fn column_text(
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
-    name: &CStr,
+    attno: Option<i16>,
 ) -> Option<String> {
+    let attno = attno?;
     unsafe {
-        let attno = pg_sys::SPI_fnumber(desc, name.as_ptr());
-        let p = pg_sys::SPI_getvalue(tuple, desc, attno);
+        let p = pg_sys::SPI_getvalue(tuple, desc, attno.into());
         if p.is_null() {
             None
         } else {
             Some(CStr::from_ptr(p).to_string_lossy().into_owned())
         }
+    }
+}
+
+/// The trigger's table as `schema.name`, for errors.
+fn trigger_table(trigger: &PgTrigger<'_>) -> String {
+    match (trigger.table_schema(), trigger.table_name()) {
+        (Ok(schema), Ok(name)) => format!("{schema}.{name}"),
+        _ => "the event log".into(),
     }
 }
 
@@ -643,21 +695,24 @@ fn events_before_insert<'a>(
     // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
     let rel = data.tg_relation;
     let desc = unsafe { (*rel).rd_att };
+    // Before any value is read or any statement runs: the columns' types
+    // decide which functions both call (src/log_shape.rs).
+    // SAFETY: the open relation's descriptor.
+    let cols = or_raise!(unsafe {
+        log_shape::check(desc, &|| trigger_table(trigger), log_shape::Use::Log)
+    });
     let (id, run_id, corr, type_name, seq, payload) = unsafe {
-        let payload_no = pg_sys::SPI_fnumber(desc, c"payload".as_ptr());
         let mut is_null = true;
-        let payload =
-            if payload_no > 0 && pg_sys::SPI_gettypeid(desc, payload_no) == pg_sys::JSONBOID {
-                pg_sys::SPI_getbinval(tuple, desc, payload_no, &mut is_null)
-            } else {
-                pg_sys::Datum::from(0)
-            };
+        let payload = match cols.attno("payload") {
+            Some(n) => pg_sys::SPI_getbinval(tuple, desc, n.into(), &mut is_null),
+            None => pg_sys::Datum::from(0),
+        };
         (
-            column_text(tuple, desc, c"id"),
-            column_text(tuple, desc, c"run_id"),
-            column_text(tuple, desc, c"correlation_id"),
-            column_text(tuple, desc, c"type"),
-            column_text(tuple, desc, c"seq"),
+            column_text(tuple, desc, cols.attno("id")),
+            column_text(tuple, desc, cols.attno("run_id")),
+            column_text(tuple, desc, cols.attno("correlation_id")),
+            column_text(tuple, desc, cols.attno("type")),
+            column_text(tuple, desc, cols.attno("seq")),
             (!is_null).then(|| Payload::from_jsonb_datum(payload)),
         )
     };

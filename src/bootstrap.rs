@@ -84,34 +84,16 @@ fn is_clash(e: &CaughtError) -> bool {
 /// SECURITY_RESTRICTED_OPERATION, then switches back, also on error. The
 /// ledger is written only here, so a role cannot forge "already applied".
 fn as_ledger_owner<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: restores the user id and context saved below.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
-        }
-    }
-    let owner = or_internal!(
+    let ledger = or_internal!(
         Spi::get_one::<pg_sys::Oid>(
-            "SELECT relowner FROM pg_catalog.pg_class \
-             WHERE oid OPERATOR(pg_catalog.=) 'workflow_ext.bootstraps'::pg_catalog.regclass",
+            "SELECT 'workflow_ext.bootstraps'::pg_catalog.regclass::pg_catalog.oid"
         ),
-        "bootstrap ledger owner"
+        "bootstrap ledger"
     )
     .unwrap_or_else(|| internal!("bootstrap ledger not found"));
-    let mut user = pg_sys::Oid::INVALID;
-    let mut sec = 0;
-    // SAFETY: plain reads/writes of the backend's current user id.
-    let _restore = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
-                as i32,
-        );
-        Restore(user, sec)
-    };
-    f()
+    let owner =
+        crate::owner::owner_of(ledger).unwrap_or_else(|| internal!("bootstrap ledger not found"));
+    crate::owner::as_role(owner, f)
 }
 
 /// The advisory lock a bootstrap name is serialized on.

@@ -44,6 +44,9 @@ pub enum WfError {
     PayloadNotObject,
     /// A payload larger than `workflow_ext.max_payload_bytes`. 54000.
     PayloadTooLarge { bytes: usize, limit: usize },
+    /// `append_suspension_events` with more elements than
+    /// `batch::MAX_BATCH_EVENTS`. 54000.
+    BatchTooLarge { events: usize, limit: usize },
     /// A raw INSERT that names a seq other than the next one. 22023.
     SeqMismatch { given: i64, next: i64 },
     /// `append_suspension_events` arrays of different lengths, or not
@@ -112,6 +115,19 @@ pub enum WfError {
         source: String,
         missing: Vec<&'static str>,
     },
+    /// A column the extension reads, of a type outside src/log_shape.rs's
+    /// list (a type the table's owner chose could run the owner's code).
+    /// 42804.
+    LogColumnType {
+        log: String,
+        column: &'static str,
+        actual: String,
+        allowed: &'static str,
+    },
+    /// A duplicate creation while the log's creation index is missing or
+    /// not the extension's: the trigger refuses it instead of storing it.
+    /// 55000.
+    CreationIndexMissing { log: String },
 }
 
 impl WfError {
@@ -121,7 +137,9 @@ impl WfError {
                 Code::ERRCODE_NULL_VALUE_NOT_ALLOWED
             }
             WfError::TooLong { .. } => Code::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
-            WfError::PayloadTooLarge { .. } => Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            WfError::PayloadTooLarge { .. } | WfError::BatchTooLarge { .. } => {
+                Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED
+            }
             WfError::AppendOnly { .. }
             | WfError::BootstrapTransactionControl { .. }
             | WfError::BootstrapCopy { .. }
@@ -147,6 +165,8 @@ impl WfError {
             WfError::SourceNotFound { .. } => Code::ERRCODE_UNDEFINED_TABLE,
             WfError::SourceNotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
             WfError::SourceMissingColumns { .. } => Code::ERRCODE_UNDEFINED_COLUMN,
+            WfError::LogColumnType { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
+            WfError::CreationIndexMissing { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             WfError::EmptyArgument { .. }
             | WfError::UnknownEventType { .. }
             | WfError::NotSuspension { .. }
@@ -179,6 +199,7 @@ impl WfError {
             }
             WfError::PayloadNotObject => "payload must be a JSON object".into(),
             WfError::PayloadTooLarge { .. } => "payload is too large".into(),
+            WfError::BatchTooLarge { .. } => "batch is too large".into(),
             WfError::SeqMismatch { given, .. } => {
                 format!("seq {given} is not the next seq of the run")
             }
@@ -271,6 +292,15 @@ impl WfError {
             WfError::SourceMissingColumns { source, .. } => {
                 format!("relation \"{source}\" is not an event source")
             }
+            WfError::LogColumnType {
+                log,
+                column,
+                actual,
+                ..
+            } => format!("column \"{column}\" of \"{log}\" has type {actual}"),
+            WfError::CreationIndexMissing { log } => {
+                format!("the creation index of \"{log}\" is missing")
+            }
         }
     }
 
@@ -282,6 +312,9 @@ impl WfError {
             }
             WfError::PayloadTooLarge { bytes, limit } => {
                 format!("The payload is {bytes} bytes; workflow_ext.max_payload_bytes is {limit}.")
+            }
+            WfError::BatchTooLarge { events, limit } => {
+                format!("The batch has {events} elements; at most {limit} are allowed.")
             }
             WfError::SeqMismatch { next, .. } => format!("The next seq of this run is {next}."),
             WfError::BatchArraysMismatch {
@@ -331,6 +364,16 @@ impl WfError {
             WfError::SourceMissingColumns { missing, .. } => {
                 format!("It lacks the column(s) {}.", missing.join(", "))
             }
+            WfError::LogColumnType {
+                column, allowed, ..
+            } => format!(
+                "workflow_ext reads {column} as {allowed} only: the functions a query calls on a \
+                 column of another type are chosen by the type's owner."
+            ),
+            WfError::CreationIndexMissing { .. } => "A duplicate creation is refused while the \
+                unique index workflow_events_entity_creation_unique is missing, invalid or not the \
+                extension's."
+                .into(),
             _ => return None,
         })
     }
@@ -355,6 +398,10 @@ impl WfError {
                 "The event types are the values of the enum workflow_ext.event_type."
             }
             WfError::PayloadNotObject => "Pass NULL for an event without payload.",
+            WfError::BatchTooLarge { .. } => {
+                "Split the elements into several calls: each key is idempotent, so the calls \
+                 store what one call would."
+            }
             WfError::SeqMismatch { .. } => "Leave seq out: it is assigned on insert.",
             WfError::BootstrapChecksumChanged { .. } => {
                 "Bootstraps are versioned by name: give a changed migration a new name, e.g. app@v2."
@@ -381,6 +428,14 @@ impl WfError {
             WfError::AppendOnly { .. } => {
                 "The table is attached to workflow_ext (workflow_ext.attached_logs); \
                  workflow_ext.detach lifts the protection."
+            }
+            WfError::LogColumnType { .. } => {
+                "Change the column back to one of those types; to change an attached table's \
+                 columns freely, detach it first (workflow_ext.detach)."
+            }
+            WfError::CreationIndexMissing { .. } => {
+                "Recreate it by attaching the table again (workflow_ext.attach restores the index of \
+                 an attached table)."
             }
             WfError::SourceMissingColumns { .. } => {
                 "An event source needs the columns id, run_id, type and correlation_id \
@@ -530,6 +585,10 @@ mod tests {
             WfError::PayloadTooLarge {
                 bytes: 10,
                 limit: 5,
+            },
+            WfError::BatchTooLarge {
+                events: 11,
+                limit: 10,
             },
             WfError::SeqMismatch { given: 7, next: 3 },
             WfError::AppendOnly {

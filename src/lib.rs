@@ -13,6 +13,8 @@
 //! - [`audit`]: the replay auditor, pure Rust, on the same state machine.
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
 //! - [`log_scan`]: the own log read straight from its primary key, for replay.
+//! - [`log_shape`]: the columns a log or source must have, and their types.
+//! - [`owner`]: work done as a table's owner (attach), the column check.
 //! - [`creation_probe`]: a stored creation found straight in the creation
 //!   index, for `append_suspension_event`'s duplicate calls.
 //! - [`fanin`]: the exactly-once join barrier.
@@ -44,7 +46,9 @@ pub mod event_id;
 pub mod fanin;
 pub mod lifecycle;
 pub mod log_scan;
+pub mod log_shape;
 pub mod metrics;
+pub mod owner;
 pub mod payload;
 pub mod plans;
 pub mod replay;
@@ -79,6 +83,13 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // A Rust backtrace in an error's DETAIL would show clients the server's
+    // internals: never capture one, whatever the server's environment says.
+    // SAFETY: _PG_init runs before this process starts any thread.
+    unsafe {
+        std::env::remove_var("RUST_BACKTRACE");
+        std::env::remove_var("RUST_LIB_BACKTRACE");
+    }
     payload::register_gucs();
     metrics::init();
 }

@@ -108,6 +108,9 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
             missing,
         });
     }
+    // The types of the columns read, before any is read: they decide which
+    // casts and operators the audit's queries call (src/log_shape.rs).
+    crate::log_shape::check_relation(oid, &name, crate::log_shape::Use::Source)?;
     let has_jsonb_payload: bool = or_internal!(row.get(4), "source payload").unwrap_or(false);
     let enum_labels = (name == "workflow_ext.events").then(|| {
         with_inspect_plans(client, |p| {
@@ -217,6 +220,9 @@ fn stream(
             unsafe {
                 scratch.switch_to(|_| {
                     for _ in 0..BATCH {
+                        // A log can be long: let a cancel or
+                        // statement_timeout end the audit.
+                        check_for_interrupts!();
                         if !scan.next(&mut values, &mut nulls) {
                             more = false;
                             break;
@@ -255,6 +261,7 @@ fn stream(
         unsafe {
             scratch.switch_to(|_| {
                 for &tuple in tuples {
+                    check_for_interrupts!();
                     pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
                     feed.row(&values, &nulls);
                 }
@@ -460,6 +467,7 @@ fn cross_run_token_conflicts(
     let mut held: HashMap<String, (String, String, Option<i64>)> = HashMap::new();
     let mut found = Vec::new();
     for row in rows {
+        check_for_interrupts!();
         let get_text = |n: usize| -> String {
             // Selected only where run_id, correlation_id and the token are set.
             or_internal!(row.get::<String>(n), "token hook")

@@ -145,6 +145,7 @@ SELECT count(*) > 0 AS logs_listed FROM workflow_ext.attached_logs;
 SELECT try($$SELECT count(*) FROM workflow_ext.events$$);
 SELECT try($$SELECT * FROM workflow_ext.replay('priv-run')$$);
 RESET ROLE;
+DROP OWNED BY wfx_monitor;
 DROP ROLE wfx_monitor;
 DROP OWNED BY wfx_app;
 DROP ROLE wfx_app;

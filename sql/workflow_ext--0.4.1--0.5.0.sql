@@ -1,0 +1,583 @@
+-- workflow_ext 0.4.1 -> 0.5.0 (ALTER EXTENSION workflow_ext UPDATE).
+--
+-- Security (issue 28): nothing the owner of an attached table chose runs with
+-- the extension's rights, and the owner cannot remove the protection
+-- without an error.
+-- - The columns the extension reads must have built-in types
+--   (check_log_columns; the events trigger checks them on every row).
+-- - attach refuses what would run the owner's code or let rows past the
+--   trigger (check_log), and writes the table as its owner.
+-- - The DDL watcher (workflow_ext_guard_logs) replaces the index watcher:
+--   it checks every attached log after each DDL command; on_drop refuses
+--   dropping the extension's triggers of an attached log. No GUC switches
+--   it off.
+-- - A duplicate creation is refused by the trigger when the creation index
+--   is missing (creation_index_of).
+-- - grant_access(role, 'monitor') grants workflow_ext's monitoring
+--   functions, no longer pg_monitor (roles granted monitor before keep
+--   pg_monitor until it is revoked by hand).
+
+DROP EVENT TRIGGER workflow_ext_keep_creation_index;
+DROP FUNCTION workflow_ext.on_create_index();
+
+-- An index predicate as PostgreSQL prints it, without the casts between
+-- text, varchar and the event enum and without parentheses and spaces: the
+-- same predicate prints differently after a column's type was changed and
+-- back (the index is rebuilt from it). Only those casts go: a cast that
+-- changes values (to char(n), say) still tells a weaker predicate apart.
+-- Internal.
+CREATE FUNCTION workflow_ext.predicate_shape(predicate text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT regexp_replace(
+             regexp_replace(predicate, '::(text|character varying|workflow_ext\.event_type|event_type)(\[\])?', '', 'g'),
+             '[()[:space:]]', '', 'g')
+$$;
+
+-- Whether index `idx` of `log` is the extension's creation index in all but
+-- its name: unique, NULLS NOT DISTINCT, valid, on exactly (run_id,
+-- correlation_id, type), with the predicate of the registered definition
+-- (workflow_ext.logs.creation_index, compared by predicate_shape). Compares
+-- structure, not the definition's text, so a renamed table or schema keeps
+-- its index. Catalog reads only. Internal.
+CREATE FUNCTION workflow_ext.is_creation_index(idx regclass, log regclass) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(bool_and(
+               i.indisunique AND i.indnullsnotdistinct AND i.indisvalid AND i.indisready AND i.indislive
+               AND i.indexprs IS NULL
+               AND i.indkey::text = array_to_string(ARRAY(
+                       SELECT a.attnum FROM unnest(ARRAY['run_id', 'correlation_id', 'type']) WITH ORDINALITY k(col, n)
+                         JOIN pg_attribute a ON a.attrelid = log AND a.attname = k.col
+                        ORDER BY k.n), ' ')
+               AND workflow_ext.predicate_shape(pg_get_expr(i.indpred, i.indrelid))
+                   = workflow_ext.predicate_shape(substring(l.creation_index FROM ' WHERE (.*)$'))), false)
+      FROM pg_index i JOIN workflow_ext.logs l ON l.relation = i.indrelid
+     WHERE i.indexrelid = idx AND i.indrelid = log
+$$;
+
+-- The extension's creation index of `log`, or NULL when the index of that
+-- name is missing, invalid or another one (the write path then refuses a
+-- duplicate creation itself, src/append.rs). Internal.
+CREATE FUNCTION workflow_ext.creation_index_of(log regclass) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.oid::regclass
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = log AND c.relname = 'workflow_events_entity_creation_unique'
+       AND workflow_ext.is_creation_index(c.oid::regclass, log)
+$$;
+
+-- The columns the extension reads on `log` have the built-in types of
+-- src/log_shape.rs (42804) and exist (42703; seq only when not
+-- `attaching`). Internal.
+CREATE FUNCTION workflow_ext.check_log_columns(log regclass, attaching boolean) RETURNS void
+    LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'check_log_columns_wrapper';
+
+-- Runs one of attach's statements on the table as the table's owner, with
+-- SECURITY_RESTRICTED_OPERATION (src/owner.rs): whatever code the owner
+-- attached to the table runs with the owner's rights. Internal.
+CREATE FUNCTION workflow_ext.execute_as_owner(log regclass, statement text) RETURNS bigint
+    LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'execute_as_owner_wrapper';
+
+-- What a protected log may be (threat model: README, Security): a plain,
+-- permanent table, neither inheriting nor inherited, not a partition,
+-- without rules, without triggers but the extension's, with the columns
+-- of check_log_columns. attach checks it before it touches anything
+-- (`attaching`), the DDL watcher after every DDL command on an attached
+-- log, where the extension's own triggers must also be ENABLE ALWAYS
+-- (`created`: triggers this very command created, which are not enabled
+-- yet, as in a pg_restore). Catalog reads only. Internal.
+CREATE FUNCTION workflow_ext.check_log(log regclass, attaching boolean, created oid[] DEFAULT '{}')
+RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel record;
+    what text;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relispartition INTO rel FROM pg_class c WHERE c.oid = log;
+    IF rel.relkind IS NULL THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', log::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION '"%" is not a table', log
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'Only a plain table can be attached: its rows are checked by a row trigger.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'cannot attach temporary table "%"', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A temporary table ends with its session, which would leave its registration behind.';
+    END IF;
+    what := CASE
+        WHEN rel.relispartition THEN 'it is a partition'
+        WHEN EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = log) THEN 'it inherits from another table'
+        WHEN EXISTS (SELECT FROM pg_inherits h WHERE h.inhparent = log) THEN 'another table inherits from it'
+        WHEN EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = log) THEN 'it has rules'
+        WHEN EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid = log AND NOT t.tgisinternal
+                        AND (t.tgname NOT IN ('workflow_ext_validate_insert', 'workflow_ext_append_only',
+                                              'workflow_ext_no_truncate')
+                             OR t.tgfoid NOT IN ('workflow_ext.events_before_insert()'::regprocedure,
+                                                 'workflow_ext.events_refuse_change()'::regprocedure)))
+            THEN 'it has triggers of its own'
+        WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
+                                        WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
+                                          AND t.oid <> ALL (created))
+            THEN 'a trigger of workflow_ext is not ENABLE ALWAYS'
+    END;
+    IF what IS NOT NULL THEN
+        RAISE EXCEPTION '"%" cannot be a protected log: %', log, what
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Inheritance, partitions, rules and other triggers would let rows or code past '
+                           'the validating trigger; its triggers must fire under every session_replication_role.',
+                  HINT = CASE WHEN attaching THEN 'Remove them, then attach again.'
+                              ELSE 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).' END;
+    END IF;
+    PERFORM workflow_ext.check_log_columns(log, attaching);
+END
+$$;
+
+-- Puts the extension's guarantees on an existing event table (the DevKit's
+-- workflow.workflow_events, or any table with id, run_id, type and
+-- correlation_id columns): audits the rows already there, numbers them in
+-- replay order into a seq column, replaces the table's own creation index
+-- by the extension's, and installs the validating and append-only triggers.
+-- Returns the number of existing rows numbered (0 when already attached:
+-- attaching again only restores a creation index a migration replaced).
+--
+-- SECURITY INVOKER: the DDL runs with the caller's rights (the caller must
+-- own the table), and the registration writes workflow_ext.logs and runs,
+-- which only their owner may write; so attach needs a superuser (or the
+-- extension owner) and is not executable by PUBLIC (finalize.sql). Nothing
+-- the table's owner chose runs with those rights: check_log refuses what
+-- would (other triggers, rules, inheritance, column types), and the
+-- statements that write the table run as its owner.
+CREATE OR REPLACE FUNCTION workflow_ext.attach(log regclass, accept_existing boolean DEFAULT false)
+RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel_name name;
+    rel_schema oid;
+    index_base text;
+    seq_type regtype;
+    bad_runs bigint;
+    worst text;
+    numbered bigint := 0;
+    own_index record;
+    replaced text;
+    added text[] := '{}';
+    seq_added boolean := false;
+    def text;
+BEGIN
+    IF log IS NULL OR accept_existing IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Names by OID, never parsed again: any legal identifier works.
+    SELECT c.relname, c.relnamespace INTO rel_name, rel_schema FROM pg_class c WHERE c.oid = log;
+    IF rel_name IS NULL THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', log::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    -- Nothing is written between the audit and the trigger.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+
+    IF EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log) THEN
+        PERFORM workflow_ext.keep_creation_index_of(log);
+        RETURN 0;
+    END IF;
+    -- Before anything reads the table: what may be attached, and the
+    -- column types (no cast, operator or trigger of the owner's runs here).
+    PERFORM workflow_ext.check_log(log, attaching => true);
+    SELECT a.atttypid::regtype INTO seq_type
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0 AND NOT a.attisdropped;
+
+    -- The audit: scan() replays every run with the writer's rules.
+    SELECT count(*), string_agg(format('run "%s" (%s anomalies, first: %s at %s)',
+                                       s.run_id, s.anomalies, s.first_anomaly, s.first_seq), ', ')
+                     FILTER (WHERE s.rank <= 5)
+      INTO bad_runs, worst
+      FROM (SELECT sc.*, row_number() OVER (ORDER BY sc.anomalies DESC, sc.run_id) AS rank
+              FROM workflow_ext.scan(log) sc) s;
+    IF bad_runs > 0 AND NOT accept_existing THEN
+        RAISE EXCEPTION '"%" has anomalies', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('%s run(s) with anomalies; the worst: %s.', bad_runs, worst),
+                  HINT = format('Inspect them with workflow_ext.replay(run_id, %L), or pass accept_existing => true '
+                                'to protect only new rows.', log::text);
+    END IF;
+
+    -- An accepted past may hold what the creation index cannot: say which.
+    EXECUTE format(
+        'SELECT count(*), string_agg(format(''%%s of run "%%s"%%s (%%s rows)'', k.type, k.run_id, '
+        '       coalesce('' for "'' || k.correlation_id || ''"'', ''''), k.n), '', '') FILTER (WHERE k.rank <= 5) '
+        '  FROM (SELECT run_id::text, correlation_id::text, type::text, count(*) AS n, '
+        '               row_number() OVER (ORDER BY run_id::text, correlation_id::text, type::text) AS rank '
+        '          FROM %s WHERE type::text IN (''run_created'', ''step_created'', ''wait_created'', ''hook_created'') '
+        '             OR (type::text = ''attr_set'' AND correlation_id IS NOT NULL) '
+        '         GROUP BY 1, 2, 3 HAVING count(*) > 1) k', log)
+        INTO bad_runs, worst;
+    IF bad_runs > 0 THEN
+        RAISE EXCEPTION 'cannot attach "%": it holds duplicate creations', log
+            USING ERRCODE = 'unique_violation',
+                  DETAIL = format('%s creation(s) stored more than once: %s.', bad_runs, worst),
+                  HINT = 'The creation index allows one of each. Delete the later copies (as world-postgres''s '
+                         'migration 0010 does: it keeps the first), then attach again.';
+    END IF;
+
+    -- A dense seq per run, in replay order (the DevKit's: by id, ULIDs sort
+    -- by bytes); kept in a seq column the table may already have. The
+    -- statements that write the table run as its owner (execute_as_owner):
+    -- its constraints, index expressions and generated columns are code the
+    -- owner chose.
+    IF seq_type IS NULL THEN
+        PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ADD COLUMN seq bigint', log));
+        numbered := workflow_ext.execute_as_owner(log, format(
+            'UPDATE %1$s t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER '
+            '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log));
+        PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ALTER COLUMN seq SET NOT NULL', log));
+        seq_added := true;
+    END IF;
+    -- Index names from the table's, cut to whole characters so that both
+    -- suffixes fit in 63 bytes.
+    index_base := rel_name;
+    WHILE octet_length(index_base) > 40 LOOP
+        index_base := left(index_base, -1);
+    END LOOP;
+    EXECUTE format('CREATE UNIQUE INDEX %I ON %s (run_id, seq)', index_base || '_wfx_run_seq', log);
+    added := added || format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel_schema),
+                             index_base || '_wfx_run_seq');
+    -- An entity's last event in one backward index step (the trigger's read).
+    EXECUTE format('CREATE INDEX %I ON %s (run_id, correlation_id, seq) WHERE correlation_id IS NOT NULL',
+                   index_base || '_wfx_entity_seq', log);
+    added := added || format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel_schema),
+                             index_base || '_wfx_entity_seq');
+
+    -- The table's own creation index of that name (the DevKit's, without
+    -- run_created) gives way to the extension's, a superset; detach puts it
+    -- back.
+    SELECT i.indexrelid::regclass AS idx, i.indrelid INTO own_index
+      FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+     WHERE c.relname = 'workflow_events_entity_creation_unique' AND c.relnamespace = rel_schema;
+    IF own_index.idx IS NOT NULL AND own_index.indrelid <> log THEN
+        RAISE EXCEPTION 'index "workflow_events_entity_creation_unique" of schema "%" belongs to another table',
+                        (SELECT nspname FROM pg_namespace WHERE oid = rel_schema)
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Attach tables of one schema one at a time: the index name is per schema.';
+    END IF;
+    IF own_index.idx IS NOT NULL THEN
+        replaced := pg_get_indexdef(own_index.idx);
+        EXECUTE format('DROP INDEX %s', own_index.idx);
+    END IF;
+    def := workflow_ext.create_creation_index(log);
+
+    -- The run rows: state as the writer's rules leave it, next seq, the
+    -- time of the last event (created_at, if the table has one).
+    EXECUTE format(
+        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, finished_at, last_event_at) '
+        'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END, '
+        '       coalesce(r.last_at, now()) '
+        '  FROM (SELECT run_id::text AS run_id, workflow_ext.run_state(array_agg(type::text ORDER BY seq)) AS state, '
+        '               max(seq) AS last_seq, %s AS last_at FROM %s WHERE run_id IS NOT NULL GROUP BY run_id) r '
+        ' WHERE r.state IS NOT NULL',
+        CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at'
+                                                      AND a.attnum > 0 AND NOT a.attisdropped)
+             THEN 'max(created_at)::timestamptz' ELSE 'NULL::timestamptz' END, log)
+        USING log;
+
+    EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_before_insert()', log);
+    -- Row-level, so a package migration's clean-up DELETE that finds no
+    -- duplicate (the log has none now) still runs.
+    EXECUTE format('CREATE TRIGGER workflow_ext_append_only BEFORE UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_refuse_change()', log);
+    EXECUTE format('CREATE TRIGGER workflow_ext_no_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION workflow_ext.events_refuse_change()', log);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER workflow_ext_validate_insert, '
+                   'ENABLE ALWAYS TRIGGER workflow_ext_append_only, ENABLE ALWAYS TRIGGER workflow_ext_no_truncate', log);
+
+    -- Registered last: from here on the DDL watcher guards the table.
+    INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
+                                   creation_index, added_indexes)
+    VALUES (log, accept_existing, seq_added, numbered, replaced, def, added);
+    RETURN numbered;
+END
+$$;
+
+-- If `log`'s creation index is no longer the extension's (a package
+-- migration dropped and recreated it, as world-postgres 5.0's 0014 does, or
+-- renamed another index onto its name), puts the extension's back, and
+-- keeps the package's definition as the one detach restores. Its own
+-- CREATE INDEX fires the DDL watcher again, which finds the index intact
+-- and returns: no flag, so no session can switch the watcher off.
+-- workflow_ext.events is left alone (its index is the extension's own, from
+-- schema.sql). Internal.
+CREATE OR REPLACE FUNCTION workflow_ext.keep_creation_index_of(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    idx regclass;
+BEGIN
+    IF log = 'workflow_ext.events'::regclass
+       OR NOT EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log)
+       OR workflow_ext.creation_index_of(log) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    SELECT i.indexrelid INTO idx
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = log AND c.relname = 'workflow_events_entity_creation_unique';
+    IF idx IS NOT NULL THEN
+        UPDATE workflow_ext.logs l SET replaced_index = pg_get_indexdef(idx) WHERE l.relation = log;
+        EXECUTE format('DROP INDEX %s', idx);
+    END IF;
+    UPDATE workflow_ext.logs l SET creation_index = workflow_ext.create_creation_index(log)
+     WHERE l.relation = log;
+END
+$$;
+
+-- Event trigger (sql_drop): a dropped attached table leaves no registration
+-- or run rows behind; dropping one of the extension's triggers from a table
+-- that stays attached is refused. (DROP EXTENSION … CASCADE drops this event
+-- trigger first, so it cannot refuse that.) SECURITY DEFINER for the
+-- internal tables.
+CREATE OR REPLACE FUNCTION workflow_ext.on_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t text;
+BEGIN
+    FOR t IN SELECT d.object_identity
+               FROM pg_event_trigger_dropped_objects() d
+              WHERE d.object_type = 'trigger'
+                AND d.address_names[3] IN ('workflow_ext_validate_insert', 'workflow_ext_append_only',
+                                           'workflow_ext_no_truncate')
+                AND EXISTS (SELECT FROM workflow_ext.logs l JOIN pg_class c ON c.oid = l.relation
+                                                            JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = d.address_names[1] AND c.relname = d.address_names[2])
+    LOOP
+        RAISE EXCEPTION 'cannot drop trigger % of an attached log', t
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).';
+    END LOOP;
+    DELETE FROM workflow_ext.runs r
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND r.log::oid = d.objid;
+    DELETE FROM workflow_ext.logs l
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND l.relation::oid = d.objid;
+END
+$$;
+
+-- Event trigger (ddl_command_end): the DDL watcher. After every command
+-- that could change what protects an attached log, the log is checked
+-- (workflow_ext.check_log); a command that left a log unprotected fails,
+-- and with it its transaction: disabling, renaming or re-enabling as
+-- REPLICA/ORIGIN the extension's triggers, triggers or rules of one's own,
+-- inheritance and partitions, changing the type of a column the extension
+-- reads. A creation index recreated or renamed onto its name by a package
+-- migration is replaced by the extension's (keep_creation_index_of);
+-- renaming the extension's away is refused. Dropping it is allowed (a
+-- migration drops and recreates it in one transaction): meanwhile the
+-- write path refuses duplicate creations itself. workflow_ext.events is
+-- owned by the extension's owner and is not checked. SECURITY DEFINER: the
+-- command's role may not read workflow_ext.logs.
+CREATE FUNCTION workflow_ext.on_ddl_command_end() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regclass;
+    created oid[];
+BEGIN
+    IF NOT EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation <> 'workflow_ext.events'::regclass) THEN
+        RETURN;
+    END IF;
+    -- Triggers this command created: not enabled yet (pg_restore enables
+    -- each with its own ALTER TABLE, which is checked).
+    SELECT coalesce(array_agg(d.objid), '{}') INTO created
+      FROM pg_event_trigger_ddl_commands() d
+     WHERE d.classid = 'pg_trigger'::regclass AND d.command_tag = 'CREATE TRIGGER';
+    -- The extension's creation index renamed away: refused.
+    FOR t IN SELECT DISTINCT i.indrelid::regclass
+               FROM pg_event_trigger_ddl_commands() d
+               JOIN pg_index i ON i.indexrelid = d.objid
+               JOIN pg_class c ON c.oid = d.objid
+               JOIN workflow_ext.logs l ON l.relation = i.indrelid
+              WHERE d.classid = 'pg_class'::regclass AND d.command_tag = 'ALTER INDEX'
+                AND c.relname <> 'workflow_events_entity_creation_unique'
+                AND workflow_ext.is_creation_index(c.oid::regclass, i.indrelid::regclass)
+                AND workflow_ext.creation_index_of(i.indrelid::regclass) IS NULL
+    LOOP
+        RAISE EXCEPTION 'cannot rename the creation index of "%"', t
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'workflow_events_entity_creation_unique is the name clients map to "already exists".',
+                  HINT = 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).';
+    END LOOP;
+    -- An index created or renamed onto the name: the extension's back.
+    FOR t IN SELECT DISTINCT i.indrelid::regclass
+               FROM pg_event_trigger_ddl_commands() d
+               JOIN pg_index i ON i.indexrelid = d.objid
+               JOIN pg_class c ON c.oid = d.objid
+               JOIN workflow_ext.logs l ON l.relation = i.indrelid
+              WHERE d.classid = 'pg_class'::regclass AND c.relname = 'workflow_events_entity_creation_unique'
+    LOOP
+        PERFORM workflow_ext.keep_creation_index_of(t);
+    END LOOP;
+    -- Every attached log (there are few): a command on another table can
+    -- still touch one (CREATE TABLE … INHERITS, ATTACH PARTITION).
+    FOR t IN SELECT l.relation FROM workflow_ext.logs l
+              WHERE l.relation <> 'workflow_ext.events'::regclass ORDER BY l.relation
+    LOOP
+        PERFORM workflow_ext.check_log(t, attaching => false, created => created);
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER workflow_ext_guard_logs ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER',
+                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE')
+    EXECUTE FUNCTION workflow_ext.on_ddl_command_end();
+ALTER EVENT TRIGGER workflow_ext_guard_logs ENABLE ALWAYS;
+ALTER EVENT TRIGGER workflow_ext_forget_dropped ENABLE ALWAYS;
+
+-- The runs not finished and without an append for longer than `idle`, oldest
+-- append first: where they stand, their last event, and their active
+-- entities (the steps still running, waits still waiting, hooks active).
+CREATE OR REPLACE FUNCTION workflow_ext.stuck_runs(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_type text,
+               last_event_at timestamptz, events bigint, active_entities text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    IF idle IS NULL THEN
+        RAISE EXCEPTION 'idle must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR r IN SELECT x.log, x.run_id, x.state, x.last_event_at, x.last_seq
+               FROM workflow_ext.runs x
+              WHERE x.finished_at IS NULL AND x.last_event_at < now() - idle
+              ORDER BY x.last_event_at, x.log, x.run_id
+    LOOP
+        log := r.log::text;
+        run_id := r.run_id;
+        state := r.state;
+        idle_for := now() - r.last_event_at;
+        last_event_at := r.last_event_at;
+        events := r.last_seq;
+        -- The log's column types decide which casts and operators this
+        -- read calls, as the extension's owner: the built-in ones only.
+        PERFORM workflow_ext.check_log_columns(r.log, false);
+        EXECUTE format(
+            'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '
+            '       workflow_ext.active_entities_of(array_agg(type::text ORDER BY seq), '
+            '                                      array_agg(correlation_id::text ORDER BY seq)) '
+            '  FROM %s WHERE run_id = $1', r.log)
+            INTO last_event_type, active_entities USING r.run_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Access: PUBLIC gets nothing (finalize.sql); grant_access is the documented
+-- way to open the extension to a role, one kind of access at a time.
+-- SECURITY INVOKER: GRANT and REVOKE run with the caller's rights, so only
+-- who may grant these privileges anyway (the extension owner, a superuser)
+-- can use it; it is no way around anything.
+--
+--   writer    USAGE on the schema; SELECT, INSERT on events; EXECUTE on
+--             append_event, append_suspension_event(s), join_arrive
+--   reader    USAGE; SELECT on events; EXECUTE on replay, scan
+--   migrator  USAGE; SELECT on bootstraps; EXECUTE on bootstrap,
+--             bootstrap_begin, bootstrap_end
+--   monitor   USAGE; EXECUTE on metrics, stuck_runs, counters_since_start;
+--             SELECT on attached_logs: workflow_ext's numbers and nothing
+--             else (0.4 granted all of pg_monitor, which reads every
+--             session's query text; a role granted monitor then keeps
+--             pg_monitor until it is revoked by hand)
+-- A revoke keeps what another kind the role holds shares with it (USAGE,
+-- SELECT on events): PostgreSQL keeps one grant, not one per kind.
+CREATE OR REPLACE FUNCTION workflow_ext.grant_access(role regrole, access text, revoke boolean DEFAULT false)
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    verb text := CASE WHEN revoke THEN 'REVOKE' ELSE 'GRANT' END;
+    dir text := CASE WHEN revoke THEN 'FROM' ELSE 'TO' END;
+    -- What each kind grants, one privilege per row: a revoke must see which
+    -- of them another kind shares.
+    items CONSTANT text[][] := ARRAY[
+        ['writer', 'USAGE ON SCHEMA workflow_ext'],
+        ['writer', 'SELECT ON workflow_ext.events'],
+        ['writer', 'INSERT ON workflow_ext.events'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.append_event(text, text, text, jsonb)'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.append_suspension_event(text, text, text, jsonb)'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.append_suspension_events(text, text[], text[], jsonb[])'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.join_arrive(text, text, text, integer)'],
+        ['reader', 'USAGE ON SCHEMA workflow_ext'],
+        ['reader', 'SELECT ON workflow_ext.events'],
+        ['reader', 'EXECUTE ON FUNCTION workflow_ext.replay(text, regclass)'],
+        ['reader', 'EXECUTE ON FUNCTION workflow_ext.scan(regclass, timestamptz)'],
+        ['migrator', 'USAGE ON SCHEMA workflow_ext'],
+        ['migrator', 'SELECT ON workflow_ext.bootstraps'],
+        ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap(text, text)'],
+        ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap_begin(text, interval, text)'],
+        ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap_end(text)'],
+        ['monitor', 'USAGE ON SCHEMA workflow_ext'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.metrics(interval)'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.stuck_runs(interval)'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.counters_since_start()'],
+        ['monitor', 'SELECT ON workflow_ext.attached_logs']];
+    -- The other kinds the role holds (granted to it directly, not through a
+    -- membership), each known by a privilege only that kind grants. Their
+    -- shared privileges survive a revoke of this kind.
+    kept text[] := '{}';
+    i int;
+BEGIN
+    IF role IS NULL OR access IS NULL OR revoke IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN role IS NULL THEN 'role' WHEN access IS NULL THEN 'access'
+                                                   ELSE 'revoke' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF access NOT IN ('writer', 'reader', 'migrator', 'monitor') THEN
+        RAISE EXCEPTION 'unknown access "%"', access
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds of access are writer, reader, migrator and monitor.';
+    END IF;
+    IF revoke THEN
+        SELECT coalesce(array_agg(items[j][2]), '{}') INTO kept
+          FROM generate_subscripts(items, 1) j
+         WHERE items[j][1] <> access
+           AND (   (items[j][1] = 'writer' AND EXISTS (
+                     SELECT FROM pg_class c, aclexplode(c.relacl) a
+                      WHERE c.oid = 'workflow_ext.events'::regclass
+                        AND a.grantee = role AND a.privilege_type = 'INSERT'))
+                OR (items[j][1] = 'reader' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.replay(text, regclass)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE'))
+                OR (items[j][1] = 'migrator' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.bootstrap(text, text)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE'))
+                OR (items[j][1] = 'monitor' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.metrics(interval)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE')));
+    END IF;
+    FOR i IN 1 .. array_length(items, 1) LOOP
+        CONTINUE WHEN items[i][1] <> access OR items[i][2] = ANY (kept);
+        EXECUTE format('%s %s %s %s', verb, items[i][2], dir, role);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION workflow_ext.execute_as_owner(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.check_log(regclass, boolean, oid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.check_log_columns(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.is_creation_index(regclass, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.creation_index_of(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.predicate_shape(text) FROM PUBLIC;

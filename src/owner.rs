@@ -1,0 +1,102 @@
+//! Running work as a table's owner, as PostgreSQL itself does for index
+//! builds, VACUUM and REFRESH MATERIALIZED VIEW: the user id switched to the
+//! owner with SECURITY_RESTRICTED_OPERATION, so whatever code the owner
+//! attached to the table (triggers, rules, CHECK and exclusion constraints,
+//! index expressions, generated columns, column types) runs with the
+//! owner's rights, never the caller's, and cannot change the session.
+
+use crate::errors::{internal, or_internal, raise, WfError};
+use crate::log_shape;
+use pgrx::prelude::*;
+
+/// Runs `f` as `owner` with SECURITY_RESTRICTED_OPERATION, then switches
+/// back, also when `f` raises (an ERROR unwinds through Rust frames).
+pub(crate) fn as_role<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the user id and context saved below.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
+        }
+    }
+    let mut user = pg_sys::Oid::INVALID;
+    let mut sec = 0;
+    // SAFETY: plain reads/writes of the backend's current user id.
+    let _restore = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            sec | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                as i32,
+        );
+        Restore(user, sec)
+    };
+    f()
+}
+
+/// The owner of relation `rel` (None: no such relation).
+pub(crate) fn owner_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    or_internal!(
+        Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1",
+            &[rel.into()],
+        ),
+        "relation owner"
+    )
+}
+
+/// Runs one statement `attach` needs on the table itself (adding and
+/// numbering `seq`) as the table's owner (module doc); returns the rows it
+/// processed. Internal: not executable by PUBLIC (sql/finalize.sql).
+#[pg_extern(sql = false)] // declared in sql/attach.sql
+fn execute_as_owner(log: Option<pg_sys::Oid>, statement: Option<&str>) -> i64 {
+    let (Some(log), Some(statement)) = (log, statement) else {
+        raise!(WfError::NullArgument {
+            arg: "log or statement"
+        })
+    };
+    let owner = owner_of(log).unwrap_or_else(|| internal!("relation {} vanished", log.to_u32()));
+    as_role(owner, || {
+        Spi::connect_mut(|c| {
+            let done = or_internal!(c.update(statement, None, &[]), "statement as owner");
+            i64::try_from(done.len()).unwrap_or(i64::MAX)
+        })
+    })
+}
+
+/// Checks that the columns the extension reads on `log` have the types of
+/// src/log_shape.rs (42804) and that the needed ones exist (42703; `seq`
+/// only when `attaching` is false: attach adds it). Reads the catalog only.
+/// Used by attach, the DDL watcher and stuck_runs.
+#[pg_extern(sql = false)] // declared in sql/attach.sql
+fn check_log_columns(log: Option<pg_sys::Oid>, attaching: Option<bool>) {
+    let Some(log) = log else {
+        raise!(WfError::NullArgument { arg: "log" })
+    };
+    let usage = if attaching.unwrap_or(false) {
+        log_shape::Use::Attaching
+    } else {
+        log_shape::Use::Log
+    };
+    let name = relation_name(log);
+    if let Err(e) = log_shape::check_relation(log, &name, usage) {
+        raise!(e)
+    }
+}
+
+/// `schema.name` of a relation, quoted as needed (regclass output without
+/// the search_path: always qualified).
+pub(crate) fn relation_name(rel: pg_sys::Oid) -> String {
+    or_internal!(
+        Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+                    OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+                 ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+              WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            &[rel.into()],
+        ),
+        "relation name"
+    )
+    .unwrap_or_else(|| rel.to_u32().to_string())
+}

@@ -1,0 +1,76 @@
+-- No code the owner of an attached table chose runs with the extension's
+-- privileges. Each attack below makes wfx_sec_app superuser if its function
+-- ever runs as a superuser; `superusers` must stay empty.
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+SET SESSION AUTHORIZATION wfx_sec_app;
+CREATE FUNCTION workflow.escalate() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    EXECUTE 'ALTER ROLE wfx_sec_app SUPERUSER';
+  END IF;
+  RETURN true;
+END $$;
+-- 1. A run_id of the owner's own type with an implicit cast to text (the
+--    review's reproduction). The DDL watcher refuses the column change.
+CREATE TYPE workflow.rid AS (v text);
+CREATE FUNCTION workflow.rid_text(workflow.rid) RETURNS text LANGUAGE plpgsql AS
+  $$BEGIN PERFORM workflow.escalate(); RETURN ($1).v; END$$;
+CREATE CAST (workflow.rid AS text) WITH FUNCTION workflow.rid_text(workflow.rid) AS IMPLICIT;
+ALTER TABLE workflow.workflow_events ALTER COLUMN run_id TYPE workflow.rid USING ROW(run_id)::workflow.rid;
+RESET SESSION AUTHORIZATION;
+-- The trigger checks the types too, for when event triggers do not fire
+-- (here: disabled by the superuser, as single-user mode would).
+ALTER EVENT TRIGGER workflow_ext_guard_logs DISABLE;
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE workflow.workflow_events ALTER COLUMN run_id TYPE workflow.rid USING ROW(run_id)::workflow.rid;
+INSERT INTO workflow.workflow_events (id, type, correlation_id, run_id)
+VALUES ('x1', 'run_created', NULL, ROW('rx')), ('x2', 'step_created', 's1', ROW('rx'));
+RESET SESSION AUTHORIZATION;
+-- A monitoring role drilling into stuck runs reads the log as the
+-- extension's owner: refused before the read.
+GRANT EXECUTE ON FUNCTION workflow_ext.stuck_runs(interval) TO wfx_sec_monitor;
+GRANT USAGE ON SCHEMA workflow_ext TO wfx_sec_monitor;
+SET SESSION AUTHORIZATION wfx_sec_monitor;
+SELECT run_id FROM workflow_ext.stuck_runs('0');
+RESET SESSION AUTHORIZATION;
+-- replay and scan (as the caller, here a superuser) refuse the source too.
+SELECT * FROM workflow_ext.scan('workflow.workflow_events');
+SELECT * FROM superusers;
+-- Back as it was.
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE workflow.workflow_events ALTER COLUMN run_id TYPE varchar USING (run_id).v;
+RESET SESSION AUTHORIZATION;
+ALTER EVENT TRIGGER workflow_ext_guard_logs ENABLE ALWAYS;
+
+-- 2. attach runs nothing of the owner's as superuser: a trigger of the
+--    owner's is refused before attach touches the table; a CHECK
+--    constraint and an index expression run when attach numbers the rows,
+--    as the owner.
+SET SESSION AUTHORIZATION wfx_sec_app;
+CREATE SCHEMA trap;
+CREATE TABLE trap.events (id varchar PRIMARY KEY, run_id varchar NOT NULL, type varchar NOT NULL,
+                          correlation_id varchar);
+INSERT INTO trap.events (id, run_id, type, correlation_id) VALUES ('t1', 'r', 'run_created', NULL);
+CREATE FUNCTION workflow.on_update() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN PERFORM workflow.escalate(); RETURN NEW; END$$;
+CREATE TRIGGER owner_trigger BEFORE UPDATE ON trap.events
+  FOR EACH ROW EXECUTE FUNCTION workflow.on_update();
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+DROP TRIGGER owner_trigger ON trap.events;
+CREATE FUNCTION workflow.checked(text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
+  $$BEGIN RETURN workflow.escalate(); END$$;
+ALTER TABLE trap.events ADD CONSTRAINT owner_check CHECK (workflow.checked(id));
+CREATE INDEX owner_expression ON trap.events ((workflow.checked(id || run_id)));
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events') AS numbered;
+SELECT * FROM superusers;
+-- A rule of the owner's is refused at attach as well.
+SELECT workflow_ext.detach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+CREATE RULE owner_rule AS ON UPDATE TO trap.events DO ALSO SELECT workflow.escalate();
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SELECT * FROM superusers;
