@@ -91,8 +91,10 @@ CREATE FUNCTION workflow_ext.execute_as_owner(log regclass, statement text) RETU
 
 -- What a protected log may be (threat model: README, Security): a plain,
 -- permanent table, neither inheriting nor inherited, not a partition,
--- without rules, without triggers but the extension's, with the columns
--- of check_log_columns. attach checks it before it touches anything
+-- without rules, without triggers but the extension's, without functions or
+-- operators but PostgreSQL's (and the extension's) in its indexes,
+-- constraints, defaults and statistics, with the columns of
+-- check_log_columns. attach checks it before it touches anything
 -- (`attaching`), the DDL watcher after every DDL command on an attached
 -- log, where the extension's own triggers must also be ENABLE ALWAYS
 -- (`created`: triggers this very command created, which are not enabled
@@ -131,6 +133,27 @@ BEGIN
                              OR t.tgfoid NOT IN ('workflow_ext.events_before_insert()'::regprocedure,
                                                  'workflow_ext.events_refuse_change()'::regprocedure)))
             THEN 'it has triggers of its own'
+        -- The planner folds immutable functions with constant arguments
+        -- in index expressions and predicates, CHECK constraints and
+        -- statistics of a table it plans a query on: a function of the
+        -- owner's there would run in whatever privileged context plans one.
+        WHEN EXISTS (SELECT FROM pg_depend d
+                      WHERE d.deptype = 'n'
+                        AND ((d.classid = 'pg_class'::regclass
+                              AND d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = log))
+                          OR (d.classid = 'pg_constraint'::regclass
+                              AND d.objid IN (SELECT c.oid FROM pg_constraint c WHERE c.conrelid = log))
+                          OR (d.classid = 'pg_attrdef'::regclass
+                              AND d.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = log))
+                          OR (d.classid = 'pg_statistic_ext'::regclass
+                              AND d.objid IN (SELECT x.oid FROM pg_statistic_ext x WHERE x.stxrelid = log)))
+                        AND ((d.refclassid = 'pg_proc'::regclass
+                              AND (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = d.refobjid)
+                                  NOT IN ('pg_catalog'::regnamespace, 'workflow_ext'::regnamespace))
+                          OR (d.refclassid = 'pg_operator'::regclass
+                              AND (SELECT o.oprnamespace FROM pg_operator o WHERE o.oid = d.refobjid)
+                                  <> 'pg_catalog'::regnamespace)))
+            THEN 'its indexes, constraints, defaults or statistics call functions of its own'
         WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
                                         WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
                                           AND t.oid <> ALL (created))
@@ -139,8 +162,9 @@ BEGIN
     IF what IS NOT NULL THEN
         RAISE EXCEPTION '"%" cannot be a protected log: %', log, what
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Inheritance, partitions, rules and other triggers would let rows or code past '
-                           'the validating trigger; its triggers must fire under every session_replication_role.',
+                  DETAIL = 'Each would let rows past the validating trigger, or run code of the table''s owner '
+                           'where the extension reads the table; its triggers must fire under every '
+                           'session_replication_role.',
                   HINT = CASE WHEN attaching THEN 'Remove them, then attach again.'
                               ELSE 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).' END;
     END IF;
@@ -397,7 +421,8 @@ $$;
 -- and with it its transaction: disabling, renaming or re-enabling as
 -- REPLICA/ORIGIN the extension's triggers, triggers or rules of one's own,
 -- inheritance and partitions, changing the type of a column the extension
--- reads. A creation index recreated or renamed onto its name by a package
+-- reads, indexes, constraints, defaults or statistics that call functions
+-- of one's own. A creation index recreated or renamed onto its name by a package
 -- migration is replaced by the extension's (keep_creation_index_of);
 -- renaming the extension's away is refused. Dropping it is allowed (a
 -- migration drops and recreates it in one transaction): meanwhile the
@@ -490,7 +515,7 @@ $$;
 
 CREATE EVENT TRIGGER workflow_ext_guard_logs ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER',
-                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE')
+                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE', 'CREATE STATISTICS', 'ALTER STATISTICS')
     EXECUTE FUNCTION workflow_ext.on_ddl_command_end();
 CREATE EVENT TRIGGER workflow_ext_forget_dropped ON sql_drop
     EXECUTE FUNCTION workflow_ext.on_drop();

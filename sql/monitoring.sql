@@ -64,9 +64,11 @@ BEGIN
         idle_for := now() - r.last_event_at;
         last_event_at := r.last_event_at;
         events := r.last_seq;
-        -- The log's column types decide which casts and operators this
-        -- read calls, as the extension's owner: the built-in ones only.
-        PERFORM workflow_ext.check_log_columns(r.log, false);
+        -- What the log is decides which functions planning and running this
+        -- read call, as the extension's owner: PostgreSQL's only.
+        IF r.log <> 'workflow_ext.events'::regclass THEN
+            PERFORM workflow_ext.check_log(r.log, attaching => false);
+        END IF;
         EXECUTE format(
             'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '
             '       workflow_ext.active_entities_of(array_agg(type::text ORDER BY seq), '

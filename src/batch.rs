@@ -5,31 +5,47 @@
 //! key, the same validation, the same race guarantees), and the whole batch
 //! is one INSERT statement, so a bad element anywhere writes nothing. The
 //! rows pass the same BEFORE INSERT trigger as every other append
-//! ([`crate::append`]); what makes a batch cheap is that the trigger locks
-//! the run **once** for it instead of once per row:
+//! ([`crate::append`]); what makes a batch cheap is that the run is locked
+//! **once** for it instead of once per row:
 //!
-//! - before its INSERT, the function announces the batch (an [`Intent`]:
-//!   the run and the distinct keys, in order) in backend memory that only
-//!   this module writes, and takes it back right after (also on error);
-//! - the first row of the batch, in the trigger, locks the run row and
-//!   reserves one seq per key in one statement, reading under the lock which
-//!   keys exist already ([`Intent::lock`]); unused seqs are given back at
-//!   once, so the seqs stay dense;
+//! - before its INSERT, the function locks the run row and reserves one seq
+//!   per key in one statement, reading under the lock which keys exist
+//!   already ([`lock_for_batch`]); their seqs are given back at once, so
+//!   the seqs stay dense, and they are left out of the INSERT: a key that
+//!   exists costs a lookup, not a row through the trigger (whose ordinary
+//!   path would update the run row twice per key, and one row updated many
+//!   times in one transaction makes each update slower than the last);
+//! - it announces the rest (an [`Intent`]: the run and the new keys, in
+//!   order) in backend memory that only this module writes, and takes it
+//!   back right after the INSERT (also on error);
 //! - each new key's row then gets the next reserved seq and the lifecycle's
 //!   verdict ([`lifecycle::check`], the same rule as every append) on the
 //!   run state read under the lock, which no one else can change while the
 //!   lock is held, and which creations do not change;
-//! - a row the announcement does not describe (a key that exists already,
-//!   another append to the run from a nested trigger) takes the ordinary
-//!   path, after any unused reservation is given back.
+//! - a row the announcement does not describe (another append to the run
+//!   from a nested trigger) takes the ordinary path, after any unused
+//!   reservation is given back.
 //!
-//! A run_created in the batch, a run without its row, or a table other than
-//! `workflow_ext.events` turn the announcement off: every row then takes the
-//! ordinary path, which names the error.
+//! The function takes the lock as the extension's owner, as the trigger
+//! does, and only for a caller whose plain INSERT would have it taken (who
+//! may insert into and read the whole log, without row security). For any
+//! other caller the keys the statement's snapshot shows stored are left
+//! out, and the batch's first row takes the lock in the trigger, reading
+//! the same way which keys exist (one created since the snapshot takes the
+//! ordinary path).
+//!
+//! A run_created in the batch, a run without its row, or a batch inside
+//! another batch's INSERT are not announced: the keys the statement's
+//! snapshot shows stored are left out all the same, and every other row
+//! takes the ordinary path, which names the error.
+//!
+//! A batch has at most [`MAX_BATCH_EVENTS`] elements.
 
 use crate::append::{refused, required, stored_creation, SUSPENSION_TYPES};
 use crate::errors::{internal, or_internal, or_raise, WfError, WfResult};
 use crate::lifecycle::{self, EventType, State};
+use crate::log_scan::own_log_and_index;
+use crate::owner::{as_role, owner_of};
 use crate::payload::Payload;
 use crate::plans::{self, EQ, INT8, MINUS, PLUS, TEXT, TEXTARRAY};
 use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
@@ -40,12 +56,21 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 
+/// Most elements one `append_suspension_events` call takes. A batch is one
+/// statement that keeps its run locked until the transaction ends (every
+/// other append to the run waits) and holds every element, and the answer
+/// for each, in backend memory: the limit bounds both for one call, far
+/// above the fan-out of one suspension; a larger one is split by the caller
+/// (each key is idempotent, so the calls store what one call would).
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
 /// A batch announced by [`append_suspension_events`] to the trigger.
 pub(crate) struct Intent {
     /// `workflow_ext.events`, the only log the batch writes.
     log: pg_sys::Oid,
     run_id: String,
-    /// The distinct keys, in input order: the INSERT's rows, in its order.
+    /// The keys not known to exist, in input order: the INSERT's rows, in
+    /// its order.
     keys: Vec<(EventType, String)>,
     /// The key the next row of the batch must have.
     next: usize,
@@ -53,7 +78,8 @@ pub(crate) struct Intent {
 }
 
 enum Lock {
-    /// The first row has not arrived yet.
+    /// Not taken by the function: the batch's first row takes it, in the
+    /// trigger.
     NotYet,
     /// The run is locked by this transaction for the batch.
     Held {
@@ -75,9 +101,12 @@ struct BatchPlans {
     lock_and_reserve: OwnedPreparedStatement,
     /// The same ordinals, read in a fresh snapshot ($1 run, $2, $3).
     existing: OwnedPreparedStatement,
+    /// The stored creations of keys ($1 run, $2 correlation ids, $3
+    /// types): ordinal, event id and seq of each key that has one.
+    stored: OwnedPreparedStatement,
     /// Give back $2 reserved seqs.
     give_back: OwnedPreparedStatement,
-    /// The INSERT of the batch's new keys ($5: their ordinals).
+    /// The INSERT of the batch's new keys ($2 to $4: theirs alone, in order).
     insert: OwnedPreparedStatement,
 }
 
@@ -86,21 +115,35 @@ thread_local! {
     static PLANS: OnceCell<BatchPlans> = const { OnceCell::new() };
 }
 
+/// The condition that the event `e` is the creation of the key `k` (its
+/// correlation id `k.c`, its type `k.t`) in the run `$1`: the suspension
+/// type itself, or for a hook the hook_conflict recorded in its place.
+fn is_creation_of_key() -> String {
+    format!(
+        "e.run_id {EQ} $1 AND e.correlation_id {EQ} k.c \
+         AND e.type::pg_catalog.text {EQ} ANY \
+             (ARRAY[k.t, CASE WHEN k.t {EQ} 'hook_created' THEN 'hook_conflict' END])"
+    )
+}
+
+/// The keys (correlation ids `$c`, types `$t`) with their ordinals, `k`.
 /// (`ROWS FROM (unnest(a), unnest(b))` is what `unnest(a, b)` means; only
 /// the unqualified spelling has that shorthand.)
-///
+fn keys_sql(c: &str, t: &str) -> String {
+    format!(
+        "ROWS FROM (pg_catalog.unnest({c}::pg_catalog.text[]), pg_catalog.unnest({t}::pg_catalog.text[])) \
+         WITH ORDINALITY k(c, t, n)"
+    )
+}
+
 /// Ordinals of the keys (correlation ids `$c`, types `$t`) that have a
-/// creation in the run `$1`: the suspension type itself, or for a hook the
-/// hook_conflict recorded in its place.
+/// creation in the run `$1`.
 fn existing_sql(c: &str, t: &str) -> String {
     format!(
-        "SELECT coalesce(pg_catalog.array_agg(k.n), '{{}}') \
-           FROM ROWS FROM (pg_catalog.unnest({c}::pg_catalog.text[]), pg_catalog.unnest({t}::pg_catalog.text[])) \
-                WITH ORDINALITY k(c, t, n) \
-          WHERE EXISTS (SELECT FROM workflow_ext.events e \
-                         WHERE e.run_id {EQ} $1 AND e.correlation_id {EQ} k.c \
-                           AND e.type::pg_catalog.text {EQ} ANY \
-                               (ARRAY[k.t, CASE WHEN k.t {EQ} 'hook_created' THEN 'hook_conflict' END]))"
+        "SELECT coalesce(pg_catalog.array_agg(k.n), '{{}}') FROM {} \
+          WHERE EXISTS (SELECT FROM workflow_ext.events e WHERE {})",
+        keys_sql(c, t),
+        is_creation_of_key()
     )
 }
 
@@ -120,6 +163,17 @@ fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
             &[TEXT, INT8, TEXTARRAY, TEXTARRAY],
         ),
         existing: plans::keep(c, &existing_sql("$2", "$3"), &[TEXT, TEXTARRAY, TEXTARRAY]),
+        stored: plans::keep(
+            c,
+            &format!(
+                "SELECT k.n, f.id, f.seq FROM {}, \
+                        LATERAL (SELECT e.id::pg_catalog.text AS id, e.seq FROM workflow_ext.events e \
+                                  WHERE {} ORDER BY e.seq LIMIT 1) f",
+                keys_sql("$2", "$3"),
+                is_creation_of_key()
+            ),
+            &[TEXT, TEXTARRAY, TEXTARRAY],
+        ),
         give_back: plans::keep(
             c,
             &format!(
@@ -134,11 +188,11 @@ fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
                  SELECT $1, u.c, u.t::workflow_ext.event_type, u.p \
                    FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), \
                                    pg_catalog.unnest($4::pg_catalog.jsonb[])) WITH ORDINALITY u(c, t, p, n) \
-                  WHERE u.n {EQ} ANY ($5::pg_catalog.int8[]) ORDER BY u.n \
+                  ORDER BY u.n \
                  ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) DO NOTHING \
                  RETURNING correlation_id, type::pg_catalog.text, id, seq"
             ),
-            &[TEXT, TEXTARRAY, TEXTARRAY, plans::JSONBARRAY, plans::INT8ARRAY],
+            &[TEXT, TEXTARRAY, TEXTARRAY, plans::JSONBARRAY],
         ),
     }
 }
@@ -181,10 +235,7 @@ pub(crate) fn admit_reserved(rel: pg_sys::Oid, addr: &EventAddress<'_>) -> WfRes
             return Ok(None);
         };
         let key = intent.next;
-        let reserved = rel == intent.log
-            && addr.run_id == intent.run_id
-            && intent.keys.get(key).map(|(t, c)| (*t, Some(c.as_str())))
-                == Some((addr.event, addr.correlation_id))
+        let reserved = intent.is_next(rel, addr)
             && matches!(&intent.lock, Lock::Held { existing, .. } if !existing[key]);
         if !reserved {
             return Ok(None);
@@ -195,6 +246,17 @@ pub(crate) fn admit_reserved(rel: pg_sys::Oid, addr: &EventAddress<'_>) -> WfRes
 }
 
 impl Intent {
+    /// `addr` is the row the batch's INSERT gives next.
+    fn is_next(&self, rel: pg_sys::Oid, addr: &EventAddress<'_>) -> bool {
+        rel == self.log
+            && addr.run_id == self.run_id
+            && self
+                .keys
+                .get(self.next)
+                .map(|(t, c)| (*t, Some(c.as_str())))
+                == Some((addr.event, addr.correlation_id))
+    }
+
     /// The next reserved seq for `addr`, a new key of the batch, after the
     /// lifecycle's verdict on the run state read under the lock.
     fn take_reserved(&mut self, addr: &EventAddress<'_>) -> WfResult<i64> {
@@ -226,9 +288,7 @@ impl Intent {
         if rel != self.log || addr.run_id != self.run_id {
             return Ok(None);
         }
-        let expected = self.keys.get(self.next);
-        if expected.map(|(t, c)| (*t, Some(c.as_str()))) != Some((addr.event, addr.correlation_id))
-        {
+        if !self.is_next(rel, addr) {
             // Another append to this run while the batch is in flight: give
             // the reservation back so the ordinary path's seq follows the
             // last one handed out, and step aside for the rest.
@@ -239,95 +299,15 @@ impl Intent {
         let key = self.next;
         self.next += 1;
         if matches!(self.lock, Lock::NotYet) {
-            self.lock = self.lock(client);
+            self.lock = lock_for_batch(client, &self.run_id, &self.keys);
         }
         match &self.lock {
             Lock::Held { existing, .. } if !existing[key] => self.take_reserved(addr).map(Some),
-            // A key that exists: the ordinary path reads it again and hands
-            // it to the index. No run row: the ordinary path names the error.
+            // A key created since the function's snapshot: the ordinary
+            // path reads it again and hands it to the index. No run row: the
+            // ordinary path names the error.
             _ => Ok(None),
         }
-    }
-
-    /// The first row: lock the run, reserve a seq per key, learn which keys
-    /// exist; give back at once the seqs of the keys that exist.
-    fn lock(&self, client: &mut SpiClient<'_>) -> Lock {
-        let n = i64::try_from(self.keys.len()).unwrap_or_else(|_| internal!("batch too large"));
-        let (corrs, types) = self.key_arrays();
-        with_plans(client, |c, p| {
-            let rows = or_internal!(
-                c.update(
-                    &p.lock_and_reserve,
-                    Some(1),
-                    &[
-                        self.run_id.as_str().into(),
-                        n.into(),
-                        corrs.clone().into(),
-                        types.clone().into()
-                    ]
-                ),
-                "lock run for batch"
-            );
-            if rows.is_empty() {
-                // No run row (or, under REPEATABLE READ, one this snapshot
-                // cannot see): the ordinary path names the error.
-                return Lock::Off;
-            }
-            let row = rows.first();
-            let state: String = required(&row, 1, "run state");
-            let last: i64 = required(&row, 2, "run seq");
-            let seen: Option<i64> = or_internal!(row.get(3), "snapshot seq");
-            let mut ordinals: Vec<i64> = required(&row, 4, "existing keys");
-            let state = State::parse(lifecycle::EntityKind::Run, &state)
-                .unwrap_or_else(|| internal!("run state \"{state}\" is not a run state"));
-            let before = last
-                .checked_sub(n)
-                .unwrap_or_else(|| internal!("run seq {last} below the reservation"));
-            let first = before + 1; // before < last: no overflow
-            if seen != Some(before) && !uses_transaction_snapshot() {
-                // Someone appended to the run after this statement's
-                // snapshot: read the keys again, now that the lock is held.
-                ordinals = required(
-                    &or_internal!(
-                        c.update(
-                            &p.existing,
-                            Some(1),
-                            &[self.run_id.as_str().into(), corrs.into(), types.into()]
-                        ),
-                        "existing keys"
-                    )
-                    .first(),
-                    1,
-                    "existing keys",
-                );
-            }
-            let mut existing = vec![false; self.keys.len()];
-            for o in ordinals {
-                let i = o
-                    .checked_sub(1)
-                    .and_then(|i| usize::try_from(i).ok())
-                    .filter(|i| *i < existing.len())
-                    .unwrap_or_else(|| internal!("bad ordinal {o}"));
-                existing[i] = true;
-            }
-            let found = existing.iter().filter(|e| **e).count() as i64;
-            if found > 0 {
-                or_internal!(
-                    c.update(
-                        &p.give_back,
-                        None,
-                        &[self.run_id.as_str().into(), found.into()]
-                    ),
-                    "give back seqs"
-                );
-            }
-            Lock::Held {
-                state,
-                next_seq: first,
-                unused: n - found,
-                existing,
-            }
-        })
     }
 
     fn give_back(&mut self, client: &mut SpiClient<'_>) {
@@ -344,13 +324,140 @@ impl Intent {
             }
         }
     }
+}
 
-    fn key_arrays(&self) -> (Vec<String>, Vec<String>) {
-        self.keys
-            .iter()
-            .map(|(t, c)| (c.clone(), t.as_str().to_string()))
-            .unzip()
-    }
+/// One distinct key of a batch: its type, its correlation id and the
+/// payload of its first element.
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    event: EventType,
+    corr: Option<&'a str>,
+    payload: Option<Payload>,
+}
+
+/// The keys' correlation ids and type names, as the statements take them.
+fn key_arrays<'a>(keys: &[Key<'a>]) -> (Vec<Option<&'a str>>, Vec<&'static str>) {
+    keys.iter()
+        .map(|k| {
+            check_for_interrupts!();
+            (k.corr, k.event.as_str())
+        })
+        .unzip()
+}
+
+/// Locks the run `run_id` of `workflow_ext.events`, reserves a seq per key
+/// and learns which keys exist; gives back at once the seqs of those.
+/// [`Lock::Off`]: no run row (or, under REPEATABLE READ, one this snapshot
+/// cannot see), for the ordinary path to name the error.
+fn lock_for_batch(client: &mut SpiClient<'_>, run_id: &str, keys: &[(EventType, String)]) -> Lock {
+    let n = i64::try_from(keys.len()).unwrap_or_else(|_| internal!("batch too large"));
+    let (corrs, types): (Vec<&str>, Vec<&str>) = keys
+        .iter()
+        .map(|(t, c)| {
+            check_for_interrupts!();
+            (c.as_str(), t.as_str())
+        })
+        .unzip();
+    with_plans(client, |c, p| {
+        let rows = or_internal!(
+            c.update(
+                &p.lock_and_reserve,
+                Some(1),
+                &[
+                    run_id.into(),
+                    n.into(),
+                    corrs.clone().into(),
+                    types.clone().into()
+                ]
+            ),
+            "lock run for batch"
+        );
+        if rows.is_empty() {
+            return Lock::Off;
+        }
+        let row = rows.first();
+        let state: String = required(&row, 1, "run state");
+        let last: i64 = required(&row, 2, "run seq");
+        let seen: Option<i64> = or_internal!(row.get(3), "snapshot seq");
+        let mut ordinals: Vec<i64> = required(&row, 4, "existing keys");
+        let state = State::parse(lifecycle::EntityKind::Run, &state)
+            .unwrap_or_else(|| internal!("run state \"{state}\" is not a run state"));
+        let before = last
+            .checked_sub(n)
+            .unwrap_or_else(|| internal!("run seq {last} below the reservation"));
+        if seen != Some(before) && !uses_transaction_snapshot() {
+            // Someone appended to the run after this statement's snapshot:
+            // read the keys again, now that the lock is held.
+            ordinals = required(
+                &or_internal!(
+                    c.update(
+                        &p.existing,
+                        Some(1),
+                        &[run_id.into(), corrs.into(), types.into()]
+                    ),
+                    "existing keys"
+                )
+                .first(),
+                1,
+                "existing keys",
+            );
+        }
+        let mut existing = vec![false; keys.len()];
+        for o in ordinals {
+            check_for_interrupts!();
+            existing[key_index(o, keys.len())] = true;
+        }
+        let found = existing.iter().filter(|e| **e).count() as i64;
+        if found > 0 {
+            or_internal!(
+                c.update(&p.give_back, None, &[run_id.into(), found.into()]),
+                "give back seqs"
+            );
+        }
+        Lock::Held {
+            state,
+            next_seq: before + 1, // before < last: no overflow
+            unused: n - found,
+            existing,
+        }
+    })
+}
+
+/// The 0-based index of the key with (1-based) ordinal `o` among `len`.
+fn key_index(o: i64, len: usize) -> usize {
+    o.checked_sub(1)
+        .and_then(|i| usize::try_from(i).ok())
+        .filter(|i| *i < len)
+        .unwrap_or_else(|| internal!("bad ordinal {o}"))
+}
+
+/// The stored creation (event id, seq) of each of `keys` that has one, in
+/// one statement, by index into `keys`.
+fn stored_creations(
+    client: &mut SpiClient<'_>,
+    run_id: &str,
+    keys: &[Key<'_>],
+) -> HashMap<usize, (String, i64)> {
+    let (corrs, types) = key_arrays(keys);
+    with_plans(client, |c, p| {
+        let rows = or_internal!(
+            c.update(
+                &p.stored,
+                None,
+                &[run_id.into(), corrs.into(), types.into()]
+            ),
+            "stored creations"
+        );
+        rows.map(|row| {
+            check_for_interrupts!();
+            // Selected from NOT NULL columns and the ordinality.
+            let n: i64 = or_internal!(row.get(1), "key ordinal").unwrap_or_default();
+            let id: String = or_internal!(row.get(2), "event id").unwrap_or_default();
+            let seq: i64 = or_internal!(row.get(3), "event seq").unwrap_or_default();
+            (key_index(n, keys.len()), (id, seq))
+        })
+        .collect()
+    })
 }
 
 /// Announces an intent for the duration of one statement; takes it back
@@ -358,15 +465,21 @@ impl Intent {
 struct Announced;
 
 impl Announced {
-    fn new(intent: Intent) -> Option<Self> {
+    /// Whether a batch is announced already: this call runs inside its
+    /// INSERT (a trigger of the user's), and takes the ordinary path.
+    fn nested() -> bool {
+        INTENT.with(|i| i.borrow().is_some())
+    }
+
+    fn new(intent: Intent) -> Self {
         INTENT.with(|i| {
             let mut i = i.borrow_mut();
-            // Never nest: an inner batch takes the ordinary path.
-            i.is_none().then(|| {
-                *i = Some(intent);
-                Announced
-            })
-        })
+            if i.is_some() {
+                internal!("nested batch announcement");
+            }
+            *i = Some(intent);
+        });
+        Announced
     }
 
     /// Takes the intent back; the batch must have used every seq it kept.
@@ -458,6 +571,13 @@ fn checked_batch(
             payloads: p.map(|(n, _)| n),
         });
     }
+    // From the headers alone, before any element is read.
+    if nt > MAX_BATCH_EVENTS {
+        return Err(WfError::BatchTooLarge {
+            events: nt,
+            limit: MAX_BATCH_EVENTS,
+        });
+    }
     let payloads: Vec<Option<Payload>> = match payloads {
         // SAFETY: declared jsonb[] in SQL.
         Some(a) => unsafe { Vec::<Option<pg_sys::Datum>>::from_datum(a.datum(), false) }
@@ -474,6 +594,7 @@ fn checked_batch(
         payloads,
     };
     for i in 0..nt {
+        check_for_interrupts!();
         let addr = validate::address(run_id, batch.corrs[i].as_deref(), batch.types[i].as_deref())?;
         if let Some(p) = batch.payloads[i] {
             p.check()?;
@@ -487,7 +608,8 @@ fn checked_batch(
 
 /// `append_suspension_event` for each element, in one statement; one row
 /// per input element, in input order. A key given twice is created once:
-/// its first row says `inserted`, the others return the same event.
+/// its first row says `inserted`, the others return the same event. At most
+/// [`MAX_BATCH_EVENTS`] elements.
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn append_suspension_events(
     run_id: Option<&str>,
@@ -511,93 +633,155 @@ fn append_suspension_events(
     refuse_if_read_only(c"append_suspension_events");
     // The distinct keys, first occurrence first, and each element's key.
     let mut first: HashMap<(EventType, Option<&str>), usize> = HashMap::new();
-    let mut keys: Vec<(EventType, Option<&str>)> = Vec::new();
-    let mut ordinals: Vec<i64> = Vec::new();
+    let mut keys: Vec<Key<'_>> = Vec::new();
     let element_key: Vec<usize> = (0..batch.types.len())
         .map(|i| {
+            check_for_interrupts!();
             let t = EventType::parse(batch.types[i].as_deref().unwrap_or_default())
                 .unwrap_or_else(|| internal!("type checked"));
-            let k = (t, batch.corrs[i].as_deref());
-            *first.entry(k).or_insert_with(|| {
-                keys.push(k);
-                ordinals.push(i as i64 + 1);
+            let corr = batch.corrs[i].as_deref();
+            *first.entry((t, corr)).or_insert_with(|| {
+                keys.push(Key {
+                    event: t,
+                    corr,
+                    payload: batch.payloads[i],
+                });
                 keys.len() - 1
             })
         })
         .collect();
-    let corrs = batch.corrs.clone();
-    let types = batch.types.clone();
-    let payloads = batch.payloads.clone();
+
+    // SAFETY: plain catalog lookups by name.
+    let (log, runs) = unsafe {
+        let ns = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), false);
+        (
+            pg_sys::get_relname_relid(c"events".as_ptr(), ns),
+            pg_sys::get_relname_relid(c"runs".as_ptr(), ns),
+        )
+    };
+    let announce = keys.iter().all(|k| k.event != EventType::RunCreated) && !Announced::nested();
+    // The function locks the run itself, before its INSERT, when the caller
+    // could have the lock taken by a plain INSERT anyway: it may insert into
+    // and read the whole log, without row security. It takes it as the
+    // extension's owner, as the trigger does. Otherwise the batch's first
+    // row takes it, in the trigger.
+    let lock_here = announce
+        // SAFETY: in the function's transaction.
+        && unsafe {
+            own_log_and_index(
+                c"workflow_events_entity_creation_unique",
+                &[pg_sys::ACL_SELECT, pg_sys::ACL_INSERT],
+            )
+        }
+        .is_some();
+    let owner = if lock_here { owner_of(runs) } else { None };
 
     let stored: Vec<(String, i64, bool)> = Spi::connect_mut(|client| {
-        // SAFETY: plain catalog lookups by name.
-        let log = unsafe {
-            let ns = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), false);
-            pg_sys::get_relname_relid(c"events".as_ptr(), ns)
+        let intent_keys = |which: &[usize]| -> Vec<(EventType, String)> {
+            which
+                .iter()
+                .map(|&i| (keys[i].event, keys[i].corr.unwrap_or_default().to_string()))
+                .collect()
         };
-        let announced = if keys.iter().all(|(t, _)| *t != EventType::RunCreated) {
-            Announced::new(Intent {
-                log,
-                run_id: run_id.to_string(),
-                keys: keys
-                    .iter()
-                    .map(|(t, c)| (*t, c.unwrap_or_default().to_string()))
-                    .collect(),
-                next: 0,
-                lock: Lock::NotYet,
-            })
-        } else {
-            None
-        };
-        let mut inserted: HashMap<(String, Option<String>), (String, i64)> = HashMap::new();
-        with_plans(client, |c, p| {
-            // SAFETY: a jsonb[] built from jsonb datums of the arguments.
-            let payload_arg = unsafe { DatumWithOid::new(payloads, pg_sys::JSONBARRAYOID) };
-            let rows = or_internal!(
-                c.update(
-                    &p.insert,
-                    None,
-                    &[
-                        run_id.into(),
-                        corrs.into(),
-                        types.into(),
-                        payload_arg,
-                        ordinals.into()
-                    ]
-                ),
-                "batch insert"
-            );
-            for row in rows {
-                let corr: Option<String> = or_internal!(row.get(1), "correlation id");
-                let t: String = or_internal!(row.get(2), "type").unwrap_or_default();
-                let id: String = or_internal!(row.get(3), "event id").unwrap_or_default();
-                let seq: i64 = or_internal!(row.get(4), "seq").unwrap_or_default();
-                inserted.insert((t, corr), (id, seq));
+        // Each key's event and whether this call inserted it. The keys that
+        // exist stay out of the INSERT (read back, each costs a lookup, not
+        // a row through the trigger): those the run has under the lock when
+        // it is taken here, else those the statement's snapshot shows (for
+        // good: the log is append-only).
+        let mut events: Vec<Option<(String, i64, bool)>> = vec![None; keys.len()];
+        let all: Vec<usize> = (0..keys.len()).collect();
+        let mut intent = None;
+        let locked = owner
+            .map(|owner| as_role(owner, || lock_for_batch(client, run_id, &intent_keys(&all))));
+        let new: Vec<usize> = match locked {
+            Some(Lock::Held {
+                state,
+                next_seq,
+                unused,
+                existing,
+            }) => {
+                let (new, found): (Vec<usize>, Vec<usize>) =
+                    all.into_iter().partition(|&i| !existing[i]);
+                if !found.is_empty() {
+                    read_back(client, run_id, &keys, &found, &mut events);
+                }
+                intent = Some(Intent {
+                    log,
+                    run_id: run_id.to_string(),
+                    keys: intent_keys(&new),
+                    next: 0,
+                    lock: Lock::Held {
+                        state,
+                        next_seq,
+                        unused,
+                        existing: vec![false; new.len()],
+                    },
+                });
+                new
             }
-        });
+            // No run row: every row takes the ordinary path, which names
+            // the error.
+            Some(_) => all,
+            None => {
+                read_back(client, run_id, &keys, &all, &mut events);
+                let new: Vec<usize> = all.into_iter().filter(|&i| events[i].is_none()).collect();
+                if announce {
+                    intent = Some(Intent {
+                        log,
+                        run_id: run_id.to_string(),
+                        keys: intent_keys(&new),
+                        next: 0,
+                        lock: Lock::NotYet,
+                    });
+                }
+                new
+            }
+        };
+        let announced = intent.map(Announced::new);
+        if !new.is_empty() {
+            let new_keys: Vec<Key<'_>> = new.iter().map(|&i| keys[i]).collect();
+            let (corrs, types) = key_arrays(&new_keys);
+            let payloads: Vec<Option<Payload>> = new_keys.iter().map(|k| k.payload).collect();
+            let mut inserted: HashMap<(String, Option<String>), (String, i64)> = HashMap::new();
+            with_plans(client, |c, p| {
+                // SAFETY: a jsonb[] built from jsonb datums of the arguments.
+                let payload_arg = unsafe { DatumWithOid::new(payloads, pg_sys::JSONBARRAYOID) };
+                let rows = or_internal!(
+                    c.update(
+                        &p.insert,
+                        None,
+                        &[run_id.into(), corrs.into(), types.into(), payload_arg]
+                    ),
+                    "batch insert"
+                );
+                for row in rows {
+                    check_for_interrupts!();
+                    let corr: Option<String> = or_internal!(row.get(1), "correlation id");
+                    let t: String = or_internal!(row.get(2), "type").unwrap_or_default();
+                    let id: String = or_internal!(row.get(3), "event id").unwrap_or_default();
+                    let seq: i64 = or_internal!(row.get(4), "seq").unwrap_or_default();
+                    inserted.insert((t, corr), (id, seq));
+                }
+            });
+            for &i in &new {
+                check_for_interrupts!();
+                let k = &keys[i];
+                let key = (k.event.as_str().to_string(), k.corr.map(str::to_string));
+                events[i] = inserted.remove(&key).map(|(id, seq)| (id, seq, true));
+            }
+            // A new key the INSERT skipped: a racer's row was committed
+            // first (READ COMMITTED waited for it, so a new snapshot sees it).
+            let skipped: Vec<usize> = new.into_iter().filter(|&i| events[i].is_none()).collect();
+            if !skipped.is_empty() {
+                read_back(client, run_id, &keys, &skipped, &mut events);
+            }
+        }
         if let Some(a) = announced {
             a.finish();
         }
-        // Each distinct key's stored event: inserted now, or read back (it
-        // existed, or a racer's row was committed first: READ COMMITTED
-        // waited for it, so this new snapshot sees it).
-        keys.iter()
-            .map(|(t, corr)| {
-                match inserted.remove(&(t.as_str().to_string(), corr.map(str::to_string))) {
-                    Some((id, seq)) => (id, seq, true),
-                    None => {
-                        let addr = EventAddress {
-                            run_id,
-                            correlation_id: *corr,
-                            event: *t,
-                        };
-                        let (id, seq) = stored_creation(client, &addr).unwrap_or_else(|| {
-                            internal!("conflicting creation event is not visible")
-                        });
-                        (id, seq, false)
-                    }
-                }
-            })
+        events
+            .into_iter()
+            .map(|e| e.unwrap_or_else(|| internal!("conflicting creation event is not visible")))
             .collect()
     });
     let mut told = vec![false; keys.len()];
@@ -605,6 +789,7 @@ fn append_suspension_events(
         .iter()
         .zip(batch.corrs)
         .map(|(&k, corr)| {
+            check_for_interrupts!();
             let (id, seq, inserted) = &stored[k];
             let first_time = !std::mem::replace(&mut told[k], true);
             (corr, id.clone(), *seq, *inserted && first_time)
@@ -613,9 +798,40 @@ fn append_suspension_events(
     TableIterator::new(rows)
 }
 
+/// Fills in `events` the stored creation of each key `keys[i]`, `i` in
+/// `which`, that has one (`inserted` false): one statement for the keyed
+/// creations, one lookup per run_created.
+fn read_back(
+    client: &mut SpiClient<'_>,
+    run_id: &str,
+    keys: &[Key<'_>],
+    which: &[usize],
+    events: &mut [Option<(String, i64, bool)>],
+) {
+    let (keyed, runs): (Vec<usize>, Vec<usize>) =
+        which.iter().partition(|&&i| keys[i].corr.is_some());
+    if !keyed.is_empty() {
+        let subset: Vec<Key<'_>> = keyed.iter().map(|&i| keys[i]).collect();
+        for (j, (id, seq)) in stored_creations(client, run_id, &subset) {
+            events[keyed[j]] = Some((id, seq, false));
+        }
+    }
+    for i in runs {
+        let addr = EventAddress {
+            run_id,
+            correlation_id: None,
+            event: keys[i].event,
+        };
+        events[i] = stored_creation(client, &addr).map(|(id, seq)| (id, seq, false));
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
+    use super::MAX_BATCH_EVENTS;
+    use crate::subxact::in_subtransaction;
+    use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
 
     fn batch(run: &str, corrs: &[&str]) -> Vec<(String, i64, bool)> {
@@ -696,9 +912,143 @@ mod tests {
         assert_eq!(run_row_updates() - before, 1);
         let before = run_row_updates();
         batch("r", &["s1", "new"]);
-        // Lock, give back the seq of the existing key, and the existing
-        // key's own bump and unbump on the ordinary path.
-        assert_eq!(run_row_updates() - before, 4);
+        // Lock, and give back the seq of the existing key, which stays out
+        // of the INSERT (the ordinary path would bump and unbump for it).
+        assert_eq!(run_row_updates() - before, 2);
+    }
+
+    /// `n` distinct step keys.
+    fn step_keys(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s{i}")).collect()
+    }
+
+    fn events_of(run: &str) -> i64 {
+        Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM workflow_ext.events WHERE run_id = $1",
+            &[run.into()],
+        )
+        .unwrap()
+        .unwrap_or(0)
+    }
+
+    #[pg_test]
+    fn a_batch_over_the_maximum_is_refused_before_any_work() {
+        create_run("r");
+        let keys = step_keys(MAX_BATCH_EVENTS + 1);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let before = run_row_updates();
+        let outcome = in_subtransaction(|| {
+            batch("r", &keys);
+        });
+        let e = outcome.expect_err("a batch over the maximum must be refused");
+        let (CaughtError::PostgresError(r) | CaughtError::ErrorReport(r)) = *e else {
+            panic!("not an error report: {e:?}")
+        };
+        assert_eq!(
+            r.sql_error_code(),
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED
+        );
+        assert_eq!(r.message(), "batch is too large");
+        let detail = format!(
+            "The batch has {} elements; at most {MAX_BATCH_EVENTS} are allowed.",
+            keys.len()
+        );
+        assert_eq!(r.detail(), Some(detail.as_str()));
+        assert!(r.hint().is_some_and(|h| h.contains("several calls")));
+        // Refused from the arrays' headers: the run was not even locked.
+        assert_eq!(run_row_updates(), before);
+        assert_eq!(events_of("r"), 1);
+    }
+
+    #[pg_test]
+    fn a_batch_of_the_maximum_is_taken_and_sent_again_inserts_nothing() {
+        create_run("r");
+        let keys = step_keys(MAX_BATCH_EVENTS);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let first = batch("r", &keys);
+        assert_eq!(first.len(), MAX_BATCH_EVENTS);
+        assert!(first.iter().all(|r| r.2));
+        let before = run_row_updates();
+        let again = batch("r", &keys);
+        assert!(again.iter().all(|r| !r.2));
+        assert_eq!(
+            again.iter().map(|r| (&r.0, r.1)).collect::<Vec<_>>(),
+            first.iter().map(|r| (&r.0, r.1)).collect::<Vec<_>>()
+        );
+        // Its keys never reach the trigger: the lock and the give-back are
+        // the run row's only updates (per key, the ordinary path would bump
+        // and unbump it: a cost that grows with each update of the row).
+        assert_eq!(run_row_updates() - before, 2);
+        assert_eq!(events_of("r"), 1 + MAX_BATCH_EVENTS as i64);
+        let last = Spi::get_one::<i64>("SELECT last_seq FROM workflow_ext.runs WHERE run_id = 'r'");
+        assert_eq!(last, Ok(Some(1 + MAX_BATCH_EVENTS as i64)));
+    }
+
+    /// For a caller under row security the function does not lock the run
+    /// itself: its first row does, in the trigger, and the keys the
+    /// statement's snapshot shows stored stay out of the INSERT all the same.
+    #[pg_test]
+    fn a_batch_under_row_security_is_locked_by_its_first_row() {
+        create_run("r");
+        let first = batch("r", &["a"]);
+        Spi::run(
+            "CREATE ROLE wfx_batch_rls; \
+             GRANT USAGE ON SCHEMA workflow_ext TO wfx_batch_rls; \
+             GRANT SELECT, INSERT ON workflow_ext.events TO wfx_batch_rls; \
+             GRANT EXECUTE ON FUNCTION \
+                 workflow_ext.append_suspension_events(text, text[], text[], jsonb[]) TO wfx_batch_rls; \
+             ALTER TABLE workflow_ext.events ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY wfx_batch_rls ON workflow_ext.events USING (true) WITH CHECK (true)",
+        )
+        .unwrap();
+        let before = run_row_updates();
+        Spi::run("SET ROLE wfx_batch_rls").unwrap();
+        let got = batch("r", &["a", "b", "c", "b"]);
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(
+            got.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>(),
+            [(2, false), (3, true), (4, true), (3, false)]
+        );
+        assert_eq!(got[0].0, first[0].0);
+        // One lock, by the first row, for the two new keys only.
+        assert_eq!(run_row_updates() - before, 1);
+    }
+
+    /// A batch with its run_created is not announced; sent again, what the
+    /// snapshot shows stored stays out of the INSERT all the same.
+    #[pg_test]
+    fn a_batch_with_its_run_created_sent_again_inserts_nothing() {
+        let steps = step_keys(100);
+        let corrs: Vec<Option<String>> = std::iter::once(None)
+            .chain(steps.iter().cloned().map(Some))
+            .collect();
+        let types: Vec<String> = std::iter::once("run_created")
+            .chain(steps.iter().map(|_| "step_created"))
+            .map(str::to_string)
+            .collect();
+        let call = || -> Vec<(String, i64, bool)> {
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT event_id, seq, inserted FROM workflow_ext.append_suspension_events('q', $1, $2)",
+                    None,
+                    &[corrs.clone().into(), types.clone().into()],
+                )?
+                .map(|r| Ok((r.get(1)?.unwrap(), r.get(2)?.unwrap(), r.get(3)?.unwrap())))
+                .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+            })
+            .unwrap()
+        };
+        let first = call();
+        assert!(first.iter().all(|r| r.2));
+        let before = run_row_updates();
+        let again = call();
+        assert!(again.iter().all(|r| !r.2));
+        assert_eq!(
+            again.iter().map(|r| (&r.0, r.1)).collect::<Vec<_>>(),
+            first.iter().map(|r| (&r.0, r.1)).collect::<Vec<_>>()
+        );
+        assert_eq!(run_row_updates() - before, 0);
+        assert_eq!(events_of("q"), first.len() as i64);
     }
 
     #[pg_test(

@@ -76,6 +76,8 @@ pub enum WfError {
     },
     /// `expected` below 1. 22023.
     JoinExpectedInvalid { expected: i32 },
+    /// `join_arrive` for a run `workflow_ext.events` does not have. 23503.
+    JoinRunNotFound { run_id: String },
     /// A new member arriving at a join that already fired. 55000.
     JoinAlreadyComplete {
         join_key: String,
@@ -144,6 +146,7 @@ impl WfError {
             | WfError::BootstrapTransactionControl { .. }
             | WfError::BootstrapCopy { .. }
             | WfError::BootstrapNeedsReadCommitted { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            WfError::JoinRunNotFound { .. } => Code::ERRCODE_FOREIGN_KEY_VIOLATION,
             WfError::Refused { violation, .. } => match violation {
                 Violation::MissingRunCreated | Violation::MissingCreation => {
                     Code::ERRCODE_FOREIGN_KEY_VIOLATION
@@ -247,6 +250,12 @@ impl WfError {
                 format!("member count does not match join \"{}\"", clip(join_key))
             }
             WfError::JoinExpectedInvalid { .. } => "expected must be at least 1".into(),
+            WfError::JoinRunNotFound { run_id } => {
+                format!(
+                    "join refused: run \"{}\" has no run_created event",
+                    clip(run_id)
+                )
+            }
             WfError::JoinAlreadyComplete { join_key, .. } => {
                 format!("join \"{}\" has already fired", clip(join_key))
             }
@@ -343,6 +352,9 @@ impl WfError {
                 format!("The join waits for {recorded} members; this call says {expected}.")
             }
             WfError::JoinExpectedInvalid { expected } => format!("The call says {expected}."),
+            WfError::JoinRunNotFound { .. } => "A join belongs to a run of workflow_ext.events and is \
+                removed with it (purge_runs)."
+                .into(),
             WfError::JoinAlreadyComplete {
                 member_key,
                 expected,
@@ -381,9 +393,8 @@ impl WfError {
     /// Advice, where there is some to give.
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
-            WfError::Refused { violation: Violation::MissingRunCreated, .. } => {
-                "Append run_created for the run first."
-            }
+            WfError::Refused { violation: Violation::MissingRunCreated, .. }
+            | WfError::JoinRunNotFound { .. } => "Append run_created for the run first.",
             WfError::Refused { violation: Violation::DuplicateCreation, .. } => {
                 "append_suspension_event returns the existing event instead of failing."
             }

@@ -16,6 +16,10 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::OnceCell;
 
 struct Plans {
+    /// The run, share-locked against a concurrent purge; one per shape of
+    /// `workflow_ext.runs` (keyed by log from 0.3.0 on), each prepared when
+    /// first needed (the other shape's would not parse).
+    lock_run: [OnceCell<OwnedPreparedStatement>; 2],
     lock_join: OwnedPreparedStatement,
     add_member: OwnedPreparedStatement,
 }
@@ -26,6 +30,7 @@ thread_local! {
 
 fn build(c: &SpiClient<'_>) -> Plans {
     Plans {
+        lock_run: [OnceCell::new(), OnceCell::new()],
         lock_join: plans::keep(
             c,
             "INSERT INTO workflow_ext.joins AS j (run_id, join_key, expected) VALUES ($1, $2, $3) \
@@ -50,6 +55,33 @@ fn arrive(run_id: &str, join_key: &str, member_key: &str, expected: i32) -> WfRe
     Spi::connect_mut(|c| {
         PLANS.with(|cell| {
             let plans = cell.get_or_init(|| build(c));
+            // A join belongs to a run of workflow_ext.events and goes with it
+            // (purge_runs): no join for a run that does not exist. The share
+            // lock keeps a purge from removing the run under this join (the
+            // purge skips locked runs; one that went first leaves nothing to
+            // lock, and the join is refused).
+            let keyed = plans::runs_keyed_by_log();
+            let lock_run = plans.lock_run[usize::from(keyed)].get_or_init(|| {
+                let own = if keyed {
+                    "log OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass AND"
+                } else {
+                    ""
+                };
+                plans::keep(
+                    c,
+                    &format!(
+                        "SELECT FROM workflow_ext.runs \
+                          WHERE {own} run_id OPERATOR(pg_catalog.=) $1 FOR KEY SHARE"
+                    ),
+                    &[TEXT],
+                )
+            });
+            let run = or_internal!(c.update(lock_run, Some(1), &[run_id.into()]), "lock run");
+            if run.is_empty() {
+                return Err(WfError::JoinRunNotFound {
+                    run_id: run_id.to_string(),
+                });
+            }
             let join = or_internal!(
                 c.update(
                     &plans.lock_join,
@@ -120,6 +152,10 @@ fn join_arrive(
 mod tests {
     use pgrx::prelude::*;
 
+    fn create_run() {
+        Spi::run("SELECT workflow_ext.append_event('r', NULL, 'run_created')").unwrap();
+    }
+
     fn arrive(member: &str) -> bool {
         Spi::get_one_with_args::<bool>(
             "SELECT workflow_ext.join_arrive('r', 'j', $1, 3)",
@@ -131,6 +167,7 @@ mod tests {
 
     #[pg_test]
     fn fires_once_for_the_completing_member_and_ignores_redelivery() {
+        create_run();
         let fired: Vec<bool> = ["a", "a", "b", "b", "c", "c", "a"]
             .into_iter()
             .map(arrive)
@@ -140,7 +177,13 @@ mod tests {
 
     #[pg_test(error = "member count does not match join \"j\"")]
     fn expected_must_match() {
+        create_run();
         arrive("a");
         Spi::run("SELECT workflow_ext.join_arrive('r', 'j', 'b', 4)").unwrap();
+    }
+
+    #[pg_test(error = "join refused: run \"r\" has no run_created event")]
+    fn a_join_needs_its_run() {
+        arrive("a");
     }
 }

@@ -10,6 +10,7 @@
 use crate::lifecycle::{self, EntityKind, State, Violation};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What a counter counts: the admitted events, one refusal per anomaly
@@ -107,14 +108,22 @@ fn counters_since_start(
 
 /// The entities a run's events (types and correlation ids, in log order)
 /// leave active, as "<kind> <correlation id> (<state>)", judged by the
-/// writer's rules (a refused event changes nothing, as in the audit).
+/// writer's rules (a refused event changes nothing, as in the audit), in
+/// order of creation. Linear in the events: a run may have many entities,
+/// and `stuck_runs()` calls this on whole logs. `interrupt` is called once
+/// per event and per entity returned: in the backend it lets a cancel or
+/// statement_timeout end the call (unit tests, outside one, pass a no-op).
 pub fn active_entities<'a>(
     events: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+    mut interrupt: impl FnMut(),
 ) -> Vec<String> {
     let mut run: Option<State> = None;
-    // (kind, correlation id) → state, in order of creation.
+    // Each entity's state, in order of creation (the output's order), and
+    // where to find it by (kind, correlation id).
     let mut entities: Vec<((EntityKind, &'a str), State)> = Vec::new();
+    let mut slots: HashMap<(EntityKind, &'a str), usize> = HashMap::new();
     for (t, corr) in events {
+        interrupt();
         // Rows the writer's argument rules refuse change nothing.
         let Ok(addr) = crate::validate::address(Some("run"), corr, t) else {
             continue;
@@ -128,13 +137,16 @@ pub fn active_entities<'a>(
                 }
             }
             (kind, Some(c)) => {
-                let slot = entities.iter().position(|(k, _)| *k == (kind, c));
+                let slot = slots.get(&(kind, c)).copied();
                 let state = slot.map(|i| entities[i].1);
                 if lifecycle::check(run, state, event).is_ok() {
                     if let Some(after) = lifecycle::entity_state_after(event) {
                         match slot {
                             Some(i) => entities[i].1 = after,
-                            None => entities.push(((kind, c), after)),
+                            None => {
+                                slots.insert((kind, c), entities.len());
+                                entities.push(((kind, c), after));
+                            }
                         }
                     }
                 }
@@ -144,13 +156,18 @@ pub fn active_entities<'a>(
     entities
         .into_iter()
         .filter(|(_, s)| !s.is_terminal())
-        .map(|((kind, c), s)| format!("{kind} {c} ({s})"))
+        .map(|((kind, c), s)| {
+            interrupt();
+            format!("{kind} {c} ({s})")
+        })
         .collect()
 }
 
 #[pg_extern(sql = false)] // declared in sql/monitoring.sql
 fn active_entities_of(types: Array<'_, &str>, correlation_ids: Array<'_, &str>) -> Vec<String> {
-    active_entities(types.iter().zip(correlation_ids.iter()))
+    active_entities(types.iter().zip(correlation_ids.iter()), || {
+        check_for_interrupts!();
+    })
 }
 
 #[cfg(test)]
@@ -174,9 +191,35 @@ mod unit {
             ("attr_set", Some("color")),
             ("hook_received", Some("nope")), // refused: never created
         ];
-        let got = active_entities(log.iter().map(|(t, c)| (Some(*t), *c)));
+        let got = active_entities(log.iter().map(|(t, c)| (Some(*t), *c)), || {});
         assert_eq!(got, vec!["step s1 (running)", "wait w1 (waiting)"]);
-        assert!(active_entities(std::iter::empty()).is_empty());
+        assert!(active_entities(std::iter::empty(), || {}).is_empty());
+    }
+
+    /// Many entities in one run: a search per event (what this replaced)
+    /// made the call quadratic in them.
+    #[test]
+    fn active_entities_of_a_run_with_many_entities() {
+        let steps: Vec<String> = (0..200_000).map(|i| format!("s{i}")).collect();
+        let mut log: Vec<(&str, Option<&str>)> = vec![("run_created", None), ("run_started", None)];
+        log.extend(steps.iter().map(|s| ("step_created", Some(s.as_str()))));
+        for (i, s) in steps.iter().enumerate() {
+            log.push(("step_started", Some(s)));
+            if i % 2 == 0 {
+                log.push(("step_completed", Some(s)));
+            }
+        }
+        let mut checks = 0;
+        let got = active_entities(log.iter().map(|(t, c)| (Some(*t), *c)), || checks += 1);
+        let want: Vec<String> = steps
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|s| format!("step {s} (running)"))
+            .collect();
+        assert_eq!(got, want);
+        // Interruptible throughout: a check per event and per entity returned.
+        assert_eq!(checks, log.len() + want.len());
     }
 
     #[test]

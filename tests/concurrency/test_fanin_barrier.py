@@ -11,10 +11,18 @@ of what concurrency 3 produces: up to 5 items finish together).
 from collections import Counter
 
 import harness
+import pytest
 
 RUN = "run-fanin"
 ITEMS = 5
 ARRIVE = "SELECT workflow_ext.join_arrive(%s, %s, %s, %s)"
+
+
+@pytest.fixture(autouse=True)
+def run_exists(db):
+    """A join belongs to a run of workflow_ext.events: create it first."""
+    with harness.connect(db) as conn:
+        conn.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_created')", (RUN,))
 
 
 def arrive(conn, join, member, expected=ITEMS):

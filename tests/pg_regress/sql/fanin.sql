@@ -1,4 +1,7 @@
 -- join_arrive: true exactly once, for the arrival that completes the set.
+-- A join belongs to a run of workflow_ext.events.
+SELECT try($$SELECT workflow_ext.join_arrive('fan-run', 'validate', 'item-1', 3)$$);
+SELECT seq FROM workflow_ext.append_event('fan-run', NULL, 'run_created');
 SELECT workflow_ext.join_arrive('fan-run', 'validate', 'item-1', 3) AS a1;
 SELECT workflow_ext.join_arrive('fan-run', 'validate', 'item-1', 3) AS a1_again;
 SELECT workflow_ext.join_arrive('fan-run', 'validate', 'item-2', 3) AS a2;

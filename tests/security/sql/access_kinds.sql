@@ -14,6 +14,7 @@ RESET SESSION AUTHORIZATION;
 SELECT workflow_ext.grant_access('wfx_sec_login', 'monitor', revoke => true);
 SELECT has_function_privilege('wfx_sec_login', 'workflow_ext.metrics(interval)', 'EXECUTE') AS metrics_left;
 -- Tear down: roles are cluster-wide.
+SET client_min_messages = warning;
 DROP SCHEMA workflow CASCADE;
 DROP SCHEMA trap CASCADE;
 DROP SCHEMA upper CASCADE;
