@@ -17,6 +17,22 @@
 --   functions, no longer pg_monitor (roles granted monitor before keep
 --   pg_monitor until it is revoked by hand).
 
+-- seq as attach adds it is no longer NOT NULL: after DROP EXTENSION …
+-- CASCADE (which drops the trigger that stamps it) the package's inserts,
+-- which do not name seq, must still work. Before the DDL watcher exists, so
+-- that a log the new checks would refuse does not stop the update.
+DO $$
+DECLARE
+    l regclass;
+BEGIN
+    FOR l IN SELECT relation FROM workflow_ext.logs
+              WHERE seq_added AND relation <> 'workflow_ext.events'::regclass ORDER BY relation::oid
+    LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN seq DROP NOT NULL', l);
+    END LOOP;
+END
+$$;
+
 DROP EVENT TRIGGER workflow_ext_keep_creation_index;
 DROP FUNCTION workflow_ext.on_create_index();
 
@@ -197,6 +213,7 @@ DECLARE
     added text[] := '{}';
     seq_added boolean := false;
     def text;
+    clock text;
 BEGIN
     IF log IS NULL OR accept_existing IS NULL THEN
         RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
@@ -263,7 +280,9 @@ BEGIN
         numbered := workflow_ext.execute_as_owner(log, format(
             'UPDATE %1$s t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER '
             '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log));
-        PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ALTER COLUMN seq SET NOT NULL', log));
+        -- Not NOT NULL: the trigger stamps every row, and a table left
+        -- without it (DROP EXTENSION … CASCADE drops the trigger) must stay
+        -- writable by a package that does not know seq.
         seq_added := true;
     END IF;
     -- Index names from the table's, cut to whole characters so that both
@@ -299,18 +318,26 @@ BEGIN
     END IF;
     def := workflow_ext.create_creation_index(log);
 
-    -- The run rows: state as the writer's rules leave it, next seq, the
-    -- time of the last event (created_at, if the table has one).
+    -- The run rows: state as the writer's rules leave it, next seq, and
+    -- the run's clocks from its events (created_at, if the table has one),
+    -- so that monitoring tells the age and idle time of runs older than
+    -- the attach: the first event's time, the last one's, and for a
+    -- finished run the last one's as its end. A timestamp without time
+    -- zone (the DevKit's, written by now() in UTC sessions) is read as
+    -- UTC, never in this session's TimeZone.
+    SELECT CASE a.atttypid WHEN 'timestamp'::regtype THEN '(%s(created_at) AT TIME ZONE ''UTC'')'
+                           ELSE '%s(created_at)' END
+      INTO clock
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at' AND a.attnum > 0 AND NOT a.attisdropped;
     EXECUTE format(
-        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, finished_at, last_event_at) '
-        'SELECT $1, r.run_id, r.state, r.last_seq, CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN now() END, '
+        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, created_at, finished_at, last_event_at) '
+        'SELECT $1, r.run_id, r.state, r.last_seq, coalesce(r.first_at, now()), '
+        '       CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN coalesce(r.last_at, now()) END, '
         '       coalesce(r.last_at, now()) '
         '  FROM (SELECT run_id::text AS run_id, workflow_ext.run_state(array_agg(type::text ORDER BY seq)) AS state, '
-        '               max(seq) AS last_seq, %s AS last_at FROM %s WHERE run_id IS NOT NULL GROUP BY run_id) r '
+        '               max(seq) AS last_seq, %s AS first_at, %s AS last_at FROM %s WHERE run_id IS NOT NULL GROUP BY run_id) r '
         ' WHERE r.state IS NOT NULL',
-        CASE WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at'
-                                                      AND a.attnum > 0 AND NOT a.attisdropped)
-             THEN 'max(created_at)::timestamptz' ELSE 'NULL::timestamptz' END, log)
+        coalesce(format(clock, 'min'), 'NULL::timestamptz'), coalesce(format(clock, 'max'), 'NULL::timestamptz'), log)
         USING log;
 
     EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '

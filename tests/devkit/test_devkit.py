@@ -777,3 +777,56 @@ def test_package_migration_recreating_the_index(version, devkit_db, workdir):
                                          create(version, run_id, "step_created", "s1")], workdir)
         ok, dup = creates(out)
         assert ok["outcome"] == "ok" and dup["outcome"] == "conflict", (ok, dup)
+
+
+# --- uninstall and package upgrades (issue 24) --------------------------------
+
+@pytest.mark.parametrize("version", ["v4", "v5"], indirect=True)
+def test_drop_extension_leaves_the_package_writing(version, devkit_db, workdir):
+    """DROP EXTENSION while the package's table is attached: a plain DROP is
+    refused (2BP01, the triggers depend on the extension); CASCADE drops the
+    triggers with the extension, and the package goes on writing (seq is not
+    NOT NULL, so its inserts, which do not name seq, still work)."""
+    with connect(devkit_db) as conn:
+        attach(conn)
+        out = calls(version, devkit_db, [{"op": "newRun", "name": "A"}, create(version, "A", "run_created"),
+                                         create(version, "A", "run_started")], workdir)
+        assert_all_ok(out)
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist):
+            conn.execute("DROP EXTENSION workflow_ext")
+        assert triggers(conn), "a refused DROP EXTENSION removed the triggers"
+        conn.execute("DROP EXTENSION workflow_ext CASCADE")
+        assert triggers(conn) == []
+    out = calls(version, devkit_db, [create(version, out["runs"]["A"], "step_created", "s1"),
+                                     {"op": "newRun", "name": "B"}, create(version, "B", "run_created"),
+                                     create(version, "B", "run_started")], workdir)
+    assert_all_ok(out)
+    with connect(devkit_db) as conn:
+        assert event_count(conn, out["runs"]["B"]) == 2
+        assert event_count(conn) == 5
+    figure(f"{version} DROP EXTENSION: plain refused (2BP01); CASCADE: the package wrote 3 more events")
+
+
+@pytest.mark.parametrize("version", ["v4"], indirect=True)
+def test_detach_after_package_upgrade_restores_the_new_index(version, devkit_db, workdir):
+    """attach on 4.3.7, then 5.0's migrations 0011-0014 (as drizzle runs them:
+    one transaction; 0014 drops and recreates the creation index with
+    attr_set), then detach: the index put back is 5.0's, not 4.3.7's."""
+    mig_dir = os.path.join(HERE, "v5", "node_modules", *PKG.split("/"), "src", "drizzle", "migrations")
+    files = sorted(f for f in os.listdir(mig_dir)
+                   if f.endswith(".sql") and f[:4] in ("0011", "0012", "0013", "0014"))
+    assert [f[:4] for f in files] == ["0011", "0012", "0013", "0014"], files
+    with connect(devkit_db) as conn:
+        before = index_semantics(conn)
+        assert ("attr_set", False) not in before["covered"], before
+        attach(conn)
+        with conn.transaction():
+            for f in files:
+                with open(os.path.join(mig_dir, f)) as sql:
+                    conn.execute(sql.read())
+        assert "run_created" in indexdef(conn), "the extension's creation index was not kept"
+        conn.execute(f"SELECT workflow_ext.detach('{EVENTS}'::regclass)")
+        after = index_semantics(conn)
+    assert ("attr_set", False) in after["covered"], f"detach restored 4.3.7's index: {after['predicate']}"
+    assert ("run_created", True) not in after["covered"] and not after["nulls_not_distinct"], after
+    figure(f"{version} + 5.0 migrations 0011-0014, detach: the package's 5.0 index is back: {after['predicate']}")
