@@ -172,6 +172,25 @@ BEGIN
 END
 $$;
 
+-- The creations `log` holds more than once, which the creation index cannot
+-- hold: how many keys, and the first five as text. Used by attach (which
+-- refuses them) and attach_dry_run. Internal.
+CREATE FUNCTION workflow_ext.duplicate_creations(log regclass, OUT creations bigint, OUT first text)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format(
+        'SELECT count(*), string_agg(format(''%%s of run "%%s"%%s (%%s rows)'', k.type, k.run_id, '
+        '       coalesce('' for "'' || k.correlation_id || ''"'', ''''), k.n), '', '') FILTER (WHERE k.rank <= 5) '
+        '  FROM (SELECT run_id::text, correlation_id::text, type::text, count(*) AS n, '
+        '               row_number() OVER (ORDER BY run_id::text, correlation_id::text, type::text) AS rank '
+        '          FROM %s WHERE type::text IN (''run_created'', ''step_created'', ''wait_created'', ''hook_created'') '
+        '             OR (type::text = ''attr_set'' AND correlation_id IS NOT NULL) '
+        '         GROUP BY 1, 2, 3 HAVING count(*) > 1) k', log)
+        INTO creations, first;
+END
+$$;
+
 -- Puts the extension's guarantees on an existing event table (the DevKit's
 -- workflow.workflow_events, or any table with id, run_id, type and
 -- correlation_id columns): audits the rows already there, numbers them in
@@ -244,15 +263,7 @@ BEGIN
     END IF;
 
     -- An accepted past may hold what the creation index cannot: say which.
-    EXECUTE format(
-        'SELECT count(*), string_agg(format(''%%s of run "%%s"%%s (%%s rows)'', k.type, k.run_id, '
-        '       coalesce('' for "'' || k.correlation_id || ''"'', ''''), k.n), '', '') FILTER (WHERE k.rank <= 5) '
-        '  FROM (SELECT run_id::text, correlation_id::text, type::text, count(*) AS n, '
-        '               row_number() OVER (ORDER BY run_id::text, correlation_id::text, type::text) AS rank '
-        '          FROM %s WHERE type::text IN (''run_created'', ''step_created'', ''wait_created'', ''hook_created'') '
-        '             OR (type::text = ''attr_set'' AND correlation_id IS NOT NULL) '
-        '         GROUP BY 1, 2, 3 HAVING count(*) > 1) k', log)
-        INTO bad_runs, worst;
+    SELECT d.creations, d.first INTO bad_runs, worst FROM workflow_ext.duplicate_creations(log) d;
     IF bad_runs > 0 THEN
         RAISE EXCEPTION 'cannot attach "%": it holds duplicate creations', log
             USING ERRCODE = 'unique_violation',
@@ -347,6 +358,90 @@ BEGIN
                                    creation_index, added_indexes)
     VALUES (log, accept_existing, seq_added, numbered, replaced, def, added);
     RETURN numbered;
+END
+$$;
+
+-- What attach would find and do, without doing it: reads the table as
+-- scan does (ACCESS SHARE, nothing stronger) and writes nothing. One row
+-- per finding: `total` (runs and events), `refused` (what check_log
+-- refuses: attach would stop there), one `anomaly: <code>` row per first
+-- anomaly code scan reports (the runs, their events, the worst five; a
+-- `missing_run_created` run is one whose events were written for a run id
+-- never created: orphan events), `duplicate_creations` (what the creation
+-- index cannot hold), `verdict` (whether attach succeeds as is, needs
+-- accept_existing, or is refused) and `audit_seconds` (how long this read
+-- took; attach's audit reads the same, then numbers the rows under ACCESS
+-- EXCLUSIVE). SECURITY INVOKER and not executable by PUBLIC, like attach.
+CREATE FUNCTION workflow_ext.attach_dry_run(log regclass)
+RETURNS TABLE (finding text, runs bigint, events bigint, detail text)
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    started timestamptz := clock_timestamp();
+    anomalous bigint := 0;
+    duplicates bigint;
+    r record;
+BEGIN
+    IF log IS NULL THEN
+        RAISE EXCEPTION 'log must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log) THEN
+        finding := 'verdict';
+        detail := 'already attached: attach would only put back a creation index a migration replaced';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM workflow_ext.check_log(log, attaching => true);
+    EXCEPTION WHEN OTHERS THEN
+        finding := 'refused';
+        detail := format('%s: %s', SQLSTATE, SQLERRM);
+        RETURN NEXT;
+        finding := 'verdict';
+        detail := 'attach would be refused before reading the table';
+        RETURN NEXT;
+        RETURN;
+    END;
+    EXECUTE format('SELECT count(DISTINCT run_id), count(*) FROM %s', log) INTO runs, events;
+    finding := 'total';
+    detail := NULL;
+    RETURN NEXT;
+    FOR r IN SELECT s.first_anomaly AS code, count(*) AS n, sum(s.events)::bigint AS ev,
+                    string_agg(format('run "%s" (%s anomalies, first at %s)', s.run_id, s.anomalies, s.first_seq),
+                               ', ' ORDER BY s.rank) FILTER (WHERE s.rank <= 5) AS worst
+               FROM (SELECT sc.*, row_number() OVER (PARTITION BY sc.first_anomaly
+                                                     ORDER BY sc.anomalies DESC, sc.run_id) AS rank
+                       FROM workflow_ext.scan(log) sc) s
+              GROUP BY s.first_anomaly ORDER BY s.first_anomaly
+    LOOP
+        finding := 'anomaly: ' || r.code;
+        runs := r.n;
+        events := r.ev;
+        detail := 'worst: ' || r.worst;
+        anomalous := anomalous + r.n;
+        RETURN NEXT;
+    END LOOP;
+    SELECT d.creations, d.first INTO duplicates, detail FROM workflow_ext.duplicate_creations(log) d;
+    IF duplicates > 0 THEN
+        finding := 'duplicate_creations';
+        runs := NULL;
+        events := duplicates;
+        detail := 'first: ' || detail;
+        RETURN NEXT;
+    END IF;
+    finding := 'verdict';
+    runs := NULL;
+    events := NULL;
+    detail := CASE
+        WHEN duplicates > 0 THEN 'attach would be refused (23505): remove the duplicate creations first'
+        WHEN anomalous > 0 THEN 'attach needs accept_existing => true (55000 without): the past stays as it is, '
+                                'new rows are checked'
+        ELSE 'attach would succeed'
+    END;
+    RETURN NEXT;
+    finding := 'audit_seconds';
+    detail := round(extract(epoch FROM clock_timestamp() - started)::numeric, 3)::text;
+    RETURN NEXT;
 END
 $$;
 

@@ -36,6 +36,8 @@ REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 -- it grants them to. The helpers are internal.
 REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_dry_run(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.duplicate_creations(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.create_creation_index(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.keep_creation_index_of(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.execute_as_owner(regclass, text) FROM PUBLIC;

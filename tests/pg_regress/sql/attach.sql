@@ -24,6 +24,16 @@ INSERT INTO adopt.workflow_events (id, run_id, type, correlation_id, spec_versio
   ('wevt_D01', 'wrun_done', 'run_created', NULL, 3), ('wevt_D02', 'wrun_done', 'run_started', NULL, 3),
   ('wevt_D03', 'wrun_done', 'run_completed', NULL, 3);
 
+-- A dry run first: what attach would find and do, under ACCESS SHARE only,
+-- writing nothing.
+BEGIN;
+SELECT finding, runs, events, detail FROM workflow_ext.attach_dry_run('adopt.workflow_events')
+ WHERE finding <> 'audit_seconds';
+SELECT mode FROM pg_locks WHERE relation = 'adopt.workflow_events'::regclass AND pid = pg_backend_pid();
+COMMIT;
+SELECT (SELECT detail FROM workflow_ext.attach_dry_run('adopt.workflow_events') WHERE finding = 'audit_seconds')::numeric >= 0
+       AS timed;
+
 -- The audit refuses a past with anomalies and names the worst runs; nothing changed.
 \set VERBOSITY default
 SELECT workflow_ext.attach('adopt.workflow_events');
