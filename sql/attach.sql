@@ -465,7 +465,7 @@ BEGIN
                   DETAIL = 'The extension''s own log is always protected.';
     END IF;
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
-    -- First, so the index watcher no longer guards the table.
+    -- First, so the DDL watcher no longer guards the table.
     DELETE FROM workflow_ext.logs l WHERE l.relation = log RETURNING * INTO a;
     IF a.relation IS NULL THEN
         RAISE EXCEPTION '"%" is not attached', log

@@ -1,5 +1,5 @@
 //! Protecting existing event tables in place: `attach` / `detach` and the
-//! index watcher live in `sql/attach.sql` (DDL around one PL/pgSQL body
+//! DDL watcher live in `sql/attach.sql` (DDL around one PL/pgSQL body
 //! each); the rows are checked by the same trigger as `workflow_ext.events`
 //! (`crate::append`). What attach needs from the rules is here: the state
 //! a run's stored events leave it in, by the writer's own lifecycle.

@@ -9,6 +9,8 @@
 //! - [`payload`]: the jsonb payload, checked without conversion.
 //! - [`append`]: the events trigger (on every protected log) and the append
 //!   functions.
+//! - [`batch`]: `append_suspension_events`, a suspension's creations in one
+//!   call, its run locked once.
 //! - [`attach`]: protecting an existing table in place (`sql/attach.sql`).
 //! - [`audit`]: the replay auditor, pure Rust, on the same state machine.
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
@@ -28,7 +30,7 @@
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), then `functions.sql` (signatures), `attach.sql` (attach,
-//! detach, the index watcher), `monitoring.sql` (metrics, stuck_runs),
+//! detach, the DDL watcher), `monitoring.sql` (metrics, stuck_runs),
 //! `access.sql` (grant_access), `finalize.sql` last (triggers, privileges).
 //! Released install scripts and upgrade scripts are kept there too
 //! (`workflow_ext--<old>.sql`, `workflow_ext--<old>--<new>.sql`).

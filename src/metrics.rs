@@ -5,7 +5,7 @@
 //! finished by terminal state, since the server started) live in shared
 //! memory, which PostgreSQL hands out only
 //! to libraries loaded by `shared_preload_libraries`. Without it the
-//! extension works the same and `refusals()` returns no rows.
+//! extension works the same and `counters_since_start()` returns no rows.
 
 use crate::lifecycle::{self, EntityKind, State, Violation};
 use pgrx::prelude::*;
