@@ -454,6 +454,51 @@ BEGIN
 END
 $$;
 
+-- Removes what attach added, except the rows: the triggers, the indexes,
+-- the seq column it added, the run rows; the table's own creation index is
+-- put back as it was (or none, if it had none). SECURITY INVOKER and not
+-- executable by PUBLIC, like attach.
+CREATE OR REPLACE FUNCTION workflow_ext.detach(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a workflow_ext.logs;
+    idx text;
+BEGIN
+    IF log IS NULL THEN
+        RAISE EXCEPTION 'log must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF log = 'workflow_ext.events'::regclass THEN
+        RAISE EXCEPTION 'cannot detach workflow_ext.events'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The extension''s own log is always protected.';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+    -- First, so the DDL watcher no longer guards the table.
+    DELETE FROM workflow_ext.logs l WHERE l.relation = log RETURNING * INTO a;
+    IF a.relation IS NULL THEN
+        RAISE EXCEPTION '"%" is not attached', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'workflow_ext.attached_logs lists the attached tables.';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS workflow_ext_validate_insert ON %1$s; '
+                   'DROP TRIGGER IF EXISTS workflow_ext_append_only ON %1$s; '
+                   'DROP TRIGGER IF EXISTS workflow_ext_no_truncate ON %1$s', log);
+    EXECUTE format('DROP INDEX IF EXISTS %I.workflow_events_entity_creation_unique',
+                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = log));
+    IF a.replaced_index IS NOT NULL THEN
+        EXECUTE a.replaced_index;
+    END IF;
+    FOREACH idx IN ARRAY a.added_indexes LOOP
+        EXECUTE format('DROP INDEX IF EXISTS %s', idx);
+    END LOOP;
+    IF a.seq_added THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN seq', log);
+    END IF;
+    DELETE FROM workflow_ext.runs r WHERE r.log = detach.log;
+END
+$$;
+
 -- If `log`'s creation index is no longer the extension's (a package
 -- migration dropped and recreated it, as world-postgres 5.0's 0014 does, or
 -- renamed another index onto its name), puts the extension's back, and
