@@ -164,32 +164,28 @@ install_extension() {
   installed=1
 }
 
-regress() {
-  local out="$ROOT/target/regress/pg$PG_MAJOR"
+pg_regress_suite() {  # tests/<dir> (with its schedule), database name
+  local dir="$1" db="$2" out="$ROOT/target/$1/pg$PG_MAJOR"
   rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
   eval "$(bash scripts/cluster.sh env)"
   "$PG_PGXS/src/test/regress/pg_regress" \
     --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
-    --inputdir="$ROOT/tests/pg_regress" --outputdir="$out" --dbname=wfx_regress \
-    --schedule="$ROOT/tests/pg_regress/schedule" \
+    --inputdir="$ROOT/tests/$dir" --outputdir="$out" --dbname="$db" \
+    --schedule="$ROOT/tests/$dir/schedule" \
     || { cat "$out/regression.diffs" 2>/dev/null | head -200; return 1; }
+}
+
+regress() {
+  pg_regress_suite pg_regress wfx_regress
 }
 
 security() {
   # Issue 28's reproductions, as the roles named: pg_regress (tests/security/
-  # schedule), then the cancellation checks (pytest), if any.
-  local out="$ROOT/target/security/pg$PG_MAJOR"
-  rm -rf "$out"; mkdir -p "$out"; chmod 777 "$out"
+  # schedule), then the cancellation and backtrace checks (pytest).
+  pg_regress_suite security wfx_security || return 1
   eval "$(bash scripts/cluster.sh env)"
-  "$PG_PGXS/src/test/regress/pg_regress" \
-    --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
-    --inputdir="$ROOT/tests/security" --outputdir="$out" --dbname=wfx_security \
-    --schedule="$ROOT/tests/security/schedule" \
-    || { cat "$out/regression.diffs" 2>/dev/null | head -200; return 1; }
-  if compgen -G "tests/security/test_*.py" >/dev/null; then
-    export PGHOST PGPORT PGUSER
-    python3 -m pytest -q -s -p no:cacheprovider tests/security
-  fi
+  export PGHOST PGPORT PGUSER
+  python3 -m pytest -q -s -p no:cacheprovider tests/security
 }
 
 upgrade() {
