@@ -1,8 +1,10 @@
--- plpgsql_replay(run_id, source): a PL/pgSQL implementation of
--- workflow_ext.replay with the same semantics (same source checks and
--- errors, same replay order, same anomaly codes at the same seq, same detail
--- text), to measure what the Rust implementation buys. Benchmark only: not
--- installed by the extension.
+-- plpgsql_replay(run_id, source): a PL/pgSQL replay of 0.2.0's rules (its
+-- source checks and errors, replay order, anomaly codes and detail texts),
+-- used as a speed baseline for workflow_ext.replay. It matched 0.2.0's
+-- replay; the Rust replay has since gained checks, codes and texts it never
+-- got, so on sources other than workflow_ext.events the two now differ
+-- (BENCHMARKS.md, "plpgsql_replay.sql"). Benchmark only: not installed by
+-- the extension.
 --
 -- One ordered query over the run's events, judged row by row in PL/pgSQL.
 -- PL/pgSQL has no hash map, so the query itself numbers the run's distinct

@@ -59,8 +59,17 @@ SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'demo-r
 SELECT * FROM workflow_ext.append_event('demo-run', NULL, 'run_started');
 SELECT * FROM workflow_ext.append_event('demo-run', 'step_1', 'step_started');
 SELECT * FROM workflow_ext.append_event('demo-run', 'step_1', 'step_completed');
-\set ON_ERROR_STOP 0
-SELECT * FROM workflow_ext.append_event('demo-run', 'step_1', 'step_started');
+-- The refusal is the outcome the demo expects: caught and shown. Anything
+-- else (the late start accepted, another error) ends the demo with an error.
+DO $$
+DECLARE detail text;
+BEGIN
+  PERFORM workflow_ext.append_event('demo-run', 'step_1', 'step_started');
+  RAISE EXCEPTION 'the late step_started was accepted';
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+  GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+  RAISE NOTICE E'refused as expected: % %\n  DETAIL: %', SQLSTATE, SQLERRM, detail;
+END $$;
 SQL
 echo
 echo "Connect with:  $BIN/psql -h $PGHOST -p $PGPORT -U postgres $DB"

@@ -500,7 +500,7 @@ fn decide(
     run: LockedRun,
     entity: Option<State>,
 ) -> WfResult<i64> {
-    match lifecycle::check(run.state, entity, addr.event) {
+    match lifecycle::check_addressed(run.state, entity, addr.event, addr.correlation_id.is_some()) {
         Ok(()) => {
             let after = lifecycle::run_state_after(run.state, addr.event);
             if addr.event.kind() == EntityKind::Run && after != run.state {

@@ -269,8 +269,13 @@ impl Intent {
         else {
             internal!("batch row without the batch's lock")
         };
-        lifecycle::check(Some(*state), None, addr.event)
-            .map_err(|v| refused(addr, v, Some(*state)))?;
+        lifecycle::check_addressed(
+            Some(*state),
+            None,
+            addr.event,
+            addr.correlation_id.is_some(),
+        )
+        .map_err(|v| refused(addr, v, Some(*state)))?;
         let seq = *next_seq;
         *next_seq = next_seq
             .checked_add(1)

@@ -214,6 +214,7 @@ impl WfError {
                 ..
             } => {
                 let kind = event.entity_kind(correlation_id.is_some());
+                let violation = violation.for_address(*event, correlation_id.is_some());
                 let target = match correlation_id {
                     Some(c) if kind != EntityKind::Run => {
                         format!("{kind} \"{}\" of run \"{}\"", clip(c), clip(run_id))
@@ -339,10 +340,12 @@ impl WfError {
             WfError::Refused {
                 violation,
                 run_state,
+                event,
+                correlation_id,
                 ..
             } => format!(
                 "anomaly: {}; run state: {}",
-                violation.code(),
+                violation.for_address(*event, correlation_id.is_some()).code(),
                 run_state.map_or("none", State::as_str)
             ),
             WfError::AppendOnly { .. } => "The event log is append-only.".into(),

@@ -372,6 +372,23 @@ pub enum Violation {
 }
 
 impl Violation {
+    /// The verdict of [`check`], which cannot tell a keyed `attr_set` from
+    /// an unkeyed one when the attribute does not exist, restated for the
+    /// event as addressed. After the run's terminal a keyed `attr_set` is
+    /// the creation of an attribute, refused as every creation is
+    /// (`event_after_run_terminal`), not an event of an attribute that never
+    /// existed. Every other verdict is returned as it is.
+    pub const fn for_address(self, event: EventType, keyed: bool) -> Violation {
+        match (self, event, keyed) {
+            (Violation::EventAfterTerminal { state }, EventType::AttrSet, true)
+                if matches!(state.kind(), EntityKind::Run) =>
+            {
+                Violation::EventAfterRunTerminal { run_state: state }
+            }
+            (v, _, _) => v,
+        }
+    }
+
     /// The stable anomaly code, shared by error details and `replay` rows.
     pub const fn code(self) -> &'static str {
         match self {
@@ -429,6 +446,10 @@ pub fn run_state_after(run: Option<State>, event: EventType) -> Option<State> {
 /// Checks run in a fixed order, so every refused event gets exactly one
 /// reason: missing run, duplicate creation, missing entity, entity already
 /// terminal, run already terminal, then the transition table.
+///
+/// A keyed `attr_set` whose attribute does not exist gets the verdict of an
+/// unkeyed one here; [`check_addressed`] (or [`Violation::for_address`] on
+/// the verdict) names it as the creation it is.
 pub fn check(run: Option<State>, entity: Option<State>, event: EventType) -> Result<(), Violation> {
     use EventType as E;
     use State as S;
@@ -496,6 +517,17 @@ pub fn check(run: Option<State>, entity: Option<State>, event: EventType) -> Res
         | (E::HookReceived | E::HookDisposed, S::HookActive) => Ok(()),
         _ => Err(Violation::IllegalTransition { state }),
     }
+}
+
+/// [`check`] for an event whose correlation id is known to be present
+/// (`keyed`) or not: the verdict as the writer reports it.
+pub fn check_addressed(
+    run: Option<State>,
+    entity: Option<State>,
+    event: EventType,
+    keyed: bool,
+) -> Result<(), Violation> {
+    check(run, entity, event).map_err(|v| v.for_address(event, keyed))
 }
 
 #[cfg(test)]
@@ -697,6 +729,41 @@ mod tests {
                 state: S::RunFailed
             })
         );
+        // After the run's terminal a keyed attr_set is a late creation, as a
+        // step_created is (issue #26); an unkeyed one an event of the run.
+        for run in [S::RunCompleted, S::RunFailed, S::RunCancelled] {
+            assert_eq!(
+                check_addressed(Some(run), None, E::AttrSet, true),
+                Err(Violation::EventAfterRunTerminal { run_state: run })
+            );
+            assert_eq!(
+                check_addressed(Some(run), None, E::AttrSet, true),
+                check_addressed(Some(run), None, E::StepCreated, true)
+            );
+            assert_eq!(
+                check_addressed(Some(run), None, E::AttrSet, false),
+                Err(Violation::EventAfterTerminal { state: run })
+            );
+            assert_eq!(
+                check_addressed(Some(run), Some(S::AttrSet), E::AttrSet, true),
+                Err(Violation::DuplicateCreation)
+            );
+        }
+        // Every other verdict is the same keyed or not.
+        for run in State::ALL
+            .into_iter()
+            .filter(|s| s.kind() == EntityKind::Run)
+        {
+            for event in EventType::ALL.into_iter().filter(|t| *t != E::AttrSet) {
+                for keyed in [false, true] {
+                    assert_eq!(
+                        check_addressed(Some(run), None, event, keyed),
+                        check(Some(run), None, event),
+                        "{event} in {run}"
+                    );
+                }
+            }
+        }
         assert_eq!(entity_state_after(E::AttrSet), Some(S::AttrSet));
         assert!(S::AttrSet.is_terminal());
         for run in State::ALL

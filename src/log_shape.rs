@@ -127,9 +127,10 @@ pub(crate) unsafe fn check(
     usage: Use,
 ) -> WfResult<Columns> {
     let mut found = Columns::default();
-    // SAFETY: natts attributes follow the descriptor's header.
-    let attrs = unsafe { (*desc).attrs.as_slice((*desc).natts as usize) };
-    for (i, a) in attrs.iter().enumerate() {
+    // SAFETY: a valid descriptor, borrowed (not released) for this call;
+    // PgTupleDesc reads its attributes on every major (18 moved them).
+    let tupdesc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(desc) };
+    for (i, a) in tupdesc.iter().enumerate() {
         if a.attisdropped {
             continue;
         }

@@ -34,6 +34,8 @@ struct Source {
     name: String,
     has_seq: bool,
     has_created_at: bool,
+    /// `run_id` is declared NOT NULL: the source has no NULL run.
+    run_id_not_null: bool,
     /// A jsonb `payload` column: hook tokens can be read (the DevKit's 4.x
     /// rows keep their data in payload_cbor, which SQL cannot read).
     has_jsonb_payload: bool,
@@ -62,7 +64,9 @@ fn with_inspect_plans<R>(client: &SpiClient<'_>, f: impl FnOnce(&InspectPlans) -
                 "SELECT c.oid::pg_catalog.regclass::text, c.relkind::text, \
                         pg_catalog.array_agg(a.attname::text) FILTER (WHERE a.attnum > 0 AND NOT a.attisdropped), \
                         pg_catalog.bool_or(a.attname = 'payload' AND a.attnum > 0 AND NOT a.attisdropped \
-                                           AND a.atttypid = 'pg_catalog.jsonb'::pg_catalog.regtype) \
+                                           AND a.atttypid = 'pg_catalog.jsonb'::pg_catalog.regtype), \
+                        pg_catalog.bool_or(a.attname = 'run_id' AND a.attnum > 0 AND NOT a.attisdropped \
+                                           AND a.attnotnull) \
                  FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
                  WHERE c.oid = $1 GROUP BY c.oid, c.relkind",
                 &[PgOid::BuiltIn(pg_sys::BuiltinOid::OIDOID)],
@@ -112,6 +116,7 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
     // casts and operators the audit's queries call (src/log_shape.rs).
     crate::log_shape::check_relation(oid, &name, crate::log_shape::Use::Source)?;
     let has_jsonb_payload: bool = or_internal!(row.get(4), "source payload").unwrap_or(false);
+    let run_id_not_null: bool = or_internal!(row.get(5), "source run_id").unwrap_or(false);
     let enum_labels = (name == "workflow_ext.events").then(|| {
         with_inspect_plans(client, |p| {
             or_internal!(client.select(&p.labels, None, &[]), "event type labels")
@@ -130,6 +135,7 @@ fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Source> {
         enum_labels,
         has_seq: has("seq"),
         has_created_at: has("created_at"),
+        run_id_not_null,
         has_jsonb_payload,
         name,
     })
@@ -653,52 +659,69 @@ fn scan(
         } else {
             String::new()
         };
-        let query = format!(
+        let mut queries = vec![format!(
             "SELECT {} FROM {} {filter} ORDER BY run_id, {}",
             columns(&src),
             src.name,
             order_by(&src)
-        );
+        )];
+        // `IN` never matches a NULL run_id: the NULL run, when one of its
+        // rows is recent, is read by a query of its own, last, where
+        // ORDER BY run_id puts it without `since`. Kept out of the first
+        // query so that one keeps its plan; a source whose run_id is NOT
+        // NULL (ours, the DevKit's) does not run it.
+        if since.is_some() && !src.run_id_not_null {
+            queries.push(format!(
+                "SELECT {} FROM {src} WHERE run_id IS NULL \
+                    AND EXISTS (SELECT 1 FROM {src} WHERE run_id IS NULL AND created_at >= $1) \
+                  ORDER BY {}",
+                columns(&src),
+                order_by(&src),
+                src = src.name,
+            ));
+        }
         let args: Vec<pgrx::datum::DatumWithOid<'_>> = since.into_iter().map(Into::into).collect();
         let pending: RefCell<Option<FirstFinding>> = RefCell::new(None);
         let mut audited: HashSet<String> = HashSet::new();
-        stream(
-            client,
-            &query,
-            &args,
-            &src,
-            since.is_none().then_some(None),
-            |run, events| {
-                if since.is_some() {
-                    audited.extend(run.map(str::to_string));
-                }
-                if let Some(p) = pending.take() {
-                    out.push((
-                        run.map(str::to_string),
-                        events,
-                        p.anomalies,
-                        p.at,
-                        p.anomaly.to_string(),
-                        p.detail,
-                    ));
-                }
-            },
-            |_| {},
-            |e, f| {
-                let mut p = pending.borrow_mut();
-                match p.as_mut() {
-                    Some(p) => p.anomalies = p.anomalies.saturating_add(1),
-                    None => {
-                        *p = Some(FirstFinding {
-                            anomalies: 1,
-                            at: e.at(),
-                            anomaly: f.anomaly,
-                            detail: f.detail,
-                        })
+        for query in &queries {
+            stream(
+                client,
+                query,
+                &args,
+                &src,
+                since.is_none().then_some(None),
+                |run, events| {
+                    if since.is_some() {
+                        audited.extend(run.map(str::to_string));
                     }
-                }
-            },
-        );
+                    if let Some(p) = pending.take() {
+                        out.push((
+                            run.map(str::to_string),
+                            events,
+                            p.anomalies,
+                            p.at,
+                            p.anomaly.to_string(),
+                            p.detail,
+                        ));
+                    }
+                },
+                |_| {},
+                |e, f| {
+                    let mut p = pending.borrow_mut();
+                    match p.as_mut() {
+                        Some(p) => p.anomalies = p.anomalies.saturating_add(1),
+                        None => {
+                            *p = Some(FirstFinding {
+                                anomalies: 1,
+                                at: e.at(),
+                                anomaly: f.anomaly,
+                                detail: f.detail,
+                            })
+                        }
+                    }
+                },
+            );
+        }
         // Runs whose hooks took a token another run held: add to their row
         // (or give them one). With `since`, only runs the stream audited.
         for c in cross_run_token_conflicts(client, &src, None) {

@@ -70,6 +70,32 @@ SELECT try($$SELECT * FROM workflow_ext.replay(NULL)$$);
 SELECT try($$SELECT * FROM workflow_ext.replay('r', NULL)$$);
 SELECT try($$SELECT * FROM workflow_ext.scan('not_events')$$);
 SELECT try($$SELECT * FROM workflow_ext.scan('not_events', now())$$);
+-- seq is read as bigint: a source whose seq is of another type than smallint,
+-- integer or bigint is refused before any row is read (42804), not mid-stream.
+CREATE TABLE text_seq_events (id text, run_id text, seq text, type text, correlation_id text);
+INSERT INTO text_seq_events SELECT id, run_id, seq::text, type, correlation_id FROM seq_events;
+INSERT INTO text_seq_events VALUES ('e6', 'r', 'six', 'step_created', 't');
+CREATE TABLE numeric_seq_events (id text, run_id text, seq numeric, type text, correlation_id text);
+INSERT INTO numeric_seq_events SELECT id, run_id, seq, type, correlation_id FROM seq_events;
+SELECT try($$SELECT * FROM workflow_ext.replay('r', 'text_seq_events')$$);
+SELECT try($$SELECT * FROM workflow_ext.scan('text_seq_events')$$);
+SELECT try($$SELECT * FROM workflow_ext.replay('r', 'numeric_seq_events')$$);
+SELECT try($$SELECT * FROM workflow_ext.scan('numeric_seq_events')$$);
+-- An integer (int4) seq is read: the same findings as the bigint one.
+CREATE TABLE int_seq_events (id text, run_id text, seq integer, type text, correlation_id text);
+INSERT INTO int_seq_events SELECT id, run_id, seq, type, correlation_id FROM seq_events;
+SELECT * FROM workflow_ext.replay('r', 'int_seq_events');
+SELECT run_id, events, anomalies, first_anomaly FROM workflow_ext.scan('int_seq_events');
+-- Rows with a NULL run_id are a run of their own, with since as without it:
+-- audited whole when one of its rows is at or after since.
+CREATE TABLE null_run_events (id text, run_id text, type text, correlation_id text, created_at timestamptz DEFAULT now());
+INSERT INTO null_run_events (id, run_id, type, correlation_id, created_at) VALUES
+  ('n1', NULL, 'run_created', NULL, now() - interval '2 days'), ('n2', NULL, 'run_started', NULL, now()),
+  ('o1', 'r_old', 'run_started', NULL, now() - interval '2 days'), ('r1', 'r_new', 'run_started', NULL, now());
+SELECT run_id, events, anomalies, first_anomaly FROM workflow_ext.scan('null_run_events') ORDER BY run_id;
+SELECT run_id, events, anomalies, first_anomaly FROM workflow_ext.scan('null_run_events', now() - interval '1 hour') ORDER BY run_id;
+UPDATE null_run_events SET created_at = now() - interval '2 days' WHERE id = 'n2';
+SELECT run_id, events, anomalies, first_anomaly FROM workflow_ext.scan('null_run_events', now() - interval '1 hour') ORDER BY run_id;
 -- A table with an awkward name is quoted, not spliced.
 CREATE TABLE "Odd ""Name""; x" (LIKE seq_events);
 INSERT INTO "Odd ""Name""; x" SELECT * FROM seq_events;

@@ -106,4 +106,7 @@ SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-completed', 'step_
 -- Messages name run, correlation id, attempted type and state.
 SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-pending', 'step_retrying')$$);
 SELECT try($$SELECT workflow_ext.append_event('e-done', 'step-new', 'step_created')$$);
+-- A keyed attr_set creates its attribute: after the run's terminal it is
+-- refused as every creation is (issue #26).
+SELECT try($$SELECT workflow_ext.append_event('e-done', 'attr-new', 'attr_set')$$);
 SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-none', 'step_started')$$);
