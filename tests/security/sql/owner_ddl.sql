@@ -48,6 +48,22 @@ SET SESSION AUTHORIZATION wfx_sec_app;
 INSERT INTO workflow.workflow_events (id, type, correlation_id, run_id) VALUES ('x', 'run_completed', NULL, 'wrun_none');
 UPDATE workflow.workflow_events SET type = 'run_failed';
 TRUNCATE workflow.workflow_events;
+DELETE FROM workflow.workflow_events WHERE id = 'wevt_03';
+-- An upsert or a MERGE that would change a stored event is an UPDATE too.
+INSERT INTO workflow.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_03', 'step_created', 's1', 'wrun_1')
+ON CONFLICT (id) DO UPDATE SET type = 'step_completed';
+MERGE INTO workflow.workflow_events e USING (VALUES ('wevt_03')) v(id) ON e.id = v.id
+WHEN MATCHED THEN UPDATE SET type = 'step_completed';
+MERGE INTO workflow.workflow_events e USING (VALUES ('wevt_03')) v(id) ON e.id = v.id
+WHEN MATCHED THEN DELETE;
+-- Under session_replication_role = replica (a superuser's setting) the
+-- triggers still fire: they are ENABLE ALWAYS.
+RESET SESSION AUTHORIZATION;
+SET session_replication_role = replica;
+UPDATE workflow.workflow_events SET type = 'run_failed';
+INSERT INTO workflow.workflow_events (id, type, correlation_id, run_id) VALUES ('y', 'run_completed', NULL, 'wrun_none');
+RESET session_replication_role;
+SET SESSION AUTHORIZATION wfx_sec_app;
 
 -- A weaker index renamed onto the name (no session setting switches the
 -- watcher off any more): the extension's is put back, and the package's
