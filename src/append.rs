@@ -20,18 +20,18 @@
 //! `INSERT … ON CONFLICT DO NOTHING` (the idempotent append) skips the row.
 //! Either way the log's uniqueness is enforced by the index, not by timing.
 
-use crate::creation_probe::Probe;
+use crate::creation_probe::{self, Probe};
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::event_id;
 use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::log_shape;
 use crate::metrics;
 use crate::payload::Payload;
-use crate::plans::{self, BOOL, EQ, JSONB, MINUS, PLUS, TEXT};
+use crate::plans::{self, required, BOOL, EQ, JSONB, MINUS, PLUS, TEXT};
 use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
 use crate::validate::{self, EventAddress};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -60,14 +60,12 @@ struct LogPlans {
     set_run_state: OwnedPreparedStatement,
     /// Last event of an entity, one plan per entity kind.
     entity_last: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
-    /// A unique creation by its key, one plan per [`UNIQUE_TYPES`] entry.
-    find_creation: [OwnedPreparedStatement; UNIQUE_TYPES.len()],
+    /// A unique creation by its key, one plan per [`EventType::UNIQUE_CREATIONS`] entry.
+    find_creation: [OwnedPreparedStatement; EventType::UNIQUE_CREATIONS.len()],
 }
 
 /// Plans of the append functions, which write `workflow_ext.events`.
 struct AppendPlans {
-    /// A creation event by its key, one plan per suspension type.
-    find_creation: [OwnedPreparedStatement; 4],
     /// `find_creation`, and the insert if nothing was found, in one
     /// statement; one plan per suspension type.
     find_or_insert: [OwnedPreparedStatement; 4],
@@ -86,30 +84,13 @@ thread_local! {
 /// The extension's own log, which the append functions write.
 const OWN_LOG: &str = "workflow_ext.events";
 
-pub(crate) const SUSPENSION_TYPES: [EventType; 4] = [
-    EventType::RunCreated,
-    EventType::StepCreated,
-    EventType::WaitCreated,
-    EventType::HookCreated,
-];
-
-/// The creations the index `workflow_events_entity_creation_unique` makes
-/// unique: the suspension types, then the keyed `attr_set`.
-const UNIQUE_TYPES: [EventType; 5] = [
-    EventType::RunCreated,
-    EventType::StepCreated,
-    EventType::WaitCreated,
-    EventType::HookCreated,
-    EventType::AttrSet,
-];
-
 fn kind_types_sql(kind: EntityKind) -> String {
     plans::type_list(kind.event_types())
 }
 
 /// Which of the per-suspension-type plans serves `event`.
 fn suspension_index(event: EventType) -> Option<usize> {
-    SUSPENSION_TYPES.iter().position(|t| *t == event)
+    EventType::SUSPENSIONS.iter().position(|t| *t == event)
 }
 
 /// An entity's last event in `log`, by kind; `alias.` prefixes the columns.
@@ -120,31 +101,6 @@ fn entity_last_sql(log: &str, kind: EntityKind, alias: &str) -> String {
          ORDER BY {alias}seq DESC LIMIT 1",
         alias.trim_end_matches('.'),
         kind_types_sql(kind)
-    )
-}
-
-/// The stored creation of unique type `t` in `log`; the type is a literal so
-/// the planner can prove the partial index's predicate even for a generic
-/// plan. A hook's creation is its hook_created, or the hook_conflict
-/// recorded for it when its token was taken (an entity has at most one of
-/// the two), so a loser's redelivered hook_created gets its stored event
-/// back too.
-fn find_creation_sql(log: &str, t: EventType) -> String {
-    let corr = if t == EventType::RunCreated {
-        "$2::pg_catalog.text IS NULL AND correlation_id IS NULL".to_string()
-    } else {
-        format!("correlation_id {EQ} $2")
-    };
-    let types = if t == EventType::HookCreated {
-        format!(
-            "type {EQ} ANY ({})",
-            plans::type_list([t, EventType::HookConflict])
-        )
-    } else {
-        format!("type {EQ} '{t}'")
-    };
-    format!(
-        "SELECT id::pg_catalog.text, seq FROM {log} WHERE run_id {EQ} $1 AND {corr} AND {types}"
     )
 }
 
@@ -233,19 +189,17 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         ),
         entity_last: EntityKind::ENTITIES
             .map(|kind| plans::keep(c, &entity_last_sql(log, kind, ""), &[TEXT, TEXT])),
-        find_creation: UNIQUE_TYPES.map(|t| plans::keep(c, &find_creation_sql(log, t), &[TEXT, TEXT])),
+        find_creation: EventType::UNIQUE_CREATIONS.map(|t| plans::keep(c, &creation_probe::find_creation_sql(log, t), &[TEXT, TEXT])),
     }
 }
 
 fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
-    let creation_types = plans::type_list(SUSPENSION_TYPES);
+    let creation_types = plans::type_list(EventType::SUSPENSIONS);
     let on_conflict = format!(
         "ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) DO NOTHING"
     );
     AppendPlans {
-        find_creation: SUSPENSION_TYPES
-            .map(|t| plans::keep(c, &find_creation_sql(OWN_LOG, t), &[TEXT, TEXT])),
-        find_or_insert: SUSPENSION_TYPES.map(|t| {
+        find_or_insert: EventType::SUSPENSIONS.map(|t| {
             plans::keep(
                 c,
                 &format!(
@@ -254,12 +208,12 @@ fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
                              SELECT $1, $2, '{t}', $3 WHERE NOT EXISTS (SELECT FROM found) \
                              {on_conflict} RETURNING id, seq) \
                      SELECT id, seq, false FROM found UNION ALL SELECT id, seq, true FROM ins",
-                    find_creation_sql(OWN_LOG, t)
+                    creation_probe::find_creation_sql(OWN_LOG, t)
                 ),
                 &[TEXT, TEXT, JSONB],
             )
         }),
-        insert: SUSPENSION_TYPES.map(|t| {
+        insert: EventType::SUSPENSIONS.map(|t| {
             (t != EventType::HookCreated).then(|| {
                 plans::keep(
                     c,
@@ -335,28 +289,6 @@ fn with_append_plans<R>(
         let plans = cell.get_or_init(|| build_append_plans(client));
         f(client, plans)
     })
-}
-
-/// Column `n` of the current row, which our own statements never return
-/// NULL.
-pub(crate) fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    row: &SpiTupleTable<'_>,
-    n: usize,
-    what: &str,
-) -> T {
-    or_internal!(row.get::<T>(n), "{what}").unwrap_or_else(|| internal!("{what} is NULL"))
-}
-
-/// (id, seq) of the first row of a statement returning them, if any.
-fn id_and_seq(rows: SpiTupleTable<'_>) -> Option<(String, i64)> {
-    if rows.is_empty() {
-        return None;
-    }
-    let row = rows.first();
-    Some((
-        required(&row, 1, "event id"),
-        required(&row, 2, "event seq"),
-    ))
 }
 
 /// The entity (kind slot, correlation id) an event is about; None for
@@ -531,13 +463,15 @@ fn decide(
                 client.update(&plans.unbump, None, &[addr.run_id.into()]),
                 "unlock run"
             );
-            let stored = UNIQUE_TYPES.iter().position(|t| *t == addr.event);
+            let stored = EventType::UNIQUE_CREATIONS
+                .iter()
+                .position(|t| *t == addr.event);
             if stored
-                .and_then(|i| creation(client, &plans.find_creation[i], addr))
+                .and_then(|i| creation_probe::creation(client, &plans.find_creation[i], addr))
                 .is_none()
             {
                 // The index would not catch it: refuse ourselves.
-                return Err(refused(addr, Violation::DuplicateCreation, run.state));
+                return Err(addr.refused(Violation::DuplicateCreation, run.state));
             }
             // The owner of an attached table can drop its creation index (a
             // package migration drops and recreates it): without it the row
@@ -549,7 +483,7 @@ fn decide(
             }
             Ok(run.seq)
         }
-        Err(violation) => Err(refused(addr, violation, run.state)),
+        Err(violation) => Err(addr.refused(violation, run.state)),
     }
 }
 
@@ -608,49 +542,6 @@ fn admit(client: &mut SpiClient<'_>, plans: &LogPlans, addr: &EventAddress<'_>) 
     let run = lock_run(client, plans, addr);
     let entity = entity_state(client, plans, addr, &run);
     decide(client, plans, addr, run, entity)
-}
-
-pub(crate) fn refused(
-    addr: &EventAddress<'_>,
-    violation: Violation,
-    run_state: Option<State>,
-) -> WfError {
-    WfError::Refused {
-        violation,
-        run_id: addr.run_id.to_string(),
-        correlation_id: addr.correlation_id.map(str::to_string),
-        event: addr.event,
-        run_state,
-    }
-}
-
-/// The stored creation an address names, through `plan` (one of the
-/// `find_creation` plans, for the address's type).
-fn creation(
-    client: &mut SpiClient<'_>,
-    plan: &OwnedPreparedStatement,
-    addr: &EventAddress<'_>,
-) -> Option<(String, i64)> {
-    id_and_seq(or_internal!(
-        client.update(
-            plan,
-            Some(1),
-            &[addr.run_id.into(), addr.correlation_id.into()]
-        ),
-        "find creation"
-    ))
-}
-
-/// The stored creation of a suspension event in `workflow_ext.events`, if
-/// any (a hook's hook_conflict counts: see [`find_creation_sql`]).
-pub(crate) fn stored_creation(
-    client: &mut SpiClient<'_>,
-    addr: &EventAddress<'_>,
-) -> Option<(String, i64)> {
-    let plan = suspension_index(addr.event)?;
-    with_append_plans(client, |c, plans| {
-        creation(c, &plans.find_creation[plan], addr)
-    })
 }
 
 /// Reads one column (by attribute number, 0: absent) of the trigger's row
@@ -846,7 +737,7 @@ fn append_suspension_event(
             }
             // Skipped on conflict: the winner has committed (READ COMMITTED
             // waited for it), so this new snapshot sees its row.
-            let (id, seq) = creation(c, &plans.find_creation[plan], &addr)
+            let (id, seq) = creation_probe::stored_creation(c, &addr)
                 .unwrap_or_else(|| internal!("conflicting creation event is not visible"));
             (id, seq, false)
         })

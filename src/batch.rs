@@ -41,12 +41,13 @@
 //!
 //! A batch has at most [`MAX_BATCH_EVENTS`] elements.
 
-use crate::append::{refused, required, stored_creation, SUSPENSION_TYPES};
+use crate::creation_probe::stored_creation;
 use crate::errors::{internal, or_internal, or_raise, WfError, WfResult};
 use crate::lifecycle::{self, EventType, State};
 use crate::log_scan::own_log_and_index;
 use crate::owner::{as_role, owner_of};
 use crate::payload::Payload;
+use crate::plans::required;
 use crate::plans::{self, EQ, INT8, MINUS, PLUS, TEXT, TEXTARRAY};
 use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
 use crate::validate::{self, EventAddress};
@@ -149,7 +150,7 @@ fn existing_sql(c: &str, t: &str) -> String {
 
 fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
     let log = format!("log {EQ} 'workflow_ext.events'::pg_catalog.regclass");
-    let creation_types = plans::type_list(SUSPENSION_TYPES);
+    let creation_types = plans::type_list(EventType::SUSPENSIONS);
     BatchPlans {
         lock_and_reserve: plans::keep(
             c,
@@ -275,7 +276,7 @@ impl Intent {
             addr.event,
             addr.correlation_id.is_some(),
         )
-        .map_err(|v| refused(addr, v, Some(*state)))?;
+        .map_err(|v| addr.refused(v, Some(*state)))?;
         let seq = *next_seq;
         *next_seq = next_seq
             .checked_add(1)
@@ -604,7 +605,7 @@ fn checked_batch(
         if let Some(p) = batch.payloads[i] {
             p.check()?;
         }
-        if !SUSPENSION_TYPES.contains(&addr.event) {
+        if !EventType::SUSPENSIONS.contains(&addr.event) {
             return Err(WfError::NotSuspension { event: addr.event });
         }
     }

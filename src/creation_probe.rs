@@ -11,12 +11,18 @@
 //! The probe answers [`Probe::Found`] or [`Probe::Absent`] only when it
 //! read the index; whenever it cannot read it (no direct read allowed, the
 //! index not as expected) it says [`Probe::NotAsked`] and the caller takes
-//! the SQL path that looks the creation up itself.
+//! the SQL path that looks the creation up itself: the statements at the
+//! end of this file, which the trigger (on any log) and the batch share.
 
+use crate::errors::or_internal;
 use crate::lifecycle::EventType;
 use crate::log_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
+use crate::plans::{self, required, EQ, TEXT};
+use crate::validate::EventAddress;
 use pgrx::pg_sys;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::FromDatum;
+use std::cell::OnceCell;
 use std::ffi::CString;
 
 /// What the probe learned.
@@ -154,4 +160,87 @@ unsafe fn probe(
         pg_sys::index_endscan(scan);
         found
     }
+}
+
+// -- By statement ---------------------------------------------------------------
+
+/// The extension's own log.
+const OWN_LOG: &str = "workflow_ext.events";
+
+thread_local! {
+    /// `find_creation_sql` on the own log, one plan per suspension type,
+    /// prepared on first use and kept.
+    static OWN_LOG_FIND: OnceCell<[OwnedPreparedStatement; 4]> = const { OnceCell::new() };
+}
+
+/// The stored creation of unique type `t` in `log`; the type is a literal so
+/// the planner can prove the partial index's predicate even for a generic
+/// plan. A hook's creation is its hook_created, or the hook_conflict
+/// recorded for it when its token was taken (an entity has at most one of
+/// the two), so a loser's redelivered hook_created gets its stored event
+/// back too.
+pub(crate) fn find_creation_sql(log: &str, t: EventType) -> String {
+    let corr = if t == EventType::RunCreated {
+        "$2::pg_catalog.text IS NULL AND correlation_id IS NULL".to_string()
+    } else {
+        format!("correlation_id {EQ} $2")
+    };
+    let types = if t == EventType::HookCreated {
+        format!(
+            "type {EQ} ANY ({})",
+            plans::type_list([t, EventType::HookConflict])
+        )
+    } else {
+        format!("type {EQ} '{t}'")
+    };
+    format!(
+        "SELECT id::pg_catalog.text, seq FROM {log} WHERE run_id {EQ} $1 AND {corr} AND {types}"
+    )
+}
+
+/// (id, seq) of the first row of a statement returning them, if any.
+fn id_and_seq(rows: SpiTupleTable<'_>) -> Option<(String, i64)> {
+    if rows.is_empty() {
+        return None;
+    }
+    let row = rows.first();
+    Some((
+        required(&row, 1, "event id"),
+        required(&row, 2, "event seq"),
+    ))
+}
+
+/// The stored creation an address names, through `plan` (one of the
+/// `find_creation` plans, for the address's type).
+pub(crate) fn creation(
+    client: &mut SpiClient<'_>,
+    plan: &OwnedPreparedStatement,
+    addr: &EventAddress<'_>,
+) -> Option<(String, i64)> {
+    id_and_seq(or_internal!(
+        client.update(
+            plan,
+            Some(1),
+            &[addr.run_id.into(), addr.correlation_id.into()]
+        ),
+        "find creation"
+    ))
+}
+
+/// The stored creation of a suspension event in `workflow_ext.events`, if
+/// any (a hook's hook_conflict counts: see [`find_creation_sql`]).
+pub(crate) fn stored_creation(
+    client: &mut SpiClient<'_>,
+    addr: &EventAddress<'_>,
+) -> Option<(String, i64)> {
+    let plan = EventType::SUSPENSIONS
+        .iter()
+        .position(|t| *t == addr.event)?;
+    OWN_LOG_FIND.with(|cell| {
+        let plans = cell.get_or_init(|| {
+            EventType::SUSPENSIONS
+                .map(|t| plans::keep(client, &find_creation_sql(OWN_LOG, t), &[TEXT, TEXT]))
+        });
+        creation(client, &plans[plan], addr)
+    })
 }

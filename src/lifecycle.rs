@@ -135,14 +135,34 @@ impl EventType {
 
     /// The suspension (creation) events: unique per run and correlation id,
     /// covered by the partial unique index `workflow_events_entity_creation_unique`.
+    /// The creations a suspension appends: `append_suspension_event`'s
+    /// types, each unique per run and correlation id.
+    pub const SUSPENSIONS: [EventType; 4] = [
+        EventType::RunCreated,
+        EventType::StepCreated,
+        EventType::WaitCreated,
+        EventType::HookCreated,
+    ];
+
+    /// What the creation index `workflow_events_entity_creation_unique`
+    /// makes unique: the suspensions, then the keyed `attr_set`.
+    pub const UNIQUE_CREATIONS: [EventType; 5] = [
+        Self::SUSPENSIONS[0],
+        Self::SUSPENSIONS[1],
+        Self::SUSPENSIONS[2],
+        Self::SUSPENSIONS[3],
+        EventType::AttrSet,
+    ];
+
     pub const fn is_suspension(self) -> bool {
-        matches!(
-            self,
-            EventType::RunCreated
-                | EventType::StepCreated
-                | EventType::WaitCreated
-                | EventType::HookCreated
-        )
+        let mut i = 0;
+        while i < Self::SUSPENSIONS.len() {
+            if Self::SUSPENSIONS[i] as u8 == self as u8 {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 
     /// What the event is about, knowing whether it has a correlation id:

@@ -1,10 +1,10 @@
 //! SPI plans prepared once per backend and kept (`SPI_keepplan`), shared by
-//! every module with a hot path (append, fan-in), and the argument types
-//! they are prepared with.
+//! every module with a hot path (append, batch, fan-in), the argument types
+//! they are prepared with, and how their rows are read ([`required`]).
 
-use crate::errors::or_internal;
+use crate::errors::{internal, or_internal};
 use pgrx::pg_sys;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::PgOid;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
@@ -58,4 +58,14 @@ pub fn runs_keyed_by_log() -> bool {
         runs != pg_sys::InvalidOid
             && pg_sys::get_attnum(runs, c"log".as_ptr()) != pg_sys::InvalidAttrNumber as i16
     }
+}
+
+/// Column `n` of the current row, which our own statements never return
+/// NULL.
+pub fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &SpiTupleTable<'_>,
+    n: usize,
+    what: &str,
+) -> T {
+    or_internal!(row.get::<T>(n), "{what}").unwrap_or_else(|| internal!("{what} is NULL"))
 }

@@ -16,6 +16,21 @@ pub struct EventAddress<'a> {
 impl EventAddress<'_> {
     /// Whether the index `workflow_events_entity_creation_unique` makes this
     /// event unique per run and correlation id.
+    /// The lifecycle's refusal of this event, in a run in `run_state`.
+    pub(crate) fn refused(
+        &self,
+        violation: crate::lifecycle::Violation,
+        run_state: Option<crate::lifecycle::State>,
+    ) -> WfError {
+        WfError::Refused {
+            violation,
+            run_id: self.run_id.to_string(),
+            correlation_id: self.correlation_id.map(str::to_string),
+            event: self.event,
+            run_state,
+        }
+    }
+
     pub const fn is_unique_creation(&self) -> bool {
         self.event.is_unique_creation(self.correlation_id.is_some())
     }
