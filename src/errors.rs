@@ -9,7 +9,8 @@
 //!
 //! Messages follow PostgreSQL's style: a short primary message stating the
 //! fact, with no function names; the facts as a sentence in DETAIL; advice
-//! in HINT. The macros record the real source line and function of the
+//! in HINT. [`WfError::report`] declares all four for each error in one arm
+//! of one exhaustive match. The macros record the real source line and function of the
 //! raise (PostgreSQL's LOCATION), not this file's.
 //!
 //! **API contract**: a refused event's DETAIL is `anomaly: <code>; run state:
@@ -132,346 +133,407 @@ pub enum WfError {
     CreationIndexMissing { log: String },
 }
 
-impl WfError {
-    pub fn sqlstate(&self) -> Code {
-        match self {
-            WfError::NullArgument { .. } | WfError::CorrelationRequired { .. } => {
-                Code::ERRCODE_NULL_VALUE_NOT_ALLOWED
-            }
-            WfError::TooLong { .. } => Code::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
-            WfError::PayloadTooLarge { .. } | WfError::BatchTooLarge { .. } => {
-                Code::ERRCODE_PROGRAM_LIMIT_EXCEEDED
-            }
-            WfError::AppendOnly { .. }
-            | WfError::BootstrapTransactionControl { .. }
-            | WfError::BootstrapCopy { .. }
-            | WfError::BootstrapNeedsReadCommitted { .. } => Code::ERRCODE_FEATURE_NOT_SUPPORTED,
-            WfError::JoinRunNotFound { .. } => Code::ERRCODE_FOREIGN_KEY_VIOLATION,
-            WfError::Refused { violation, .. } => match violation {
-                Violation::MissingRunCreated | Violation::MissingCreation => {
-                    Code::ERRCODE_FOREIGN_KEY_VIOLATION
-                }
-                Violation::DuplicateCreation => Code::ERRCODE_UNIQUE_VIOLATION,
-                _ => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            },
-            WfError::JoinAlreadyComplete { .. }
-            | WfError::BootstrapChecksumChanged { .. }
-            | WfError::BootstrapNotBegun { .. }
-            | WfError::BootstrapAlreadyBegun { .. } => {
-                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
-            }
-            WfError::BootstrapWaitTimedOut {
-                which: "statement_timeout",
-                ..
-            } => Code::ERRCODE_QUERY_CANCELED,
-            WfError::BootstrapWaitTimedOut { .. } => Code::ERRCODE_LOCK_NOT_AVAILABLE,
-            WfError::SourceNotFound { .. } => Code::ERRCODE_UNDEFINED_TABLE,
-            WfError::SourceNotATable { .. } => Code::ERRCODE_WRONG_OBJECT_TYPE,
-            WfError::SourceMissingColumns { .. } => Code::ERRCODE_UNDEFINED_COLUMN,
-            WfError::LogColumnType { .. } => Code::ERRCODE_DATATYPE_MISMATCH,
-            WfError::CreationIndexMissing { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            WfError::EmptyArgument { .. }
-            | WfError::UnknownEventType { .. }
-            | WfError::NotSuspension { .. }
-            | WfError::CorrelationForbidden { .. }
-            | WfError::PayloadNotObject
-            | WfError::SeqMismatch { .. }
-            | WfError::BatchArraysMismatch { .. }
-            | WfError::JoinExpectedMismatch { .. }
-            | WfError::JoinExpectedInvalid { .. }
-            | WfError::NegativeInterval
-            | WfError::InvalidTimeout => Code::ERRCODE_INVALID_PARAMETER_VALUE,
+/// What a [`WfError`] says: PostgreSQL's four parts of an error.
+pub struct Report {
+    pub code: Code,
+    /// Short, factual, lower case, no function names.
+    pub message: String,
+    /// The facts behind the message, as a sentence.
+    pub detail: Option<String>,
+    /// Advice, where there is some to give.
+    pub hint: Option<&'static str>,
+}
+
+impl Report {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Report {
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
         }
     }
 
-    /// The primary message: short, factual, lower case, no function names.
-    pub fn message(&self) -> String {
+    fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    fn hint(mut self, hint: &'static str) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+}
+
+impl WfError {
+    /// Each error declared once: its SQLSTATE, message, DETAIL and HINT in
+    /// one arm. The match has no catch-all, so a new variant does not
+    /// compile until it says all four.
+    pub fn report(&self) -> Report {
+        use Code as C;
         match self {
-            WfError::NullArgument { arg } => format!("{arg} must not be null"),
-            WfError::EmptyArgument { arg } => format!("{arg} must not be empty"),
-            WfError::TooLong { arg, .. } => format!("{arg} is too long"),
-            WfError::UnknownEventType { given } => {
-                format!("unknown event type \"{}\"", clip(given))
+            WfError::NullArgument { arg } => {
+                Report::new(C::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{arg} must not be null"))
             }
-            WfError::NotSuspension { event } => format!("\"{event}\" is not a creation event type"),
-            WfError::CorrelationRequired { event } => {
-                format!("correlation_id must not be null for a {event} event")
+            WfError::EmptyArgument { arg } => {
+                Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, format!("{arg} must not be empty"))
             }
-            WfError::CorrelationForbidden { event } => {
-                format!("correlation_id must be null for a {event} event")
+            WfError::TooLong { arg, len } => Report::new(
+                C::ERRCODE_STRING_DATA_RIGHT_TRUNCATION,
+                format!("{arg} is too long"),
+            )
+            .detail(format!(
+                "The value is {len} bytes long; at most {MAX_IDENT_BYTES} are allowed."
+            )),
+            WfError::UnknownEventType { given } => Report::new(
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("unknown event type \"{}\"", clip(given)),
+            )
+            .hint("The event types are the values of the enum workflow_ext.event_type."),
+            WfError::NotSuspension { event } => Report::new(
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("\"{event}\" is not a creation event type"),
+            )
+            .hint(
+                "The creation types are run_created, step_created, wait_created and hook_created; \
+                 append other types with append_event.",
+            ),
+            WfError::CorrelationRequired { event } => Report::new(
+                C::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("correlation_id must not be null for a {event} event"),
+            ),
+            WfError::CorrelationForbidden { event } => Report::new(
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("correlation_id must be null for a {event} event"),
+            ),
+            WfError::PayloadNotObject => {
+                Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "payload must be a JSON object")
+                    .hint("Pass NULL for an event without payload.")
             }
-            WfError::PayloadNotObject => "payload must be a JSON object".into(),
-            WfError::PayloadTooLarge { .. } => "payload is too large".into(),
-            WfError::BatchTooLarge { .. } => "batch is too large".into(),
-            WfError::SeqMismatch { given, .. } => {
-                format!("seq {given} is not the next seq of the run")
+            WfError::PayloadTooLarge { bytes, limit } => {
+                Report::new(C::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "payload is too large").detail(
+                    format!(
+                        "The payload is {bytes} bytes; workflow_ext.max_payload_bytes is {limit}."
+                    ),
+                )
             }
+            WfError::BatchTooLarge { events, limit } => {
+                Report::new(C::ERRCODE_PROGRAM_LIMIT_EXCEEDED, "batch is too large")
+                    .detail(format!(
+                        "The batch has {events} elements; at most {limit} are allowed."
+                    ))
+                    .hint(
+                        "Split the elements into several calls: each key is idempotent, so the \
+                         calls store what one call would.",
+                    )
+            }
+            WfError::SeqMismatch { given, next } => Report::new(
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("seq {given} is not the next seq of the run"),
+            )
+            .detail(format!("The next seq of this run is {next}."))
+            .hint("Leave seq out: it is assigned on insert."),
+            WfError::BatchArraysMismatch {
+                correlation_ids,
+                types,
+                payloads,
+            } => Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "input arrays do not match")
+                .detail(format!(
+                    "correlation_ids has {correlation_ids} elements, types {types}, payloads {}; \
+                     each must be one-dimensional.",
+                    payloads.map_or("none".to_string(), |n| n.to_string())
+                ))
+                .hint("Pass one correlation id, one type and (if any) one payload per event."),
             WfError::Refused {
                 violation,
                 run_id,
                 correlation_id,
                 event,
-                ..
-            } => {
-                let kind = event.entity_kind(correlation_id.is_some());
-                let violation = violation.for_address(*event, correlation_id.is_some());
-                let target = match correlation_id {
-                    Some(c) if kind != EntityKind::Run => {
-                        format!("{kind} \"{}\" of run \"{}\"", clip(c), clip(run_id))
-                    }
-                    _ => format!("run \"{}\"", clip(run_id)),
-                };
-                match violation {
-                    Violation::MissingRunCreated => {
-                        format!(
-                            "{event} refused: run \"{}\" has no run_created event",
-                            clip(run_id)
-                        )
-                    }
-                    Violation::MissingCreation => format!(
-                        "{event} refused: {target} was never created (no {kind}_created event)"
-                    ),
-                    Violation::DuplicateCreation => {
-                        format!("{event} refused: {target} already exists")
-                    }
-                    Violation::EventAfterTerminal { state } => {
-                        format!("{event} refused: {target} is already {state}")
-                    }
-                    Violation::EventAfterRunTerminal { run_state } => {
-                        format!("{event} refused for {target}: the run is already {run_state}")
-                    }
-                    Violation::IllegalTransition { state } => {
-                        format!("{event} refused: {target} is {state}")
-                    }
-                }
+                run_state,
+            } => refusal(*violation, run_id, correlation_id.as_deref(), *event, *run_state),
+            WfError::AppendOnly { op, table } => Report::new(
+                C::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("cannot {op} {table}"),
+            )
+            .detail("The event log is append-only.")
+            .hint(if table == "workflow_ext.events" {
+                "Remove whole finished runs with workflow_ext.purge_runs(interval)."
+            } else {
+                "The table is attached to workflow_ext (workflow_ext.attached_logs); \
+                 workflow_ext.detach lifts the protection."
+            }),
+            WfError::JoinExpectedMismatch {
+                join_key,
+                expected,
+                recorded,
+            } => Report::new(
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("member count does not match join \"{}\"", clip(join_key)),
+            )
+            .detail(format!(
+                "The join waits for {recorded} members; this call says {expected}."
+            )),
+            WfError::JoinExpectedInvalid { expected } => {
+                Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "expected must be at least 1")
+                    .detail(format!("The call says {expected}."))
             }
-            WfError::BatchArraysMismatch { .. } => "input arrays do not match".into(),
-            WfError::AppendOnly { op, table } => format!("cannot {op} {table}"),
-            WfError::JoinExpectedMismatch { join_key, .. } => {
-                format!("member count does not match join \"{}\"", clip(join_key))
-            }
-            WfError::JoinExpectedInvalid { .. } => "expected must be at least 1".into(),
-            WfError::JoinRunNotFound { run_id } => {
+            WfError::JoinRunNotFound { run_id } => Report::new(
+                C::ERRCODE_FOREIGN_KEY_VIOLATION,
                 format!(
                     "join refused: run \"{}\" has no run_created event",
                     clip(run_id)
-                )
+                ),
+            )
+            .detail(
+                "A join belongs to a run of workflow_ext.events and is removed with it \
+                 (purge_runs).",
+            )
+            .hint("Append run_created for the run first."),
+            WfError::JoinAlreadyComplete {
+                join_key,
+                member_key,
+                expected,
+            } => Report::new(
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("join \"{}\" has already fired", clip(join_key)),
+            )
+            .detail(format!(
+                "It fired with its {expected} members; member \"{}\" is one too many.",
+                clip(member_key)
+            )),
+            WfError::NegativeInterval => {
+                Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "older_than must not be negative")
             }
-            WfError::JoinAlreadyComplete { join_key, .. } => {
-                format!("join \"{}\" has already fired", clip(join_key))
-            }
-            WfError::NegativeInterval => "older_than must not be negative".into(),
-            WfError::BootstrapChecksumChanged { name, .. } => {
+            WfError::BootstrapChecksumChanged {
+                name,
+                applied,
+                given,
+            } => Report::new(
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!(
                     "bootstrap \"{}\" was applied with a different checksum",
                     clip(name)
-                )
-            }
-            WfError::BootstrapTransactionControl { name } => {
-                format!("bootstrap \"{}\" contains transaction control", clip(name))
-            }
-            WfError::BootstrapCopy { name } => {
+                ),
+            )
+            .detail(format!(
+                "Applied with checksum {applied}; this call's is {given}."
+            ))
+            .hint(
+                "Bootstraps are versioned by name: give a changed migration a new name, e.g. app@v2.",
+            ),
+            WfError::BootstrapTransactionControl { name } => Report::new(
+                C::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("bootstrap \"{}\" contains transaction control", clip(name)),
+            )
+            .hint(
+                "Remove BEGIN, COMMIT, ROLLBACK and SAVEPOINT: the DDL already runs in one \
+                 transaction. To wrap a migrator that runs its own transactions, use \
+                 bootstrap_begin and bootstrap_end.",
+            ),
+            WfError::BootstrapCopy { name } => Report::new(
+                C::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!(
                     "bootstrap \"{}\" contains COPY to or from the client",
                     clip(name)
-                )
-            }
-            WfError::BootstrapNeedsReadCommitted { name } => {
-                format!(
-                    "bootstrap \"{}\" needs READ COMMITTED isolation",
-                    clip(name)
-                )
-            }
-            WfError::BootstrapNotBegun { name } => {
-                format!("bootstrap \"{}\" was not begun in this session", clip(name))
-            }
-            WfError::BootstrapAlreadyBegun { name } => {
+                ),
+            )
+            .hint(
+                "Load data with INSERT, or run the migration between bootstrap_begin and \
+                 bootstrap_end.",
+            ),
+            WfError::BootstrapNotBegun { name } => Report::new(
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("bootstrap \"{}\" was not begun in this session", clip(name)),
+            )
+            .hint(
+                "Call bootstrap_begin on the same connection first; a bootstrap that returned \
+                 false needs no bootstrap_end.",
+            ),
+            WfError::BootstrapAlreadyBegun { name } => Report::new(
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!(
                     "bootstrap \"{}\" is already begun in this session",
                     clip(name)
-                )
-            }
-            WfError::BootstrapWaitTimedOut { name, .. } => {
-                format!("could not obtain the lock of bootstrap \"{}\"", clip(name))
-            }
-            WfError::InvalidTimeout => "timeout must be a positive interval".into(),
-            WfError::SourceNotFound { oid } => format!("relation with OID {oid} does not exist"),
-            WfError::SourceNotATable { source } => {
-                format!("\"{source}\" is not a table, view or materialized view")
-            }
-            WfError::SourceMissingColumns { source, .. } => {
-                format!("relation \"{source}\" is not an event source")
-            }
+                ),
+            )
+            .hint("Finish it with bootstrap_end first."),
+            WfError::BootstrapWaitTimedOut { name, which } => Report::new(
+                if *which == "statement_timeout" {
+                    C::ERRCODE_QUERY_CANCELED
+                } else {
+                    C::ERRCODE_LOCK_NOT_AVAILABLE
+                },
+                format!("could not obtain the lock of bootstrap \"{}\"", clip(name)),
+            )
+            .detail(format!(
+                "Another session holds it; {which} expired while waiting."
+            )),
+            WfError::BootstrapNeedsReadCommitted { name } => Report::new(
+                C::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "bootstrap \"{}\" needs READ COMMITTED isolation",
+                    clip(name)
+                ),
+            )
+            .detail(
+                "Under REPEATABLE READ or SERIALIZABLE the transaction's snapshot is older than \
+                 the lock wait, so it could miss the migration of the session it waited for and \
+                 apply it twice.",
+            )
+            .hint(
+                "Call it in autocommit mode, or in a transaction begun with ISOLATION LEVEL READ \
+                 COMMITTED.",
+            ),
+            WfError::InvalidTimeout => Report::new(
+                C::ERRCODE_INVALID_PARAMETER_VALUE,
+                "timeout must be a positive interval",
+            ),
+            WfError::SourceNotFound { oid } => Report::new(
+                C::ERRCODE_UNDEFINED_TABLE,
+                format!("relation with OID {oid} does not exist"),
+            ),
+            WfError::SourceNotATable { source } => Report::new(
+                C::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("\"{source}\" is not a table, view or materialized view"),
+            ),
+            WfError::SourceMissingColumns { source, missing } => Report::new(
+                C::ERRCODE_UNDEFINED_COLUMN,
+                format!("relation \"{source}\" is not an event source"),
+            )
+            .detail(format!("It lacks the column(s) {}.", missing.join(", ")))
+            .hint(
+                "An event source needs the columns id, run_id, type and correlation_id \
+                 (and created_at for scan with since).",
+            ),
             WfError::LogColumnType {
                 log,
                 column,
                 actual,
-                ..
-            } => format!("column \"{column}\" of \"{log}\" has type {actual}"),
-            WfError::CreationIndexMissing { log } => {
-                format!("the creation index of \"{log}\" is missing")
-            }
+                allowed,
+            } => Report::new(
+                C::ERRCODE_DATATYPE_MISMATCH,
+                format!("column \"{column}\" of \"{log}\" has type {actual}"),
+            )
+            .detail(format!(
+                "workflow_ext reads {column} as {allowed} only: the functions a query calls on a \
+                 column of another type are chosen by the type's owner."
+            ))
+            .hint(
+                "Change the column back to one of those types; to change an attached table's \
+                 columns freely, detach it first (workflow_ext.detach).",
+            ),
+            WfError::CreationIndexMissing { log } => Report::new(
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("the creation index of \"{log}\" is missing"),
+            )
+            .detail(
+                "A duplicate creation is refused while the unique index \
+                 workflow_events_entity_creation_unique is missing, invalid or not the extension's.",
+            )
+            .hint(
+                "Recreate it by attaching the table again (workflow_ext.attach restores the index \
+                 of an attached table).",
+            ),
         }
+    }
+
+    pub fn sqlstate(&self) -> Code {
+        self.report().code
+    }
+
+    /// The primary message: short, factual, lower case, no function names.
+    pub fn message(&self) -> String {
+        self.report().message
     }
 
     /// The facts behind the message, as a sentence.
     pub fn detail(&self) -> Option<String> {
-        Some(match self {
-            WfError::TooLong { len, .. } => {
-                format!("The value is {len} bytes long; at most {MAX_IDENT_BYTES} are allowed.")
-            }
-            WfError::PayloadTooLarge { bytes, limit } => {
-                format!("The payload is {bytes} bytes; workflow_ext.max_payload_bytes is {limit}.")
-            }
-            WfError::BatchTooLarge { events, limit } => {
-                format!("The batch has {events} elements; at most {limit} are allowed.")
-            }
-            WfError::SeqMismatch { next, .. } => format!("The next seq of this run is {next}."),
-            WfError::BatchArraysMismatch {
-                correlation_ids,
-                types,
-                payloads,
-            } => format!(
-                "correlation_ids has {correlation_ids} elements, types {types}, payloads {}; \
-                 each must be one-dimensional.",
-                payloads.map_or("none".to_string(), |n| n.to_string())
-            ),
-            // The API contract of the module doc.
-            WfError::Refused {
-                violation,
-                run_state,
-                event,
-                correlation_id,
-                ..
-            } => format!(
-                "anomaly: {}; run state: {}",
-                violation.for_address(*event, correlation_id.is_some()).code(),
-                run_state.map_or("none", State::as_str)
-            ),
-            WfError::AppendOnly { .. } => "The event log is append-only.".into(),
-            WfError::JoinExpectedMismatch {
-                expected, recorded, ..
-            } => {
-                format!("The join waits for {recorded} members; this call says {expected}.")
-            }
-            WfError::JoinExpectedInvalid { expected } => format!("The call says {expected}."),
-            WfError::JoinRunNotFound { .. } => "A join belongs to a run of workflow_ext.events and is \
-                removed with it (purge_runs)."
-                .into(),
-            WfError::JoinAlreadyComplete {
-                member_key,
-                expected,
-                ..
-            } => format!(
-                "It fired with its {expected} members; member \"{}\" is one too many.",
-                clip(member_key)
-            ),
-            WfError::BootstrapChecksumChanged { applied, given, .. } => {
-                format!("Applied with checksum {applied}; this call's is {given}.")
-            }
-            WfError::BootstrapWaitTimedOut { which, .. } => {
-                format!("Another session holds it; {which} expired while waiting.")
-            }
-            WfError::BootstrapNeedsReadCommitted { .. } => "Under REPEATABLE READ or SERIALIZABLE the \
-                transaction's snapshot is older than the lock wait, so it could miss the migration of \
-                the session it waited for and apply it twice."
-                .into(),
-            WfError::SourceMissingColumns { missing, .. } => {
-                format!("It lacks the column(s) {}.", missing.join(", "))
-            }
-            WfError::LogColumnType {
-                column, allowed, ..
-            } => format!(
-                "workflow_ext reads {column} as {allowed} only: the functions a query calls on a \
-                 column of another type are chosen by the type's owner."
-            ),
-            WfError::CreationIndexMissing { .. } => "A duplicate creation is refused while the \
-                unique index workflow_events_entity_creation_unique is missing, invalid or not the \
-                extension's."
-                .into(),
-            _ => return None,
-        })
+        self.report().detail
     }
 
     /// Advice, where there is some to give.
     pub fn hint(&self) -> Option<&'static str> {
-        Some(match self {
-            WfError::Refused { violation: Violation::MissingRunCreated, .. }
-            | WfError::JoinRunNotFound { .. } => "Append run_created for the run first.",
-            WfError::Refused { violation: Violation::DuplicateCreation, .. } => {
-                "append_suspension_event returns the existing event instead of failing."
-            }
-            WfError::BatchArraysMismatch { .. } => {
-                "Pass one correlation id, one type and (if any) one payload per event."
-            }
-            WfError::NotSuspension { .. } => {
-                "The creation types are run_created, step_created, wait_created and hook_created; \
-                 append other types with append_event."
-            }
-            WfError::UnknownEventType { .. } => {
-                "The event types are the values of the enum workflow_ext.event_type."
-            }
-            WfError::PayloadNotObject => "Pass NULL for an event without payload.",
-            WfError::BatchTooLarge { .. } => {
-                "Split the elements into several calls: each key is idempotent, so the calls \
-                 store what one call would."
-            }
-            WfError::SeqMismatch { .. } => "Leave seq out: it is assigned on insert.",
-            WfError::BootstrapChecksumChanged { .. } => {
-                "Bootstraps are versioned by name: give a changed migration a new name, e.g. app@v2."
-            }
-            WfError::BootstrapTransactionControl { .. } => {
-                "Remove BEGIN, COMMIT, ROLLBACK and SAVEPOINT: the DDL already runs in one \
-                 transaction. To wrap a migrator that runs its own transactions, use \
-                 bootstrap_begin and bootstrap_end."
-            }
-            WfError::BootstrapCopy { .. } => {
-                "Load data with INSERT, or run the migration between bootstrap_begin and bootstrap_end."
-            }
-            WfError::BootstrapNotBegun { .. } => {
-                "Call bootstrap_begin on the same connection first; a bootstrap that returned false \
-                 needs no bootstrap_end."
-            }
-            WfError::BootstrapAlreadyBegun { .. } => "Finish it with bootstrap_end first.",
-            WfError::BootstrapNeedsReadCommitted { .. } => {
-                "Call it in autocommit mode, or in a transaction begun with ISOLATION LEVEL READ COMMITTED."
-            }
-            WfError::AppendOnly { table, .. } if table == "workflow_ext.events" => {
-                "Remove whole finished runs with workflow_ext.purge_runs(interval)."
-            }
-            WfError::AppendOnly { .. } => {
-                "The table is attached to workflow_ext (workflow_ext.attached_logs); \
-                 workflow_ext.detach lifts the protection."
-            }
-            WfError::LogColumnType { .. } => {
-                "Change the column back to one of those types; to change an attached table's \
-                 columns freely, detach it first (workflow_ext.detach)."
-            }
-            WfError::CreationIndexMissing { .. } => {
-                "Recreate it by attaching the table again (workflow_ext.attach restores the index of \
-                 an attached table)."
-            }
-            WfError::SourceMissingColumns { .. } => {
-                "An event source needs the columns id, run_id, type and correlation_id \
-                 (and created_at for scan with since)."
-            }
-            _ => return None,
-        })
+        self.report().hint
     }
 
     /// Raises the error as a PostgreSQL ERROR, reporting `funcname` and the
     /// caller's source line; never returns. Use [`raise!`].
     #[track_caller]
     pub fn raise_in(self, funcname: &'static str) -> ! {
-        let mut report = ErrorReport::new(self.sqlstate(), self.message(), funcname);
-        if let Some(d) = self.detail() {
+        let parts = self.report();
+        let mut report = ErrorReport::new(parts.code, parts.message, funcname);
+        if let Some(d) = parts.detail {
             report = report.set_detail(d);
         }
-        if let Some(h) = self.hint() {
+        if let Some(h) = parts.hint {
             report = report.set_hint(h);
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ERROR-level reports do not return")
+    }
+}
+
+/// A refused event's report. Its DETAIL is the API contract of the module
+/// doc: `anomaly: <code>; run state: <state>`.
+fn refusal(
+    violation: Violation,
+    run_id: &str,
+    correlation_id: Option<&str>,
+    event: EventType,
+    run_state: Option<State>,
+) -> Report {
+    let kind = event.entity_kind(correlation_id.is_some());
+    let violation = violation.for_address(event, correlation_id.is_some());
+    let target = match correlation_id {
+        Some(c) if kind != EntityKind::Run => {
+            format!("{kind} \"{}\" of run \"{}\"", clip(c), clip(run_id))
+        }
+        _ => format!("run \"{}\"", clip(run_id)),
+    };
+    let (code, message, hint) = match violation {
+        Violation::MissingRunCreated => (
+            Code::ERRCODE_FOREIGN_KEY_VIOLATION,
+            format!(
+                "{event} refused: run \"{}\" has no run_created event",
+                clip(run_id)
+            ),
+            Some("Append run_created for the run first."),
+        ),
+        Violation::MissingCreation => (
+            Code::ERRCODE_FOREIGN_KEY_VIOLATION,
+            format!("{event} refused: {target} was never created (no {kind}_created event)"),
+            None,
+        ),
+        Violation::DuplicateCreation => (
+            Code::ERRCODE_UNIQUE_VIOLATION,
+            format!("{event} refused: {target} already exists"),
+            Some("append_suspension_event returns the existing event instead of failing."),
+        ),
+        Violation::EventAfterTerminal { state } => (
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{event} refused: {target} is already {state}"),
+            None,
+        ),
+        Violation::EventAfterRunTerminal { run_state } => (
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{event} refused for {target}: the run is already {run_state}"),
+            None,
+        ),
+        Violation::IllegalTransition { state } => (
+            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{event} refused: {target} is {state}"),
+            None,
+        ),
+    };
+    Report {
+        code,
+        message,
+        detail: Some(format!(
+            "anomaly: {}; run state: {}",
+            violation.code(),
+            run_state.map_or("none", State::as_str)
+        )),
+        hint,
     }
 }
 
