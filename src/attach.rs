@@ -32,8 +32,8 @@ fn run_state(types: Array<'_, &str>) -> Option<&'static str> {
 #[pg_schema]
 mod tests {
     use crate::lifecycle::{CorrelationRule, EventType};
-    use crate::replay::tests::{writer_code, xorshift};
     use crate::subxact::in_subtransaction;
+    use crate::testing::{writer_code, Rng};
     use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
 
@@ -51,7 +51,8 @@ mod tests {
         .unwrap();
         Spi::run("SELECT workflow_ext.attach('dk_events')").unwrap();
         let corrs = ["s1", "s2", "w1", "h1", "a1"];
-        let mut rand = xorshift(0x0DDB_1A5E_5BAD_5EED);
+        let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+        let mut rand = |n| rng.below(n);
         let (mut refused, mut accepted) = (0, 0);
         for run_no in 0..40 {
             let run = format!("one-{run_no}");

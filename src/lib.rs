@@ -27,6 +27,7 @@
 //!   or any migrator between `bootstrap_begin` and `bootstrap_end`.
 //! - [`plans`]: SPI plans kept for the life of the backend.
 //! - [`subxact`]: run work in a subtransaction and catch its error.
+//! - `testing`: the tests' shared generator and refusal names.
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), then `functions.sql` (signatures), `attach.sql` (attach,
@@ -56,6 +57,8 @@ pub mod plans;
 pub mod replay;
 pub mod retention;
 pub mod subxact;
+#[cfg(any(test, feature = "pg_test"))]
+mod testing;
 pub mod validate;
 
 ::pgrx::pg_module_magic!();

@@ -755,51 +755,12 @@ fn scan(
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
-pub(crate) mod tests {
+mod tests {
     use crate::audit::RUN_CREATED_NOT_FIRST;
     use crate::lifecycle::{CorrelationRule, EventType};
     use crate::subxact::in_subtransaction;
-    use pgrx::pg_sys::panic::CaughtError;
+    use crate::testing::{writer_code, Rng};
     use pgrx::prelude::*;
-
-    /// The code the writer gave for a refusal: 23505 is the index's own
-    /// duplicate error; argument errors are what the audit calls invalid.
-    /// A small deterministic generator for the property tests: `rand(n)`
-    /// is in 0..n, the same sequence for the same seed on every run.
-    pub(crate) fn xorshift(seed: u64) -> impl FnMut(usize) -> usize {
-        let mut state = seed;
-        move |n| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        }
-    }
-
-    pub(crate) fn writer_code(e: &CaughtError) -> String {
-        let r = match e {
-            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-            CaughtError::RustPanic { ereport, .. } => ereport,
-        };
-        match r.sql_error_code() {
-            // The token's 23505 names its constraint; the creation index's is
-            // a duplicate creation.
-            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
-                if r.message().contains("workflow_hook_token_unique") =>
-            {
-                "token_conflict".into()
-            }
-            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION => "duplicate_creation".into(),
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED
-            | PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE => "invalid_event".into(),
-            _ => r
-                .detail()
-                .and_then(|d| d.strip_prefix("anomaly: "))
-                .and_then(|d| d.split(';').next())
-                .unwrap_or("?")
-                .to_string(),
-        }
-    }
 
     /// Property: replay and scan read the own log straight from its primary
     /// key (src/log_scan.rs), every other source through SPI. Random rows,
@@ -813,7 +774,8 @@ pub(crate) mod tests {
              ALTER TABLE workflow_ext.events DISABLE TRIGGER events_hook_tokens",
         )
         .unwrap();
-        let mut rand = xorshift(0x0BAD_5EED_1234_4321);
+        let mut rng = Rng(0x0BAD_5EED_1234_4321);
+        let mut rand = |n| rng.below(n);
         let corrs = ["s1", "s2", "w1", "h1", "h2"];
         for run_no in 0..60 {
             let run = format!("direct-{run_no}");
@@ -896,7 +858,8 @@ pub(crate) mod tests {
         )
         .unwrap();
         let corrs = ["s1", "s2", "w1", "h1"];
-        let mut rand = xorshift(0x1234_5678_9ABC_DEF1);
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut rand = |n| rng.below(n);
         let mut refused_total = 0;
         let mut token_conflicts = 0;
         for run_no in 0..80 {
