@@ -522,10 +522,14 @@ fn creation_index_intact(client: &mut SpiClient<'_>, log: pg_sys::Oid) -> bool {
 }
 
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
-fn admit(client: &mut SpiClient<'_>, plans: &LogPlans, addr: &EventAddress<'_>) -> WfResult<i64> {
+fn lock_and_decide(
+    client: &mut SpiClient<'_>,
+    plans: &LogPlans,
+    addr: &EventAddress<'_>,
+) -> WfResult<i64> {
     // A row of an announced batch whose run this transaction has locked
     // for the batch (src/batch.rs).
-    if let Some(seq) = crate::batch::admit(client, plans.oid, addr)? {
+    if let Some(seq) = crate::batch::admit_if_announced(client, plans.oid, addr)? {
         return Ok(seq);
     }
     if addr.event == EventType::RunCreated {
@@ -616,13 +620,13 @@ fn events_before_insert<'a>(
         }
         // SAFETY: an open relation's OID.
         let rel_oid = unsafe { (*rel).rd_id };
-        let seq_assigned = match crate::batch::admit_reserved(rel_oid, &addr)? {
+        let seq_assigned = match crate::batch::admit_if_reserved(rel_oid, &addr)? {
             // A batch row the batch's lock already covers: no statement.
             Some(seq) => seq,
             None => Spi::connect_mut(|client| {
                 // SAFETY: the trigger's relation is open for the whole call.
                 let plans = unsafe { log_plans(client, rel) };
-                admit(client, &plans, &addr)
+                lock_and_decide(client, &plans, &addr)
             })?,
         };
         match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {

@@ -211,7 +211,7 @@ fn with_plans<R>(
 /// Called by the trigger for every row before its ordinary path:
 /// `Some(seq)` when the row is the announced batch's next new key, admitted
 /// here; `None`: take the ordinary path.
-pub(crate) fn admit(
+pub(crate) fn admit_if_announced(
     client: &mut SpiClient<'_>,
     rel: pg_sys::Oid,
     addr: &EventAddress<'_>,
@@ -221,15 +221,19 @@ pub(crate) fn admit(
     };
     // Put back before any error can leave this frame: the function's guard
     // clears it at the end of the statement either way.
-    let verdict = intent.admit(client, rel, addr);
+    let verdict = intent.admit_announced(client, rel, addr);
     INTENT.with(|i| *i.borrow_mut() = Some(intent));
     verdict
 }
 
 /// The common case of a batch row, decided without a statement: the run is
 /// locked for the batch and the row is its next new key. `None` (nothing
-/// consumed): the trigger connects to SPI and goes through [`admit`].
-pub(crate) fn admit_reserved(rel: pg_sys::Oid, addr: &EventAddress<'_>) -> WfResult<Option<i64>> {
+/// consumed): the trigger connects to SPI and goes through
+/// [`admit_if_announced`].
+pub(crate) fn admit_if_reserved(
+    rel: pg_sys::Oid,
+    addr: &EventAddress<'_>,
+) -> WfResult<Option<i64>> {
     INTENT.with(|i| {
         let mut i = i.borrow_mut();
         let Some(intent) = i.as_mut() else {
@@ -285,7 +289,7 @@ impl Intent {
         Ok(seq)
     }
 
-    fn admit(
+    fn admit_announced(
         &mut self,
         client: &mut SpiClient<'_>,
         rel: pg_sys::Oid,
