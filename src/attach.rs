@@ -37,6 +37,80 @@ mod tests {
     use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
 
+    /// The creation index's predicate is SQL literals (schema.sql for the
+    /// own log, create_creation_index and duplicate_creations in
+    /// attach.sql for attached ones): each must cover exactly the creations
+    /// the Rust vocabulary calls unique (EventType::is_unique_creation),
+    /// checked by evaluating it on every type, keyed and not.
+    #[pg_test]
+    fn the_creation_index_predicates_match_the_rust_vocabulary() {
+        Spi::run(
+            "CREATE TABLE probe_log (id text, run_id text NOT NULL, type text NOT NULL, correlation_id text); \
+             SELECT workflow_ext.attach('probe_log'); \
+             CREATE TABLE dup_probe (id text, run_id text, type text, correlation_id text)",
+        )
+        .unwrap();
+        for t in EventType::ALL {
+            for keyed in [false, true] {
+                let want = t.is_unique_creation(keyed);
+                let corr = keyed.then_some("c");
+                let probe = |predicate_of: &str| -> bool {
+                    Spi::get_one_with_args::<bool>(
+                        &format!(
+                            "SELECT pg_catalog.count(*) = 1 FROM (SELECT $1::text AS type, $2::text AS correlation_id) p \
+                              WHERE {}",
+                            predicate_of
+                        ),
+                        &[t.as_str().into(), corr.into()],
+                    )
+                    .unwrap()
+                    .unwrap()
+                };
+                let index_predicate = |rel: &str| -> String {
+                    Spi::get_one_with_args::<String>(
+                        "SELECT pg_catalog.pg_get_expr(i.indpred, i.indrelid) \
+                           FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+                          WHERE i.indrelid = $1::pg_catalog.regclass \
+                            AND c.relname = 'workflow_events_entity_creation_unique'",
+                        &[rel.into()],
+                    )
+                    .unwrap()
+                    .unwrap()
+                    // The own log's type is the enum: compare as text.
+                    .replace("::workflow_ext.event_type", "::text")
+                    .replace("::event_type", "::text")
+                };
+                for rel in ["workflow_ext.events", "probe_log"] {
+                    let predicate = index_predicate(rel).replace("type =", "type::text =");
+                    assert_eq!(
+                        probe(&predicate),
+                        want,
+                        "{rel}'s index on {t} (keyed: {keyed})"
+                    );
+                }
+                // duplicate_creations (what attach refuses) counts the same
+                // creations: two rows of the key are one duplicate exactly
+                // when the type is a unique creation.
+                Spi::run("TRUNCATE dup_probe").unwrap();
+                Spi::run_with_args(
+                    "INSERT INTO dup_probe VALUES ('e1', 'r', $1, $2), ('e2', 'r', $1, $2)",
+                    &[t.as_str().into(), corr.into()],
+                )
+                .unwrap();
+                let duplicates = Spi::get_one::<i64>(
+                    "SELECT creations FROM workflow_ext.duplicate_creations('dup_probe')",
+                )
+                .unwrap()
+                .unwrap();
+                assert_eq!(
+                    duplicates == 1,
+                    want,
+                    "duplicate_creations on {t} (keyed: {keyed})"
+                );
+            }
+        }
+    }
+
     /// One write path: random sequences (legal and not) fed to append_event
     /// on workflow_ext.events and, verbatim, as plain INSERTs into an
     /// attached DevKit-shaped table get the same verdict, event by event,
