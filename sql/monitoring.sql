@@ -49,6 +49,7 @@ RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_
 AS $$
 DECLARE
     r record;
+    checked regclass[] := ARRAY['workflow_ext.events'::regclass];
 BEGIN
     IF idle IS NULL THEN
         RAISE EXCEPTION 'idle must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -65,9 +66,11 @@ BEGIN
         last_event_at := r.last_event_at;
         events := r.last_seq;
         -- What the log is decides which functions planning and running this
-        -- read call, as the extension's owner: PostgreSQL's only.
-        IF r.log <> 'workflow_ext.events'::regclass THEN
+        -- read call, as the extension's owner: PostgreSQL's only. Once per
+        -- log (the extension's own needs none).
+        IF r.log <> ALL (checked) THEN
             PERFORM workflow_ext.check_log(r.log, attaching => false);
+            checked := checked || r.log;
         END IF;
         EXECUTE format(
             'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '

@@ -16,7 +16,7 @@
 //! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
 //! - [`log_scan`]: the own log read straight from its primary key, for replay.
 //! - [`log_shape`]: the columns a log or source must have, and their types.
-//! - [`owner`]: work done as a table's owner (attach), the column check.
+//! - [`owner`]: work done as a table's owner (attach, the bootstrap ledger).
 //! - [`creation_probe`]: a stored creation found straight in the creation
 //!   index, for `append_suspension_event`'s duplicate calls.
 //! - [`fanin`]: the exactly-once join barrier.

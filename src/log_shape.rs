@@ -11,9 +11,10 @@
 //! built-in one. The check reads only the relation's tuple descriptor, so
 //! the trigger makes it on every row at no measurable cost.
 
-use crate::errors::{WfError, WfResult};
+use crate::errors::{raise, WfError, WfResult};
 use pgrx::pg_sys;
 use pgrx::pg_sys::BuiltinOid as B;
+use pgrx::prelude::*;
 use std::cell::Cell;
 use std::ffi::CStr;
 
@@ -203,5 +204,25 @@ pub(crate) fn check_relation(rel: pg_sys::Oid, name: &str, usage: Use) -> WfResu
         };
         pg_sys::relation_close(r, pg_sys::AccessShareLock as _);
         result
+    }
+}
+
+/// Checks that the columns the extension reads on `log` have the types of
+/// this file (42804) and that the needed ones exist (42703; `seq`
+/// only when `attaching` is false: attach adds it). Reads the catalog only.
+/// Used by attach, the DDL watcher and stuck_runs.
+#[pg_extern(sql = false)] // declared in sql/attach.sql
+fn check_log_columns(log: Option<pg_sys::Oid>, attaching: Option<bool>) {
+    let Some(log) = log else {
+        raise!(WfError::NullArgument { arg: "log" })
+    };
+    let usage = if attaching.unwrap_or(false) {
+        Use::Attaching
+    } else {
+        Use::Log
+    };
+    let name = crate::owner::relation_name(log);
+    if let Err(e) = check_relation(log, &name, usage) {
+        raise!(e)
     }
 }

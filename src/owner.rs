@@ -6,7 +6,6 @@
 //! owner's rights, never the caller's, and cannot change the session.
 
 use crate::errors::{internal, or_internal, raise, WfError};
-use crate::log_shape;
 use pgrx::prelude::*;
 
 /// Runs `f` as `owner` with SECURITY_RESTRICTED_OPERATION, then switches
@@ -62,26 +61,6 @@ fn execute_as_owner(log: Option<pg_sys::Oid>, statement: Option<&str>) -> i64 {
             i64::try_from(done.len()).unwrap_or(i64::MAX)
         })
     })
-}
-
-/// Checks that the columns the extension reads on `log` have the types of
-/// src/log_shape.rs (42804) and that the needed ones exist (42703; `seq`
-/// only when `attaching` is false: attach adds it). Reads the catalog only.
-/// Used by attach, the DDL watcher and stuck_runs.
-#[pg_extern(sql = false)] // declared in sql/attach.sql
-fn check_log_columns(log: Option<pg_sys::Oid>, attaching: Option<bool>) {
-    let Some(log) = log else {
-        raise!(WfError::NullArgument { arg: "log" })
-    };
-    let usage = if attaching.unwrap_or(false) {
-        log_shape::Use::Attaching
-    } else {
-        log_shape::Use::Log
-    };
-    let name = relation_name(log);
-    if let Err(e) = log_shape::check_relation(log, &name, usage) {
-        raise!(e)
-    }
 }
 
 /// `schema.name` of a relation, quoted as needed (regclass output without
