@@ -17,7 +17,7 @@
 //! <state>`, where `<code>` is one of the anomaly codes `replay` reports.
 //! Clients parse it; change it only with a major version.
 
-use crate::lifecycle::{EntityKind, EventType, State, Violation};
+use crate::rules::lifecycle::{EntityKind, EventType, State, Violation};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;

@@ -1,32 +1,20 @@
 //! workflow_ext: workflow event-log invariants enforced inside PostgreSQL.
 //!
-//! Table of contents (one file per capability; each file's `#[pg_test]`s sit
-//! beside it):
-//! - [`lifecycle`]: the state machine, pure Rust, shared by writer and audit.
-//! - [`validate`]: argument rules shared by every entry point.
-//! - [`errors`]: every user-visible error and its SQLSTATE.
-//! - [`event_id`]: `wevt_` + monotonic ULID ids.
-//! - [`payload`]: the jsonb payload, checked without conversion.
-//! - [`append`]: the events trigger (on every protected log) and the append
-//!   functions.
-//! - [`batch`]: `append_suspension_events`, a suspension's creations in one
-//!   call, its run locked once.
-//! - [`attach`]: protecting an existing table in place (`sql/attach.sql`).
-//! - [`audit`]: the replay auditor, pure Rust, on the same state machine.
-//! - [`replay`]: `replay` and `scan`, streaming a stored log into the auditor.
-//! - [`log_scan`]: the own log read straight from its primary key, for replay.
-//! - [`log_shape`]: the columns a log or source must have, and their types.
-//! - [`owner`]: work done as a table's owner (attach, the bootstrap ledger).
-//! - [`creation_probe`]: a stored creation found straight in the creation
-//!   index, for `append_suspension_event`'s duplicate calls.
-//! - [`fanin`]: the exactly-once join barrier.
-//! - [`retention`]: removing whole finished runs.
-//! - [`metrics`]: the write path's counters (shared memory, when preloaded)
-//!   and what `metrics()` / `stuck_runs()` (`sql/monitoring.sql`) need.
-//! - [`bootstrap`]: run a migration once per database, race-free: DDL text,
-//!   or any migrator between `bootstrap_begin` and `bootstrap_end`.
-//! - [`plans`]: SPI plans kept for the life of the backend.
-//! - [`subxact`]: run work in a subtransaction and catch its error.
+//! Table of contents. The layers, bottom up; each uses only the layers
+//! listed before it:
+//! - [`rules`] and [`errors`]: pure Rust, no SPI. The rules are the
+//!   lifecycle, the argument rules, one fold of a run's events, event ids;
+//!   the errors are every user-visible error, each declared once with its
+//!   SQLSTATE, DETAIL and HINT (an error names the lifecycle's violation,
+//!   and the argument rules return errors).
+//! - [`pg`]: the backend: unsafe FFI (payload datums, tuple descriptors,
+//!   index scans), SPI plans, subtransactions, work as a table's owner.
+//! - [`write`]: the write path: one core (lock, decide, number) that the
+//!   trigger, the single append and the batch append share.
+//! - [`audit`]: `replay` and `scan`, reading a stored log back into the
+//!   rules.
+//! - [`features`]: attach, the join barrier, retention, monitoring,
+//!   bootstrap: one file each.
 //! - `testing`: the tests' shared generator and refusal names.
 //!
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
@@ -38,28 +26,14 @@
 
 use pgrx::prelude::*;
 
-pub mod append;
-pub mod attach;
 pub mod audit;
-pub mod batch;
-pub mod bootstrap;
-pub mod creation_probe;
 pub mod errors;
-pub mod event_id;
-pub mod fanin;
-pub mod lifecycle;
-pub mod log_scan;
-pub mod log_shape;
-pub mod metrics;
-pub mod owner;
-pub mod payload;
-pub mod plans;
-pub mod replay;
-pub mod retention;
-pub mod subxact;
+pub mod features;
+pub mod pg;
+pub mod rules;
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
-pub mod validate;
+pub mod write;
 
 ::pgrx::pg_module_magic!();
 
@@ -95,8 +69,8 @@ pub extern "C-unwind" fn _PG_init() {
         std::env::remove_var("RUST_BACKTRACE");
         std::env::remove_var("RUST_LIB_BACKTRACE");
     }
-    payload::register_gucs();
-    metrics::init();
+    pg::payload::register_gucs();
+    pg::counters::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -9,8 +9,8 @@
 //! member row was inserted, in the same statement.
 
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
-use crate::plans::{self, INT4, TEXT};
-use crate::validate;
+use crate::pg::plans::{self, INT4, TEXT};
+use crate::rules::validate;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::OnceCell;
@@ -140,7 +140,7 @@ fn join_arrive(
     let Some(expected) = expected else {
         raise!(WfError::NullArgument { arg: "expected" })
     };
-    crate::subxact::refuse_if_read_only(c"join_arrive");
+    crate::pg::subxact::refuse_if_read_only(c"join_arrive");
     if expected < 1 {
         raise!(WfError::JoinExpectedInvalid { expected });
     }

@@ -221,7 +221,7 @@ fn check_log_columns(log: Option<pg_sys::Oid>, attaching: Option<bool>) {
     } else {
         Use::Log
     };
-    let name = crate::owner::relation_name(log);
+    let name = crate::pg::owner::relation_name(log);
     if let Err(e) = check_relation(log, &name, usage) {
         raise!(e)
     }

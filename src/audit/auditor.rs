@@ -8,34 +8,9 @@
 //! to catch late events after its terminal), never with the number of events:
 //! see [`Auditor`] for the bytes per entity.
 
-use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
-use crate::validate;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// FNV-1a: correlation ids are short, trusted-length keys in a map that
-/// lives for one replay; SipHash's DoS resistance buys nothing here and
-/// cost a tenth of replay time.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
+use crate::rules::fold::{Entity, Refusal, RunFold};
+use crate::rules::lifecycle::{EntityKind, EventType, Violation};
+use crate::rules::validate;
 
 /// Anomaly codes beyond the lifecycle's own ([`Violation::code`]).
 pub const RUN_CREATED_NOT_FIRST: &str = "run_created_not_first";
@@ -52,16 +27,6 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// What the auditor remembers of one entity.
-#[derive(Clone, Copy, Debug)]
-struct Entity {
-    state: State,
-    /// Position of the event that put it in `state`.
-    since: i64,
-    /// Position of its creation.
-    created: i64,
-}
-
 /// The replay state of one run.
 ///
 /// Memory: one map entry per entity (its key, [`entity_key`], stored once,
@@ -75,17 +40,10 @@ struct Entity {
 /// of a run of as many events on one entity.
 #[derive(Clone, Default)]
 pub struct Auditor {
-    run: Option<Entity>,
-    /// Every entity of the run, keyed by [`entity_key`]: one map for all
-    /// kinds, since a correlation id almost always names one entity.
-    entities: HashMap<Box<str>, Entity, BuildHasherDefault<Fnv>>,
-    /// The buffer [`entity_key`] builds lookup keys in, so that a lookup
-    /// allocates nothing.
-    key: String,
+    /// The run's state by the writer's rules.
+    fold: RunFold,
     events: i64,
     last_seq: Option<i64>,
-    /// Tokens held by the run's active hooks: token → correlation id.
-    tokens: HashMap<String, String, BuildHasherDefault<Fnv>>,
 }
 
 /// A stored event's seq, as the source has it.
@@ -123,16 +81,6 @@ impl StoredEvent<'_> {
     }
 }
 
-/// The key of the entity of kind slot `slot` ([`EntityKind::index`]) and
-/// correlation id `corr`, built in `buf`: the slot as one character, then
-/// the id, so entities of two kinds sharing an id stay apart.
-fn entity_key<'k>(buf: &'k mut String, slot: usize, corr: &str) -> &'k str {
-    buf.clear();
-    buf.push(char::from(b'0' + slot as u8));
-    buf.push_str(corr);
-    buf
-}
-
 impl Auditor {
     pub fn new() -> Self {
         Self::default()
@@ -142,13 +90,7 @@ impl Auditor {
     /// unless a large run made them large (then clearing them per run would
     /// cost more than allocating anew).
     pub fn reset(&mut self) {
-        if self.entities.capacity() > 1024 || self.tokens.capacity() > 1024 {
-            *self = Self::new();
-            return;
-        }
-        self.entities.clear();
-        self.tokens.clear();
-        self.run = None;
+        self.fold.reset();
         self.events = 0;
         self.last_seq = None;
     }
@@ -225,97 +167,34 @@ impl Auditor {
         };
         let (position, event, corr) = (e.position, addr.event, addr.correlation_id);
         let kind = event.entity_kind(corr.is_some());
-
-        let run_state = self.run.map(|r| r.state);
-        if event == EventType::RunCreated && self.run.is_none() && self.events > 1 {
-            // Events before it were reported as missing_run_created; accept
-            // it as the run's creation so what follows is judged normally.
-            self.run = Some(Entity {
-                state: State::RunPending,
-                since: position,
-                created: position,
-            });
-            return Some(Finding {
+        // Events before it were reported as missing_run_created; it is
+        // accepted as the run's creation so what follows is judged normally.
+        let late_creation =
+            event == EventType::RunCreated && self.fold.run().is_none() && self.events > 1;
+        match self.fold.apply(position, event, corr, e.token) {
+            Ok(()) if late_creation => Some(Finding {
                 anomaly: RUN_CREATED_NOT_FIRST,
                 detail: format!(
                     "run_created is event {} of the run; it must be the first",
                     self.events
                 ),
-            });
-        }
-
-        let entity = match (kind.index(), corr) {
-            (Some(i), Some(c)) => self.entities.get(entity_key(&mut self.key, i, c)).copied(),
-            _ => None,
-        };
-
-        if let Err(v) =
-            lifecycle::check_addressed(run_state, entity.map(|e| e.state), event, corr.is_some())
-        {
-            return Some(Finding {
-                anomaly: v.code(),
-                detail: self.explain(v, event, kind, corr, entity),
-            });
-        }
-
-        // The writer's token rule (sql/functions.sql, events_track_hook_tokens):
-        // an admitted hook_created whose token an active hook of the run
-        // holds is refused. (Across runs, replay and scan ask the log.)
-        if let (EventType::HookCreated, Some(token), Some(c)) = (event, e.token, corr) {
-            if let Some(holder) = self.tokens.get(token) {
-                return Some(Finding {
-                    anomaly: TOKEN_CONFLICT,
-                    detail: format!(
-                        "token \"{token}\" is held by active hook \"{holder}\"; hook \"{c}\" cannot take it"
-                    ),
-                });
+            }),
+            Ok(()) => None,
+            Err(Refusal::Lifecycle(v)) => {
+                let entity = self.fold.entity(kind, corr);
+                Some(Finding {
+                    anomaly: v.code(),
+                    detail: self.explain(v, event, kind, corr, entity),
+                })
             }
-            self.tokens.insert(token.to_string(), c.to_string());
+            Err(Refusal::TokenHeld { token, holder }) => Some(Finding {
+                anomaly: TOKEN_CONFLICT,
+                detail: format!(
+                    "token \"{token}\" is held by active hook \"{holder}\"; hook \"{}\" cannot take it",
+                    corr.unwrap_or_default()
+                ),
+            }),
         }
-        match (event, corr) {
-            (EventType::HookDisposed, Some(c)) => self.tokens.retain(|_, holder| holder != c),
-            (EventType::RunCompleted | EventType::RunFailed | EventType::RunCancelled, _) => {
-                self.tokens.clear()
-            }
-            _ => {}
-        }
-
-        // Accepted: advance exactly as the writer would have.
-        if kind == EntityKind::Run {
-            let after = lifecycle::run_state_after(run_state, event);
-            if after != run_state {
-                if let Some(state) = after {
-                    let created = self.run.map_or(position, |r| r.created);
-                    self.run = Some(Entity {
-                        state,
-                        since: position,
-                        created,
-                    });
-                }
-            }
-        } else if let (Some(c), Some(state), Some(i)) =
-            (corr, lifecycle::entity_state_after(event), kind.index())
-        {
-            // Look up by &str first: allocate the key only for a new entity.
-            let key = entity_key(&mut self.key, i, c);
-            match self.entities.get_mut(key) {
-                Some(e) => {
-                    e.state = state;
-                    e.since = position;
-                }
-                None => {
-                    self.entities.insert(
-                        key.into(),
-                        Entity {
-                            state,
-                            since: position,
-                            created: position,
-                        },
-                    );
-                }
-            }
-        }
-        None
     }
 
     /// A sentence a person can act on.
@@ -336,7 +215,7 @@ impl Auditor {
                 format!("{event} before any run_created: the run was never created")
             }
             Violation::DuplicateCreation => {
-                let at = entity.or(self.run).map_or(0, |e| e.created);
+                let at = entity.or(self.fold.run()).map_or(0, |e| e.created);
                 format!(
                     "{what} was already created at position {at}; a replay has no consumer for this \
                      second {event} (\"Unconsumed event in event log\")"
@@ -350,7 +229,7 @@ impl Auditor {
             }
             Violation::EventAfterTerminal { state } => {
                 let at = match kind {
-                    EntityKind::Run => self.run.map_or(0, |r| r.since),
+                    EntityKind::Run => self.fold.run().map_or(0, |r| r.since),
                     _ => entity.map_or(0, |e| e.since),
                 };
                 format!("{event} after {what} was already {state} at position {at}")
@@ -358,7 +237,7 @@ impl Auditor {
             Violation::EventAfterRunTerminal { run_state } => format!(
                 "{event} for {what} after the run was {run_state} at position {}: nothing new may \
                  be created or started on a finished run",
-                self.run.map_or(0, |r| r.since)
+                self.fold.run().map_or(0, |r| r.since)
             ),
             Violation::IllegalTransition { state } => {
                 format!("{event} is not allowed while {what} is {state}")
@@ -368,14 +247,15 @@ impl Auditor {
 
     /// Distinct entities remembered: the auditor's memory, for the tests.
     pub fn entities_remembered(&self) -> usize {
-        self.entities.len()
+        self.fold.entities_remembered()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::CorrelationRule;
+    use crate::rules::lifecycle::CorrelationRule;
+    use std::collections::HashMap;
 
     impl Auditor {
         /// `feed` for a well-formed row of run "r"; `seq` None: no seq column.

@@ -33,8 +33,8 @@
 //!    lock before the ledger row is committed.
 
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
-use crate::subxact::{in_subtransaction, uses_transaction_snapshot};
-use crate::validate;
+use crate::pg::subxact::{in_subtransaction, uses_transaction_snapshot};
+use crate::rules::validate;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
@@ -91,9 +91,9 @@ fn as_ledger_owner<R>(f: impl FnOnce() -> R) -> R {
         "bootstrap ledger"
     )
     .unwrap_or_else(|| internal!("bootstrap ledger not found"));
-    let owner =
-        crate::owner::owner_of(ledger).unwrap_or_else(|| internal!("bootstrap ledger not found"));
-    crate::owner::as_role(owner, f)
+    let owner = crate::pg::owner::owner_of(ledger)
+        .unwrap_or_else(|| internal!("bootstrap ledger not found"));
+    crate::pg::owner::as_role(owner, f)
 }
 
 /// The advisory lock a bootstrap name is serialized on.
@@ -268,7 +268,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
     if ddl.trim().is_empty() {
         raise!(WfError::EmptyArgument { arg: "ddl" });
     }
-    crate::subxact::refuse_if_read_only(c"bootstrap");
+    crate::pg::subxact::refuse_if_read_only(c"bootstrap");
     require_read_committed(name);
     let sum = checksum(ddl);
     let applied = lock_and_read_ledger(name, Scope::Transaction);
@@ -297,7 +297,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
 fn bootstrap_begin(name: Option<&str>, timeout: Option<Interval>, checksum: Option<&str>) -> bool {
     let name = or_raise!(validate::ident("name", name));
     let checksum = or_raise!(validate::optional_ident("checksum", checksum));
-    crate::subxact::refuse_if_read_only(c"bootstrap_begin");
+    crate::pg::subxact::refuse_if_read_only(c"bootstrap_begin");
     require_read_committed(name);
     if BEGUN.with(|b| b.borrow().contains_key(name)) {
         raise!(WfError::BootstrapAlreadyBegun {
@@ -357,7 +357,7 @@ fn interval_ms(months: i32, days: i32, micros: i64) -> Option<i32> {
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn bootstrap_end(name: Option<&str>) {
     let name = or_raise!(validate::ident("name", name));
-    crate::subxact::refuse_if_read_only(c"bootstrap_end");
+    crate::pg::subxact::refuse_if_read_only(c"bootstrap_end");
     let Some(checksum) = BEGUN.with(|b| b.borrow().get(name).cloned()) else {
         raise!(WfError::BootstrapNotBegun {
             name: name.to_string()

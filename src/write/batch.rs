@@ -5,7 +5,7 @@
 //! key, the same validation, the same race guarantees), and the whole batch
 //! is one INSERT statement, so a bad element anywhere writes nothing. The
 //! rows pass the same BEFORE INSERT trigger as every other append
-//! ([`crate::append`]); what makes a batch cheap is that the run is locked
+//! ([`crate::write::core`]); what makes a batch cheap is that the run is locked
 //! **once** for it instead of once per row:
 //!
 //! - before its INSERT, the function locks the run row and reserves one seq
@@ -41,16 +41,16 @@
 //!
 //! A batch has at most [`MAX_BATCH_EVENTS`] elements.
 
-use crate::creation_probe::stored_creation;
 use crate::errors::{internal, or_internal, or_raise, WfError, WfResult};
-use crate::lifecycle::{self, EventType, State};
-use crate::log_scan::own_log_and_index;
-use crate::owner::{as_role, owner_of};
-use crate::payload::Payload;
-use crate::plans::required;
-use crate::plans::{self, EQ, INT8, MINUS, PLUS, TEXT, TEXTARRAY};
-use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
-use crate::validate::{self, EventAddress};
+use crate::pg::log_scan::own_log_and_index;
+use crate::pg::owner::{as_role, owner_of};
+use crate::pg::payload::Payload;
+use crate::pg::plans::required;
+use crate::pg::plans::{self, EQ, INT8, MINUS, PLUS, TEXT, TEXTARRAY};
+use crate::pg::subxact::{refuse_if_read_only, uses_transaction_snapshot};
+use crate::rules::lifecycle::{self, EventType, State};
+use crate::rules::validate::{self, EventAddress};
+use crate::write::creation_probe::stored_creation;
 use pgrx::datum::{AnyArray, DatumWithOid, FromDatum};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
@@ -840,7 +840,7 @@ fn read_back(
 #[pg_schema]
 mod tests {
     use super::MAX_BATCH_EVENTS;
-    use crate::subxact::in_subtransaction;
+    use crate::pg::subxact::in_subtransaction;
     use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
 

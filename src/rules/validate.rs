@@ -3,7 +3,7 @@
 //! whichever path it came through.
 
 use crate::errors::{WfError, WfResult, MAX_IDENT_BYTES};
-use crate::lifecycle::{CorrelationRule, EventType};
+use crate::rules::lifecycle::{CorrelationRule, EventType};
 
 /// A validated event address: what the lifecycle check needs to know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,8 +19,8 @@ impl EventAddress<'_> {
     /// The lifecycle's refusal of this event, in a run in `run_state`.
     pub(crate) fn refused(
         &self,
-        violation: crate::lifecycle::Violation,
-        run_state: Option<crate::lifecycle::State>,
+        violation: crate::rules::lifecycle::Violation,
+        run_state: Option<crate::rules::lifecycle::State>,
     ) -> WfError {
         WfError::Refused {
             violation,

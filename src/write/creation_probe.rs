@@ -15,10 +15,10 @@
 //! end of this file, which the trigger (on any log) and the batch share.
 
 use crate::errors::or_internal;
-use crate::lifecycle::EventType;
-use crate::log_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
-use crate::plans::{self, required, EQ, TEXT};
-use crate::validate::EventAddress;
+use crate::pg::log_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
+use crate::pg::plans::{self, required, EQ, TEXT};
+use crate::rules::lifecycle::EventType;
+use crate::rules::validate::EventAddress;
 use pgrx::pg_sys;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::FromDatum;

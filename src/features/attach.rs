@@ -1,28 +1,16 @@
 //! Protecting existing event tables in place: `attach` / `detach` and the
 //! DDL watcher live in `sql/attach.sql` (DDL around one PL/pgSQL body
 //! each); the rows are checked by the same trigger as `workflow_ext.events`
-//! (`crate::append`). What attach needs from the rules is here: the state
-//! a run's stored events leave it in, by the writer's own lifecycle.
+//! (`crate::write::trigger`). What attach needs from the rules is here: `run_state`,
+//! the state a run's stored events leave it in.
 
-use crate::lifecycle::{self, EntityKind, EventType};
+use crate::rules::fold::run_state_after_events;
+use crate::rules::lifecycle;
 use pgrx::prelude::*;
 
-/// The run's state after its events, in log order, as the writer would
-/// have left it: each run-level event the lifecycle accepts moves the
-/// state, a refused one does not (as in the audit). `None` for a run
-/// without run_created. Used by `attach` to seed `workflow_ext.runs`.
-pub fn run_state_after_events<'a>(
-    types: impl IntoIterator<Item = Option<&'a str>>,
-) -> Option<lifecycle::State> {
-    let mut state = None;
-    for event in types.into_iter().flatten().filter_map(EventType::parse) {
-        if event.kind() == EntityKind::Run && lifecycle::check(state, None, event).is_ok() {
-            state = lifecycle::run_state_after(state, event);
-        }
-    }
-    state
-}
-
+/// The state `attach` seeds a run's `workflow_ext.runs` row with: what its
+/// stored events leave it in, by the one fold of the rules
+/// ([`crate::rules::fold`]).
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn run_state(types: Array<'_, &str>) -> Option<&'static str> {
     run_state_after_events(types.iter()).map(lifecycle::State::as_str)
@@ -31,8 +19,8 @@ fn run_state(types: Array<'_, &str>) -> Option<&'static str> {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::lifecycle::{CorrelationRule, EventType};
-    use crate::subxact::in_subtransaction;
+    use crate::pg::subxact::in_subtransaction;
+    use crate::rules::lifecycle::{CorrelationRule, EventType};
     use crate::testing::{writer_code, Rng};
     use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
@@ -194,7 +182,7 @@ mod tests {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::lifecycle::State;
+    use crate::rules::lifecycle::State;
 
     #[test]
     fn run_state_follows_the_writer() {

@@ -1,11 +1,12 @@
-//! The write path.
+//! The write core: one row of a protected log locked, decided and
+//! numbered.
 //!
 //! Every row that enters `workflow_ext.events`, whether through
 //! `append_event`, `append_suspension_event`, a client's plain INSERT or a
-//! COPY, passes the BEFORE INSERT trigger [`events_before_insert`]. The
-//! trigger is the only place that checks the lifecycle and assigns `seq`:
+//! COPY, passes the BEFORE INSERT trigger
+//! ([`super::trigger`]), which calls [`lock_and_decide`] here: the only place that checks the lifecycle and assigns `seq`:
 //!
-//! 1. validate the row's columns ([`crate::validate`]);
+//! 1. validate the row's columns ([`crate::rules::validate`]);
 //! 2. take the run's row lock in `workflow_ext.runs` by bumping `last_seq`
 //!    ([`lock_run`]; appends to one run queue here until the holder commits,
 //!    appends to other runs never meet; the lock is held to commit, so seq
@@ -20,33 +21,29 @@
 //! `INSERT … ON CONFLICT DO NOTHING` (the idempotent append) skips the row.
 //! Either way the log's uniqueness is enforced by the index, not by timing.
 
-use crate::creation_probe::{self, Probe};
-use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
-use crate::event_id;
-use crate::lifecycle::{self, EntityKind, EventType, State, Violation};
-use crate::log_shape;
-use crate::metrics;
-use crate::payload::Payload;
-use crate::plans::{self, required, BOOL, EQ, JSONB, MINUS, PLUS, TEXT};
-use crate::subxact::{refuse_if_read_only, uses_transaction_snapshot};
-use crate::validate::{self, EventAddress};
+use crate::errors::{internal, or_internal, WfError, WfResult};
+use crate::pg::counters;
+use crate::pg::plans::{self, required, BOOL, EQ, MINUS, PLUS, TEXT};
+use crate::pg::subxact::uses_transaction_snapshot;
+use crate::rules::lifecycle::{self, EntityKind, EventType, State, Violation};
+use crate::rules::validate::EventAddress;
+use crate::write::creation_probe;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::ffi::CStr;
 use std::rc::Rc;
 
 /// SPI plans of one protected log (`workflow_ext.events` or a table put
 /// under the extension with `attach`), prepared the first time its trigger
 /// fires in this backend and kept.
-struct LogPlans {
+pub(crate) struct LogPlans {
     /// The name and schema the statements were written with: a renamed
     /// table gets new plans (a kept plan re-parses its text).
     relname: String,
     relnamespace: pg_sys::Oid,
-    oid: pg_sys::Oid,
+    pub(crate) oid: pg_sys::Oid,
     /// Written for runs keyed by (log, run_id) ([`plans::runs_keyed_by_log`]).
     keyed: bool,
     insert_run: OwnedPreparedStatement,
@@ -64,33 +61,12 @@ struct LogPlans {
     find_creation: [OwnedPreparedStatement; EventType::UNIQUE_CREATIONS.len()],
 }
 
-/// Plans of the append functions, which write `workflow_ext.events`.
-struct AppendPlans {
-    /// `find_creation`, and the insert if nothing was found, in one
-    /// statement; one plan per suspension type.
-    find_or_insert: [OwnedPreparedStatement; 4],
-    /// The insert alone, for a key the creation probe has just found absent
-    /// (src/creation_probe.rs); one plan per suspension type, none for a
-    /// hook, whose stored creation may be the hook_conflict recorded in its
-    /// place, which the creation index does not hold (`find_creation_sql`).
-    insert: [Option<OwnedPreparedStatement>; 4],
-}
-
 thread_local! {
     static LOG_PLANS: RefCell<HashMap<pg_sys::Oid, Rc<LogPlans>>> = RefCell::new(HashMap::new());
-    static APPEND_PLANS: OnceCell<AppendPlans> = const { OnceCell::new() };
 }
-
-/// The extension's own log, which the append functions write.
-const OWN_LOG: &str = "workflow_ext.events";
 
 fn kind_types_sql(kind: EntityKind) -> String {
     plans::type_list(kind.event_types())
-}
-
-/// Which of the per-suspension-type plans serves `event`.
-fn suspension_index(event: EventType) -> Option<usize> {
-    EventType::SUSPENSIONS.iter().position(|t| *t == event)
 }
 
 /// An entity's last event in `log`, by kind; `alias.` prefixes the columns.
@@ -193,47 +169,12 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
     }
 }
 
-fn build_append_plans(c: &SpiClient<'_>) -> AppendPlans {
-    let creation_types = plans::type_list(EventType::SUSPENSIONS);
-    let on_conflict = format!(
-        "ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) DO NOTHING"
-    );
-    AppendPlans {
-        find_or_insert: EventType::SUSPENSIONS.map(|t| {
-            plans::keep(
-                c,
-                &format!(
-                    "WITH found AS ({}), \
-                     ins AS (INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
-                             SELECT $1, $2, '{t}', $3 WHERE NOT EXISTS (SELECT FROM found) \
-                             {on_conflict} RETURNING id, seq) \
-                     SELECT id, seq, false FROM found UNION ALL SELECT id, seq, true FROM ins",
-                    creation_probe::find_creation_sql(OWN_LOG, t)
-                ),
-                &[TEXT, TEXT, JSONB],
-            )
-        }),
-        insert: EventType::SUSPENSIONS.map(|t| {
-            (t != EventType::HookCreated).then(|| {
-                plans::keep(
-                    c,
-                    &format!(
-                        "INSERT INTO {OWN_LOG} (run_id, correlation_id, type, payload) \
-                         VALUES ($1, $2, '{t}', $3) {on_conflict} RETURNING id, seq"
-                    ),
-                    &[TEXT, TEXT, JSONB],
-                )
-            })
-        }),
-    }
-}
-
 /// The kept plans of the log the trigger fired on, built on first use in
 /// this backend, and again after a rename or `ALTER EXTENSION UPDATE`.
 ///
 /// # Safety
 /// `rel` is the trigger's open relation.
-unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlans> {
+pub(crate) unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlans> {
     // SAFETY: an open relation has its pg_class row in rd_rel.
     let (oid, relname, relnamespace) = unsafe {
         let form = (*rel).rd_rel;
@@ -279,16 +220,6 @@ unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlan
     let plans = Rc::new(plans);
     LOG_PLANS.with(|m| m.borrow_mut().insert(oid, Rc::clone(&plans)));
     plans
-}
-
-fn with_append_plans<R>(
-    client: &mut SpiClient<'_>,
-    f: impl FnOnce(&mut SpiClient<'_>, &AppendPlans) -> R,
-) -> R {
-    APPEND_PLANS.with(|cell| {
-        let plans = cell.get_or_init(|| build_append_plans(client));
-        f(client, plans)
-    })
 }
 
 /// The entity (kind slot, correlation id) an event is about; None for
@@ -451,7 +382,7 @@ fn decide(
                     "set run state"
                 );
                 if after.is_terminal() {
-                    metrics::count_run_finished(after);
+                    counters::count_run_finished(after);
                 }
             }
             Ok(run.seq)
@@ -478,7 +409,7 @@ fn decide(
             // would be stored twice, so refuse it ourselves.
             if !creation_index_intact(client, plans.oid) {
                 return Err(WfError::CreationIndexMissing {
-                    log: crate::owner::relation_name(plans.oid),
+                    log: crate::pg::owner::relation_name(plans.oid),
                 });
             }
             Ok(run.seq)
@@ -522,14 +453,14 @@ fn creation_index_intact(client: &mut SpiClient<'_>, log: pg_sys::Oid) -> bool {
 }
 
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
-fn lock_and_decide(
+pub(crate) fn lock_and_decide(
     client: &mut SpiClient<'_>,
     plans: &LogPlans,
     addr: &EventAddress<'_>,
 ) -> WfResult<i64> {
     // A row of an announced batch whose run this transaction has locked
     // for the batch (src/batch.rs).
-    if let Some(seq) = crate::batch::admit_if_announced(client, plans.oid, addr)? {
+    if let Some(seq) = crate::write::batch::admit_if_announced(client, plans.oid, addr)? {
         return Ok(seq);
     }
     if addr.event == EventType::RunCreated {
@@ -546,341 +477,4 @@ fn lock_and_decide(
     let run = lock_run(client, plans, addr);
     let entity = entity_state(client, plans, addr, &run);
     decide(client, plans, addr, run, entity)
-}
-
-/// Reads one column (by attribute number, 0: absent) of the trigger's row
-/// as text, through its type's output function: a built-in one, since
-/// [`log_shape::check`] admitted the column's type.
-unsafe fn column_text(
-    tuple: pg_sys::HeapTuple,
-    desc: pg_sys::TupleDesc,
-    attno: Option<i16>,
-) -> Option<String> {
-    let attno = attno?;
-    unsafe {
-        let p = pg_sys::SPI_getvalue(tuple, desc, attno.into());
-        if p.is_null() {
-            None
-        } else {
-            Some(CStr::from_ptr(p).to_string_lossy().into_owned())
-        }
-    }
-}
-
-/// The trigger's table as `schema.name`, for errors.
-fn trigger_table(trigger: &PgTrigger<'_>) -> String {
-    match (trigger.table_schema(), trigger.table_name()) {
-        (Ok(schema), Ok(name)) => format!("{schema}.{name}"),
-        _ => "the event log".into(),
-    }
-}
-
-/// BEFORE INSERT … FOR EACH ROW (ENABLE ALWAYS) on `workflow_ext.events`
-/// and on every table `attach` put under the extension: validates the row
-/// against the lifecycle, reading state from the table it fires on, and
-/// stamps `seq` (and `id` when NULL). Columns are found by name, so the
-/// DevKit's varchar columns and extra columns (`payload_cbor`,
-/// `spec_version`) need nothing; a `payload` is checked when it is jsonb.
-#[pg_trigger(sql = false)] // declared in sql/functions.sql
-fn events_before_insert<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
-    let data = trigger.trigger_data();
-    let tuple = data.tg_trigtuple;
-    // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
-    let rel = data.tg_relation;
-    let desc = unsafe { (*rel).rd_att };
-    // Before any value is read or any statement runs: the columns' types
-    // decide which functions both call (src/log_shape.rs).
-    // SAFETY: the open relation's descriptor.
-    let cols = or_raise!(unsafe {
-        log_shape::check(desc, &|| trigger_table(trigger), log_shape::Use::Log)
-    });
-    let (id, run_id, corr, type_name, seq, payload) = unsafe {
-        let mut is_null = true;
-        let payload = match cols.attno("payload") {
-            Some(n) => pg_sys::SPI_getbinval(tuple, desc, n.into(), &mut is_null),
-            None => pg_sys::Datum::from(0),
-        };
-        (
-            column_text(tuple, desc, cols.attno("id")),
-            column_text(tuple, desc, cols.attno("run_id")),
-            column_text(tuple, desc, cols.attno("correlation_id")),
-            column_text(tuple, desc, cols.attno("type")),
-            column_text(tuple, desc, cols.attno("seq")),
-            (!is_null).then(|| Payload::from_jsonb_datum(payload)),
-        )
-    };
-
-    let verdict = (|| {
-        let addr = validate::address(run_id.as_deref(), corr.as_deref(), type_name.as_deref())?;
-        validate::optional_ident("id", id.as_deref())?;
-        if let Some(p) = payload {
-            p.check()?;
-        }
-        // SAFETY: an open relation's OID.
-        let rel_oid = unsafe { (*rel).rd_id };
-        let seq_assigned = match crate::batch::admit_if_reserved(rel_oid, &addr)? {
-            // A batch row the batch's lock already covers: no statement.
-            Some(seq) => seq,
-            None => Spi::connect_mut(|client| {
-                // SAFETY: the trigger's relation is open for the whole call.
-                let plans = unsafe { log_plans(client, rel) };
-                lock_and_decide(client, &plans, &addr)
-            })?,
-        };
-        match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
-            Some(given) if given != seq_assigned => Err(WfError::SeqMismatch {
-                given,
-                next: seq_assigned,
-            }),
-            _ => Ok(seq_assigned),
-        }
-    })();
-    let seq_assigned = match verdict {
-        Ok(seq) => {
-            metrics::count_appended();
-            seq
-        }
-        Err(e) => {
-            metrics::count_refused(match &e {
-                WfError::Refused { violation, .. } => Some(*violation),
-                _ => None,
-            });
-            raise!(e)
-        }
-    };
-
-    let mut row = trigger
-        .new()
-        .unwrap_or_else(|| internal!("INSERT trigger without NEW"))
-        .into_owned();
-    let stamped = row
-        .set_by_name("seq", seq_assigned)
-        .and_then(|()| match id {
-            Some(_) => Ok(()),
-            None => row.set_by_name("id", event_id::next()),
-        });
-    or_internal!(stamped, "cannot stamp event row");
-    Ok(Some(row))
-}
-
-/// Arguments shared by both append functions, validated.
-fn checked_args<'a>(
-    run_id: Option<&'a str>,
-    correlation_id: Option<&'a str>,
-    type_name: Option<&'a str>,
-    payload: Option<Payload>,
-) -> WfResult<EventAddress<'a>> {
-    let addr = validate::address(run_id, correlation_id, type_name)?;
-    if let Some(p) = payload {
-        p.check()?;
-    }
-    Ok(addr)
-}
-
-/// Appends the creation event `type` for (`run_id`, `correlation_id`) unless
-/// it exists; either way returns the stored event. Any number of racing
-/// callers: one row, one `inserted = true`, the same `event_id` for all.
-#[pg_extern(sql = false)] // declared in sql/functions.sql
-fn append_suspension_event(
-    run_id: Option<&str>,
-    correlation_id: Option<&str>,
-    r#type: Option<&str>,
-    payload: default!(Option<Payload>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(event_id, String),
-        name!(seq, i64),
-        name!(inserted, bool),
-    ),
-> {
-    let addr = or_raise!(checked_args(run_id, correlation_id, r#type, payload));
-    let Some(plan) = suspension_index(addr.event) else {
-        raise!(WfError::NotSuspension { event: addr.event })
-    };
-    refuse_if_read_only(c"append_suspension_event");
-    // A creation already stored (a redelivery): one index probe, no
-    // statement (src/creation_probe.rs).
-    // SAFETY: in the function's transaction; `addr.event` is a suspension
-    // type.
-    let probed =
-        unsafe { crate::creation_probe::find(addr.run_id, addr.correlation_id, addr.event) };
-    let absent = match probed {
-        Probe::Found(id, seq) => return TableIterator::once((id, seq, false)),
-        Probe::Absent => true,
-        Probe::NotAsked => false,
-    };
-    let row = Spi::connect_mut(|client| {
-        with_append_plans(client, |c, plans| {
-            // The probe read the index and found nothing: the INSERT alone,
-            // where the type has one (`AppendPlans::insert`).
-            let alone = plans.insert[plan].as_ref().filter(|_| absent);
-            let args = [
-                addr.run_id.into(),
-                addr.correlation_id.into(),
-                payload.into(),
-            ];
-            // Otherwise one statement that returns a committed creation as
-            // it is (the log is append-only, so a duplicate takes no lock at
-            // all) or inserts the row. Either way the row passes the trigger.
-            let (statement, what) = match alone {
-                Some(insert) => (insert, "insert"),
-                None => (&plans.find_or_insert[plan], "append"),
-            };
-            let rows = or_internal!(c.update(statement, Some(1), &args), "{what}");
-            if !rows.is_empty() {
-                let row = rows.first();
-                return (
-                    required(&row, 1, "event id"),
-                    required(&row, 2, "event seq"),
-                    // The INSERT alone returns only the row it inserted.
-                    alone.is_some() || required(&row, 3, "inserted"),
-                );
-            }
-            // Skipped on conflict: the winner has committed (READ COMMITTED
-            // waited for it), so this new snapshot sees its row.
-            let (id, seq) = creation_probe::stored_creation(c, &addr)
-                .unwrap_or_else(|| internal!("conflicting creation event is not visible"));
-            (id, seq, false)
-        })
-    });
-    TableIterator::once(row)
-}
-
-/// `type` text → the enum label, with this extension's errors (22004 for
-/// NULL, 22023 naming an unknown type) instead of the enum input's 22P02.
-/// Used by `append_event` (sql/functions.sql), whose body is one INSERT:
-/// every other rule is the trigger's.
-#[pg_extern(sql = false)] // declared in sql/functions.sql
-fn checked_event_type(r#type: Option<&str>) -> &'static str {
-    or_raise!(validate::event_type(r#type)).as_str()
-}
-
-#[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
-mod tests {
-    use pgrx::prelude::*;
-
-    fn suspend(run: &str, corr: Option<&str>, t: &str) -> (String, i64, bool) {
-        Spi::connect(|c| {
-            let row = c
-                .select(
-                    "SELECT event_id, seq, inserted FROM workflow_ext.append_suspension_event($1, $2, $3)",
-                    None,
-                    &[run.into(), corr.into(), t.into()],
-                )?
-                .first();
-            Ok::<_, pgrx::spi::SpiError>((row.get(1)?.unwrap(), row.get(2)?.unwrap(), row.get(3)?.unwrap()))
-        })
-        .unwrap()
-    }
-
-    fn append(run: &str, corr: Option<&str>, t: &str) -> i64 {
-        Spi::get_one_with_args::<i64>(
-            "SELECT seq FROM workflow_ext.append_event($1, $2, $3)",
-            &[run.into(), corr.into(), t.into()],
-        )
-        .unwrap()
-        .unwrap()
-    }
-
-    #[pg_test]
-    fn suspension_appends_once_and_returns_the_stored_event() {
-        let first = suspend("r", None, "run_created");
-        assert_eq!((first.1, first.2), (1, true));
-        let again = suspend("r", None, "run_created");
-        assert_eq!(again, (first.0.clone(), 1, false));
-        let step = suspend("r", Some("step_1"), "step_created");
-        assert_eq!((step.1, step.2), (2, true));
-        assert_eq!(
-            suspend("r", Some("step_1"), "step_created"),
-            (step.0, 2, false)
-        );
-        let rows =
-            Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.events WHERE run_id = 'r'");
-        assert_eq!(rows, Ok(Some(2)));
-    }
-
-    #[pg_test]
-    fn seq_is_dense_across_both_functions_and_raw_inserts() {
-        suspend("r", None, "run_created");
-        append("r", None, "run_started");
-        suspend("r", Some("s"), "step_created");
-        Spi::run("INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('r', 's', 'step_started')")
-            .unwrap();
-        assert_eq!(append("r", Some("s"), "step_completed"), 5);
-        let dense = Spi::get_one::<bool>(
-            "SELECT array_agg(seq ORDER BY seq) = ARRAY[1,2,3,4,5]::bigint[] FROM workflow_ext.events WHERE run_id = 'r'",
-        );
-        assert_eq!(dense, Ok(Some(true)));
-    }
-
-    #[pg_test(error = "step_created refused: run \"nope\" has no run_created event")]
-    fn creation_without_run_is_refused() {
-        suspend("nope", Some("s"), "step_created");
-    }
-
-    #[pg_test(
-        error = "duplicate key value violates unique constraint \"workflow_events_entity_creation_unique\""
-    )]
-    fn strict_duplicate_creation_names_the_index() {
-        suspend("r", None, "run_created");
-        append("r", Some("s"), "step_created");
-        append("r", Some("s"), "step_created");
-    }
-
-    #[pg_test(error = "step_started refused: step \"s\" of run \"r\" is already completed")]
-    fn late_start_after_completion_is_refused() {
-        suspend("r", None, "run_created");
-        append("r", None, "run_started");
-        for t in [
-            "step_created",
-            "step_started",
-            "step_completed",
-            "step_started",
-        ] {
-            append("r", Some("s"), t);
-        }
-    }
-
-    #[pg_test(error = "step_started refused: step \"s\" of run \"r\" is already completed")]
-    fn raw_insert_is_checked_like_append_event() {
-        suspend("r", None, "run_created");
-        for t in [
-            "step_created",
-            "step_started",
-            "step_completed",
-            "step_started",
-        ] {
-            Spi::run_with_args(
-                "INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('r', 's', $1::workflow_ext.event_type)",
-                &[t.into()],
-            )
-            .unwrap();
-        }
-    }
-
-    #[pg_test(error = "run_id must not be null")]
-    fn null_run_id_is_refused() {
-        suspend_null_run();
-    }
-
-    fn suspend_null_run() {
-        Spi::run("SELECT workflow_ext.append_suspension_event(NULL, 's', 'step_created')").unwrap();
-    }
-
-    #[pg_test(error = "cannot update workflow_ext.events")]
-    fn update_is_refused() {
-        suspend("r", None, "run_created");
-        Spi::run("UPDATE workflow_ext.events SET payload = '{}'").unwrap();
-    }
-
-    #[pg_test(error = "cannot delete from workflow_ext.events")]
-    fn delete_is_refused_under_replica_role() {
-        suspend("r", None, "run_created");
-        Spi::run("SET LOCAL session_replication_role = replica").unwrap();
-        Spi::run("DELETE FROM workflow_ext.events").unwrap();
-    }
 }
