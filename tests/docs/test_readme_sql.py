@@ -1,16 +1,28 @@
-"""Executes the README: every ```sql block of README.md, in README order, in
-one fresh database with workflow_ext created, checking what the README's
-comments claim. The README is read as it is now: no expected output lives
-here, so a reworded error message is checked against the README's new text.
+"""Executes the documentation: every ```sql block of README.md and of every
+docs/*.md page, each page in page order in a fresh database of its own with
+workflow_ext created, checking what the page's comments claim. The pages are
+read as they are now: no expected output lives here, so a reworded error
+message is checked against the page's new text. (The file keeps its old name;
+it covers every page.)
 
-How the README's SQL is read
-----------------------------
+How a page's SQL is read
+------------------------
+Pages
+    README.md, then every docs/*.md in name order (docs() below: a new page is
+    executed without being listed). Each page gets a fresh database, so a
+    page's examples are true on their own, and never touch a database of the
+    reader's.
+Prerequisites
+    A page whose examples continue another page's says so in an HTML comment
+    on a line of its own, `<!-- docs-sql: after sql-api.md -->` (a path
+    relative to the page): that page's blocks run first, in the same
+    database, checked as well.
 Blocks
     Every fenced block opened with ```sql. Other blocks (```js, ```python,
-    ```rust, …) are ignored. All blocks run on ONE connection, in autocommit
-    mode (each statement its own transaction, as in psql), so a block sees
-    what earlier blocks made: the run `wrun_01` created by the first
-    append example is the run the later examples use.
+    ```rust, …) are ignored. All blocks of a page run on ONE connection, in
+    autocommit mode (each statement its own transaction, as in psql), so a
+    block sees what earlier blocks made: the run `wrun_01` created by the first
+    append example of docs/sql-api.md is the run its later examples use.
 Statements
     A block is split at top-level semicolons ('strings', "identifiers",
     $$ / $tag$ bodies and -- / /* */ comments respected) and run statement by
@@ -29,7 +41,7 @@ Claims
         one row with one boolean column, of that value.
     a result table (comment lines containing `|`)
         The first line is a header when its cells are the result's column
-        names; otherwise it is already a row (as where the README repeats a
+        names; otherwise it is already a row (as where a page repeats a
         row under an earlier statement's header). The rows are ALL the rows
         returned, in order, each cell compared with the value as psql prints
         it (text, surrounding spaces ignored; NULL prints as an empty cell).
@@ -41,23 +53,24 @@ Claims
     event ids
         A `wevt_…` in a claimed value (cell or message) stands for any id of
         its shape: `wevt_` and as many characters, from the ULID (Crockford
-        base32) alphabet when the README's is a ULID. The same README id must
-        be the same actual id wherever the README repeats it, and two
-        different README ids must be two different actual ids.
+        base32) alphabet when the page's is a ULID. The same page id must
+        be the same actual id wherever the page repeats it, and two
+        different page ids must be two different actual ids.
     Any other comment is prose.
     Every statement without an ERROR claim must simply succeed.
 CREATE EXTENSION
-    The database already has workflow_ext (the README's `CREATE EXTENSION` is
+    The database already has workflow_ext (the page's `CREATE EXTENSION` is
     how a user installs it), so a `CREATE EXTENSION <name>` without an ERROR
     claim runs as `CREATE EXTENSION IF NOT EXISTS <name>`.
 Fixtures
-    FIXTURES below creates, before the first block, what the README assumes
-    exists but no block creates; each says why it is there.
+    FIXTURES below creates, in every page's database before its first block,
+    what the pages assume exists but no block creates; each says why it is
+    there.
 
-A README claim the database does not bear out fails the test, with the
-README line of every mismatch. test_false_claims_are_caught proves it: it
-falsifies one claim of each kind in a copy of the README and expects a
-failure at that line.
+A claim the database does not bear out fails the test, with the page and
+line of every mismatch (`docs/sql-api.md:42`). test_false_claims_are_caught
+proves it: it falsifies one claim of each kind in a copy of a page and
+expects a failure at that line.
 """
 
 import os
@@ -65,6 +78,7 @@ import re
 from dataclasses import dataclass, field
 
 import psycopg
+import pytest
 
 import sys
 
@@ -72,11 +86,19 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pgcluster import conninfo, fresh_database  # noqa: E402  (tests/pgcluster.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-README = os.path.join(ROOT, "README.md")
 
-# What the README assumes but no block creates. Kept minimal.
+
+def docs():
+    """The executed pages, as paths relative to ROOT: README.md, then every
+    docs/*.md in name order."""
+    pages = sorted(f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
+    return ["README.md"] + [f"docs/{f}" for f in pages]
+
+
+# What the pages assume but no block creates. Kept minimal.
 FIXTURES = [
-    # The replay and scan examples audit "an existing DevKit table",
+    # The replay and scan examples (docs/sql-api.md) and the attach examples
+    # (docs/adopting-devkit.md) audit "an existing DevKit table",
     # workflow.workflow_events, and show run wrun_01KRPCM1 with the #2039
     # anomaly: a second step_created for step_1 after it completed (created at
     # position 3, again at 6). In real life the DevKit's Postgres world makes
@@ -106,33 +128,38 @@ def connect(dbname):
                            options=f"-c statement_timeout={STATEMENT_TIMEOUT}")
 
 
-# -- Reading the README ------------------------------------------------------------
+# -- Reading a page ----------------------------------------------------------------
 
 @dataclass
 class Statement:
     sql: str
-    line: int  # README line of its first character
-    comments: list = field(default_factory=list)  # (README line, text after --)
+    line: int  # page line of its first character
+    comments: list = field(default_factory=list)  # (page line, text after --)
+    doc: str = "README.md"  # the page, relative to ROOT
 
 
 @dataclass
 class Block:
-    line: int  # README line of the opening fence
+    line: int  # page line of the opening fence
     statements: list
+    doc: str = "README.md"
 
 
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
-def sql_blocks(text):
+def sql_blocks(text, doc="README.md"):
     """Every ```sql block of a markdown text, parsed into statements."""
     blocks = []
     for m in FENCE.finditer(text):
         if m.group(1).lower() != "sql":
             continue
-        first = text.count("\n", 0, m.start(2)) + 1  # README line of the block's first line
-        blocks.append(Block(line=first - 1, statements=split_statements(m.group(2), first)))
+        first = text.count("\n", 0, m.start(2)) + 1  # page line of the block's first line
+        statements = split_statements(m.group(2), first)
+        for st in statements:
+            st.doc = doc
+        blocks.append(Block(line=first - 1, statements=statements, doc=doc))
     return blocks
 
 
@@ -246,21 +273,22 @@ def id_pattern(readme_id):
 
 
 class EventIds:
-    """The README's event ids bound to the database's: one to one, for the
-    whole README."""
+    """A page's event ids bound to the database's: one to one, for the whole
+    run of a page (its prerequisites included)."""
 
     def __init__(self):
-        self.actual_of = {}  # README id -> (actual id, README line)
-        self.readme_of = {}  # actual id -> (README id, README line)
+        self.actual_of = {}  # page id -> (actual id, "page:line")
+        self.readme_of = {}  # actual id -> (page id, "page:line")
 
-    def mismatch(self, pairs):
-        """None if every (claimed, actual, README line) matches with one
+    def mismatch(self, pairs, doc="README.md"):
+        """None if every (claimed, actual, line of `doc`) matches with one
         consistent binding of ids (then kept); else why not (nothing kept)."""
         actual_of, readme_of = dict(self.actual_of), dict(self.readme_of)
         for claimed, actual, line in pairs:
+            at_line = f"{doc}:{line}"
             if actual is None:  # NULL prints as an empty cell
                 if claimed != "":
-                    return f"README.md:{line}: {claimed!r} is NULL"
+                    return f"{at_line}: {claimed!r} is NULL"
                 continue
             ids = EVENT_ID.findall(claimed)
             literal = EVENT_ID.split(claimed)
@@ -268,16 +296,16 @@ class EventIds:
                 id_pattern(rid) + re.escape(rest) for rid, rest in zip(ids, literal[1:]))
             m = re.fullmatch(pattern, actual, re.S)
             if not m:
-                return f"README.md:{line}: {claimed!r} is {actual!r}"
+                return f"{at_line}: {claimed!r} is {actual!r}"
             for rid, aid in zip(ids, m.groups()):
-                was, at = actual_of.setdefault(rid, (aid, line))
+                was, at = actual_of.setdefault(rid, (aid, at_line))
                 if was != aid:
-                    return (f"README.md:{line}: {rid} is {aid} here, but {was} at README.md:{at}: "
-                            "the README says they are the same id")
-                was, at = readme_of.setdefault(aid, (rid, line))
+                    return (f"{at_line}: {rid} is {aid} here, but {was} at {at}: "
+                            "the docs say they are the same id")
+                was, at = readme_of.setdefault(aid, (rid, at_line))
                 if was != rid:
-                    return (f"README.md:{line}: {rid} is {aid}, which README.md:{at} calls {was}: "
-                            "the README says they are different ids")
+                    return (f"{at_line}: {rid} is {aid}, which {at} calls {was}: "
+                            "the docs say they are different ids")
         self.actual_of, self.readme_of = actual_of, readme_of
         return None
 
@@ -331,19 +359,20 @@ def check_statement(conn, st, ids):
     claims = claims_of(st)
     sql = st.sql if claims.error else CREATE_EXTENSION.sub(r"\1IF NOT EXISTS ", st.sql, count=1)
     r = execute(conn, sql)
-    where = f"README.md:{st.line}: {st.sql.splitlines()[0][:100]}"
+    d = st.doc
+    where = f"{d}:{st.line}: {st.sql.splitlines()[0][:100]}"
     bad = []
 
     if claims.error:
         line, message = claims.error
         if r.error is None:
-            return [f"{where}\n  README.md:{line} claims ERROR:  {message}\n  but it succeeded"]
+            return [f"{where}\n  {d}:{line} claims ERROR:  {message}\n  but it succeeded"]
         diag = r.error.diag
         for claim, got, what in ((claims.error, diag.message_primary, "ERROR"),
                                  (claims.detail, diag.message_detail, "DETAIL"),
                                  (claims.hint, diag.message_hint, "HINT")):
-            if claim and (why := ids.mismatch([(claim[1], got or "", claim[0])])):
-                bad.append(f"{where}\n  README.md:{claim[0]} claims {what}:  {claim[1]}\n"
+            if claim and (why := ids.mismatch([(claim[1], got or "", claim[0])], d)):
+                bad.append(f"{where}\n  {d}:{claim[0]} claims {what}:  {claim[1]}\n"
                            f"  the database says {what}:  {got}  (SQLSTATE {diag.sqlstate})"
                            + ("" if why.endswith(f" is {got or ''!r}") else f"\n  {why}"))
         return bad
@@ -352,7 +381,7 @@ def check_statement(conn, st, ids):
         return [f"{where}\n  failed: {d.sqlstate} {d.message_primary}"
                 + (f"\n  DETAIL:  {d.message_detail}" if d.message_detail else "")]
     if claims.detail or claims.hint:
-        bad.append(f"{where}\n  README.md:{(claims.detail or claims.hint)[0]} claims an error's "
+        bad.append(f"{where}\n  {d}:{(claims.detail or claims.hint)[0]} claims an error's "
                    "DETAIL/HINT without an ERROR line")
 
     if claims.boolean:
@@ -360,7 +389,7 @@ def check_statement(conn, st, ids):
         one_bool = len(r.rows) == 1 and r.coltypes == [BOOL_OID]
         if not one_bool or r.rows[0][0] != want:
             got = r.rows[0][0] if one_bool else f"{len(r.rows)} row(s) of columns {r.colnames}"
-            bad.append(f"{where}\n  README.md:{line} claims {want}\n  the database returned {got}")
+            bad.append(f"{where}\n  {d}:{line} claims {want}\n  the database returned {got}")
 
     if claims.table:
         header, rows = expected_rows(claims.table, r.colnames)
@@ -370,28 +399,55 @@ def check_statement(conn, st, ids):
             why = f"{len(r.colnames)} columns returned"
         else:
             why = ids.mismatch([(c, None if a is None else a.strip(), ln)
-                                for (ln, cells), actual in zip(rows, r.rows) for c, a in zip(cells, actual)])
+                                for (ln, cells), actual in zip(rows, r.rows) for c, a in zip(cells, actual)], d)
         if why:
             shown = "\n".join("    " + " | ".join("" if v is None else v for v in row) for row in r.rows)
-            claimed = "\n".join(f"    README.md:{ln}: " + " | ".join(cells) for ln, cells in rows)
-            bad.append(f"{where}\n  README.md:{claims.table[0][0]} claims the rows (columns "
+            claimed = "\n".join(f"    {d}:{ln}: " + " | ".join(cells) for ln, cells in rows)
+            bad.append(f"{where}\n  {d}:{claims.table[0][0]} claims the rows (columns "
                        f"{header[1] if header else 'as returned'}):\n{claimed}\n"
                        f"  the database returned (columns {r.colnames}):\n{shown or '    (no rows)'}\n"
                        f"  {why}")
 
     if claims.count and claims.count[1] != len(r.rows):
-        bad.append(f"{where}\n  README.md:{claims.count[0]} claims {claims.count[1]} rows, "
+        bad.append(f"{where}\n  {d}:{claims.count[0]} claims {claims.count[1]} rows, "
                    f"the database returned {len(r.rows)}")
     return bad
 
 
-def run_readme(text, dbname):
-    """Runs the fixtures, then every sql block of `text`, on one connection;
-    returns (mismatches, statements run, blocks)."""
-    blocks = sql_blocks(text)
+# On a line of its own (so a page that quotes the comment in prose, as
+# docs/testing.md does, does not declare it).
+PREREQUISITE = re.compile(r"^<!--\s*docs-sql:\s*after\s+(\S+?)\s*-->[ \t]*$", re.M)
+
+
+def doc_text(doc):
+    with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+        return f.read()
+
+
+def prerequisites(doc, text, seen=()):
+    """[(page, text)] of the pages `text` says it continues (`<!-- docs-sql:
+    after <page> -->`), theirs first, each once."""
+    out = []
+    for m in PREREQUISITE.finditer(text):
+        other = os.path.normpath(os.path.join(os.path.dirname(doc), m.group(1)))
+        assert other not in seen and other != doc, f"{doc}: a circle of docs-sql prerequisites at {other}"
+        assert os.path.isfile(os.path.join(ROOT, other)), f"{doc}: docs-sql prerequisite {other} does not exist"
+        other_text = doc_text(other)
+        out += [p for p in prerequisites(other, other_text, seen + (doc,)) if p not in out]
+        if (other, other_text) not in out:
+            out.append((other, other_text))
+    return out
+
+
+def run_doc(doc, text, dbname):
+    """Runs the fixtures, the page's prerequisites, then every sql block of
+    `text` (page `doc`), on one connection; returns (mismatches, statements
+    run, blocks of `doc`)."""
+    pages = prerequisites(doc, text) + [(doc, text)]
+    blocks = [b for d, t in pages for b in sql_blocks(t, d)]
     mismatches, ran = [], 0
     ids = EventIds()
-    roles = readme_roles(text)
+    roles = doc_roles(blocks)
     with connect(dbname) as conn:
         drop_roles(conn, roles)
         for sql in FIXTURES:
@@ -399,31 +455,26 @@ def run_readme(text, dbname):
         for block in blocks:
             for st in block.statements:
                 if st.sql.lstrip().startswith("\\"):
-                    mismatches.append(f"README.md:{st.line}: a psql meta-command; this test runs SQL only")
+                    mismatches.append(f"{st.doc}:{st.line}: a psql meta-command; this test runs SQL only")
                     continue
                 mismatches += check_statement(conn, st, ids)
                 ran += 1
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                mismatches.append(f"README.md:{block.line}: the block leaves a transaction open")
+                mismatches.append(f"{block.doc}:{block.line}: the block leaves a transaction open")
                 conn.execute("ROLLBACK")
         drop_roles(conn, roles)
-    return mismatches, ran, blocks
+    return mismatches, ran, [b for b in blocks if b.doc == doc]
 
 
-def readme_text():
-    with open(README, encoding="utf-8") as f:
-        return f.read()
-
-
-def readme_roles(text):
-    """Roles a README block creates: roles belong to the cluster, not to the
+def doc_roles(blocks):
+    """Roles the blocks create: roles belong to the cluster, not to the
     test's database, so they are dropped before and after the run."""
-    sql = "\n".join(st.sql for b in sql_blocks(text) for st in b.statements)
+    sql = "\n".join(st.sql for b in blocks for st in b.statements)
     return sorted(set(re.findall(r"CREATE ROLE (\w+)", sql)))
 
 
 def drop_roles(conn, roles):
-    """Drops roles the README made: their privileges in this database first
+    """Drops roles a page made: their privileges in this database first
     (a role with grants cannot be dropped), then the roles."""
     for role in roles:
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
@@ -433,21 +484,29 @@ def drop_roles(conn, roles):
 
 # -- Tests ----------------------------------------------------------------------------
 
-def test_readme_sql():
-    text = readme_text()
+@pytest.mark.parametrize("doc", docs())
+def test_doc_sql(doc):
+    text = doc_text(doc)
     with fresh_database("wfx_docs") as db:
-        mismatches, ran, blocks = run_readme(text, db)
+        mismatches, ran, blocks = run_doc(doc, text, db)
     claims = sum(1 for b in blocks for st in b.statements
                  for c in [claims_of(st)] if c.error or c.boolean or c.table or c.count)
-    print(f"FIGURE: README.md: {len(blocks)} sql blocks, {ran} statements run, "
+    print(f"FIGURE: {doc}: {len(blocks)} sql blocks, {ran} statements run (prerequisites included), "
           f"{claims} with a claimed result or error, {len(mismatches)} mismatches", flush=True)
-    assert ran > 0, "README.md has no ```sql block"
-    assert not mismatches, "README.md claims what the database does not do:\n\n" + "\n\n".join(mismatches)
+    assert not mismatches, f"{doc} claims what the database does not do:\n\n" + "\n\n".join(mismatches)
+
+
+def test_the_docs_have_sql():
+    """The README's first example and the SQL API's examples are executed: a
+    page renamed or a fence miswritten (```SQL is fine, ```sq is not) does not
+    silently leave them out."""
+    for doc in ("README.md", "docs/sql-api.md"):
+        assert sql_blocks(doc_text(doc), doc), f"{doc} has no ```sql block"
 
 
 def falsifications(text):
-    """(what, README line, falsified text): one per kind of claim the README
-    makes, the first of each kind (a kind the README does not use is left out)."""
+    """(what, page line, falsified text): one per kind of claim the page
+    makes, the first of each kind (a kind the page does not use is left out)."""
     lines = text.split("\n")
     out = {}
     in_sql = False
@@ -478,7 +537,7 @@ def falsifications(text):
         elif "|" in t:
             for rid in EVENT_ID.findall(comment):
                 if rid in seen_ids and seen_ids[rid] != k:
-                    # Another id of the same shape where the README repeats one.
+                    # Another id of the same shape where the page repeats one.
                     other = rid[:-1] + ("0" if rid[-1] != "0" else "1")
                     put("repeated event id", comment.replace(rid, other, 1))
                 seen_ids.setdefault(rid, k)
@@ -489,15 +548,19 @@ def falsifications(text):
 
 
 def test_false_claims_are_caught():
-    """Each kind of claim, falsified in a copy of the README, fails at its line."""
-    cases = falsifications(readme_text())
-    assert cases, "README.md makes no claim this test could check"
+    """Each kind of claim, falsified in a copy of the first page that makes
+    one, fails at its line."""
+    cases = {}
+    for doc in docs():
+        for what, line, text in falsifications(doc_text(doc)):
+            cases.setdefault(what, (doc, line, text))
+    assert cases, "no page makes a claim this test could check"
     missed = []
-    for what, line, text in cases:
+    for what, (doc, line, text) in cases.items():
         with fresh_database("wfx_docs") as db:
-            mismatches, _, _ = run_readme(text, db)
-        if not any(f"README.md:{line} " in m or f"README.md:{line}:" in m for m in mismatches):
-            missed.append(f"{what} falsified at README.md:{line}; mismatches reported: {mismatches}")
+            mismatches, _, _ = run_doc(doc, text, db)
+        if not any(f"{doc}:{line} " in m or f"{doc}:{line}:" in m for m in mismatches):
+            missed.append(f"{what} falsified at {doc}:{line}; mismatches reported: {mismatches}")
         else:
-            print(f"FIGURE: falsified {what} at README.md:{line}: caught", flush=True)
+            print(f"FIGURE: falsified {what} at {doc}:{line}: caught", flush=True)
     assert not missed, "\n".join(missed)
