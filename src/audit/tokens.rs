@@ -4,6 +4,8 @@
 
 use super::source::Source;
 use crate::errors::{internal, or_internal};
+use crate::pg::plans;
+use crate::rules::lifecycle::EventType;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::collections::HashMap;
@@ -54,13 +56,14 @@ pub(super) fn cross_run_token_conflicts(
                 {created}, \
                 (SELECT {released} FROM {src} e WHERE e.run_id = c.run_id \
                    AND ((e.type::text = 'hook_disposed' AND e.correlation_id = c.correlation_id) \
-                        OR e.type::text IN ('run_completed', 'run_failed', 'run_cancelled'))) \
+                        OR e.type::text = ANY ({terminals}::text[]))) \
            FROM {src} c \
           WHERE c.type = 'hook_created' AND c.run_id IS NOT NULL AND c.correlation_id IS NOT NULL \
             AND pg_catalog.jsonb_typeof(c.payload OPERATOR(pg_catalog.->) 'token') = 'string' \
             AND ($1::text[] IS NULL OR c.payload OPERATOR(pg_catalog.->>) 'token' = ANY($1)) \
           ORDER BY c.created_at, c.run_id, 2",
         src = src.name,
+        terminals = plans::type_list(EventType::RUN_TERMINALS),
         created = micros("c.created_at"),
         released = micros("pg_catalog.min(e.created_at)"),
     );

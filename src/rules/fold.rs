@@ -149,9 +149,7 @@ impl RunFold {
         }
         match (event, corr) {
             (EventType::HookDisposed, Some(c)) => self.tokens.retain(|_, holder| holder != c),
-            (EventType::RunCompleted | EventType::RunFailed | EventType::RunCancelled, _) => {
-                self.tokens.clear()
-            }
+            (e, _) if e.ends_run() => self.tokens.clear(),
             _ => {}
         }
 
@@ -311,5 +309,67 @@ mod tests {
             s(&["run_created", "run_started", "run_completed", "run_started"]),
             Some(State::RunCompleted)
         );
+    }
+
+    /// SQL cannot ask Rust for a vocabulary in a trigger's WHEN or an
+    /// index predicate, so the SQL copies of the token rule and of the run's
+    /// terminal states are compared with the Rust vocabulary here: the
+    /// token trigger fires on exactly the events the fold takes or releases
+    /// tokens on, the rebuild releases on the run's terminal events, and
+    /// attach seeds finished_at for exactly the run's terminal states.
+    #[test]
+    fn the_sql_copies_of_the_token_rule_name_the_rust_vocabulary() {
+        let quoted = |names: Vec<&str>, q: &str| {
+            names
+                .iter()
+                .map(|n| format!("{q}{n}{q}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let terminals: Vec<&str> = EventType::RUN_TERMINALS
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        let mut token_events = vec![
+            EventType::HookCreated.as_str(),
+            EventType::HookDisposed.as_str(),
+        ];
+        token_events.extend(&terminals);
+        let finalize = include_str!("../../sql/finalize.sql");
+        let functions = include_str!("../../sql/functions.sql");
+        let attach = include_str!("../../sql/attach.sql");
+        assert!(
+            finalize.contains(&format!(
+                "WHEN (NEW.type IN ({}))",
+                quoted(token_events, "'")
+            )),
+            "finalize.sql's events_hook_tokens WHEN"
+        );
+        assert!(
+            functions.contains(&format!(
+                "OR e.type IN ({})))",
+                quoted(terminals.clone(), "'")
+            )),
+            "functions.sql's rebuild_hook_tokens"
+        );
+        let terminal_states: Vec<&str> = State::ALL
+            .iter()
+            .filter(|s| s.kind() == EntityKind::Run && s.is_terminal())
+            .map(|s| s.as_str())
+            .collect();
+        assert!(
+            attach.contains(&format!("r.state IN ({})", quoted(terminal_states, "''"))),
+            "attach.sql's seeding of finished_at"
+        );
+        // Every event that ends a run leaves it in a terminal state, and
+        // only those.
+        for t in EventType::ALL {
+            let after = lifecycle::run_state_after(Some(State::RunRunning), t);
+            assert_eq!(
+                t.ends_run(),
+                t.kind() == EntityKind::Run && after.is_some_and(State::is_terminal),
+                "{t}"
+            );
+        }
     }
 }

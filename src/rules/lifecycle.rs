@@ -133,8 +133,6 @@ impl EventType {
         }
     }
 
-    /// The suspension (creation) events: unique per run and correlation id,
-    /// covered by the partial unique index `workflow_events_entity_creation_unique`.
     /// The creations a suspension appends: `append_suspension_event`'s
     /// types, each unique per run and correlation id.
     pub const SUSPENSIONS: [EventType; 4] = [
@@ -153,6 +151,25 @@ impl EventType {
         Self::SUSPENSIONS[3],
         EventType::AttrSet,
     ];
+
+    /// The events that end a run. Each also releases the hook tokens the
+    /// run's hooks hold (with `hook_disposed`, which releases its own).
+    pub const RUN_TERMINALS: [EventType; 3] = [
+        EventType::RunCompleted,
+        EventType::RunFailed,
+        EventType::RunCancelled,
+    ];
+
+    pub const fn ends_run(self) -> bool {
+        let mut i = 0;
+        while i < Self::RUN_TERMINALS.len() {
+            if Self::RUN_TERMINALS[i] as u8 == self as u8 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 
     pub const fn is_suspension(self) -> bool {
         let mut i = 0;
