@@ -1,4 +1,4 @@
-"""What a Prometheus scrape of workflow_ext costs on a big log (issue #16):
+"""What a Prometheus scrape of workflow_ext costs on a big log :
 metrics() and stuck_runs() on 10,000,000 events in 1,000,000 runs, of which
 1,000 are still active (the shape of a log that has run for a while: nearly
 every run finished).

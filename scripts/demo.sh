@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demonstration run by `make demo`: concurrent workers race on the same
-# run's suspension events (the shape of the DevKit's #2039), first against a
+# run's suspension events (the shape of the DevKit's vercel/workflow#2039), first against a
 # naive check-then-insert, then through workflow_ext.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -55,7 +55,7 @@ SELECT count(*) AS rows, count(DISTINCT correlation_id) FILTER (WHERE type = 'st
   FROM workflow_ext.events WHERE run_id = 'demo-run';
 -- The log of the run, in commit order:
 SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'demo-run' ORDER BY seq LIMIT 8;
--- A late start after completion (#2331) is refused, with the state named:
+-- A late start after completion (vercel/workflow#2331) is refused, with the state named:
 SELECT * FROM workflow_ext.append_event('demo-run', NULL, 'run_started');
 SELECT * FROM workflow_ext.append_event('demo-run', 'step_1', 'step_started');
 SELECT * FROM workflow_ext.append_event('demo-run', 'step_1', 'step_completed');

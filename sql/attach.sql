@@ -65,7 +65,7 @@ $$;
 
 -- The extension's creation index of `log`, or NULL when the index of that
 -- name is missing, invalid or another one (the write path then refuses a
--- duplicate creation itself, src/append.rs). Internal.
+-- duplicate creation itself, src/write/trigger.rs). Internal.
 CREATE FUNCTION workflow_ext.creation_index_of(log regclass) RETURNS regclass
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -76,14 +76,14 @@ AS $$
 $$;
 
 -- The columns the extension reads on `log` have the built-in types of
--- src/log_shape.rs (42804) and exist (42703; seq only when not
+-- src/pg/log_shape.rs (42804) and exist (42703; seq only when not
 -- `attaching`). Internal.
 CREATE FUNCTION workflow_ext.check_log_columns(log regclass, attaching boolean) RETURNS void
     LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'check_log_columns_wrapper';
 
 -- Runs one of attach's statements on the table as the table's owner, with
--- SECURITY_RESTRICTED_OPERATION (src/owner.rs): whatever code the owner
+-- SECURITY_RESTRICTED_OPERATION (src/pg/owner.rs): whatever code the owner
 -- attached to the table runs with the owner's rights. Internal.
 CREATE FUNCTION workflow_ext.execute_as_owner(log regclass, statement text) RETURNS bigint
     LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp

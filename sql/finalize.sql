@@ -1,6 +1,6 @@
 -- Runs last: triggers and privileges.
 
--- The events trigger is the single validator of the log (src/append.rs).
+-- The events trigger is the single validator of the log (src/write/trigger.rs).
 -- ENABLE ALWAYS: it also fires under session_replication_role = replica,
 -- which otherwise silences ordinary triggers.
 CREATE TRIGGER events_validate_insert

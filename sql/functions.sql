@@ -7,7 +7,7 @@
 -- types, functions or operators earlier on its own path. Two ways:
 -- - the write path (the events trigger, append_suspension_event[s],
 --   append_event) spells every name with its schema, operators included
---   (OPERATOR(pg_catalog.=), see src/plans.rs), and pins nothing: a pinned
+--   (OPERATOR(pg_catalog.=), see src/pg/plans.rs), and pins nothing: a pinned
 --   search_path is a GUC pushed and popped on every call, which cost a
 --   quarter of an append's time (BENCHMARKS.md);
 -- - every other function pins search_path to pg_catalog, then pg_temp (last,
@@ -15,7 +15,7 @@
 
 -- Triggers -------------------------------------------------------------------
 
--- The single validator of every protected log (src/append.rs):
+-- The single validator of every protected log (src/write/trigger.rs):
 -- workflow_ext.events and each attached table. It writes workflow_ext.runs,
 -- which clients may not touch: SECURITY DEFINER (the extension owner) is what
 -- lets any role that may INSERT into a log have its row validated and
@@ -84,7 +84,7 @@ END
 $$;
 
 -- The state a run's stored events (their types, in log order) leave it in,
--- by the writer's lifecycle (src/attach.rs): attach seeds runs with it.
+-- by the writer's lifecycle (src/rules/fold.rs): attach seeds runs with it.
 -- Pure: IMMUTABLE, STRICT, PARALLEL SAFE; runs no SQL.
 CREATE FUNCTION workflow_ext.run_state(types text[]) RETURNS text
     LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
@@ -103,7 +103,7 @@ CREATE FUNCTION workflow_ext.append_suspension_event(
     AS 'MODULE_PATHNAME', 'append_suspension_event_wrapper';
 
 -- Batch creation: what one suspension with Promise.all over many steps needs
--- (src/batch.rs). Each element is append_suspension_event's (idempotent per
+-- (src/write/batch.rs). Each element is append_suspension_event's (idempotent per
 -- key, the same validation, the same race guarantees), in input order; one
 -- INSERT statement, so a bad element anywhere writes nothing, and the run is
 -- locked once for the whole batch. SECURITY INVOKER, like the single call:
@@ -169,12 +169,12 @@ CREATE FUNCTION workflow_ext.purge_runs(older_than interval) RETURNS bigint
 -- privileges, and unqualified names land where the caller expects. The
 -- function's own statements are fully qualified (operators included); the
 -- ledger is written as its owner with SECURITY_RESTRICTED_OPERATION
--- (src/bootstrap.rs), so no role can forge an "already applied" row.
+-- (src/features/bootstrap.rs), so no role can forge an "already applied" row.
 CREATE FUNCTION workflow_ext.bootstrap(name text, ddl text) RETURNS boolean
     LANGUAGE c VOLATILE PARALLEL UNSAFE
     AS 'MODULE_PATHNAME', 'bootstrap_wrapper';
 
--- The same ledger and lock around any migrator (src/bootstrap.rs). SECURITY
+-- The same ledger and lock around any migrator (src/features/bootstrap.rs). SECURITY
 -- INVOKER: they run no caller-supplied SQL; the ledger row is written as its
 -- owner (as in bootstrap). Everything is qualified, like bootstrap. Not
 -- STRICT: NULL arguments get a named error.

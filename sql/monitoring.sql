@@ -5,7 +5,7 @@
 -- runs table and the logs, which a monitoring role may not; they return
 -- counts and the ids of stuck runs, never payloads.
 
--- The write path's counters since the server started (src/metrics.rs):
+-- The write path's counters since the server started (src/pg/counters.rs):
 -- `appended` (events the validator admitted, also in transactions that rolled
 -- back later), one row per anomaly code refused, and runs_completed /
 -- runs_failed / runs_cancelled (runs that reached that state). No rows unless
@@ -15,7 +15,7 @@ CREATE FUNCTION workflow_ext.counters_since_start() RETURNS TABLE (counter text,
     AS 'MODULE_PATHNAME', 'counters_since_start_wrapper';
 
 -- The active entities a run's events (in log order) leave, by the writer's
--- rules (src/metrics.rs): "<kind> <correlation id> (<state>)". Pure.
+-- rules (src/pg/counters.rs): "<kind> <correlation id> (<state>)". Pure.
 CREATE FUNCTION workflow_ext.active_entities_of(types text[], correlation_ids text[]) RETURNS text[]
     LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'active_entities_of_wrapper';

@@ -118,7 +118,7 @@ pub enum WfError {
         source: String,
         missing: Vec<&'static str>,
     },
-    /// A column the extension reads, of a type outside src/log_shape.rs's
+    /// A column the extension reads, of a type outside src/pg/log_shape.rs's
     /// list (a type the table's owner chose could run the owner's code).
     /// 42804.
     LogColumnType {

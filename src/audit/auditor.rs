@@ -152,7 +152,7 @@ impl Auditor {
     }
 
     fn check_event(&mut self, e: &StoredEvent<'_>) -> Option<Finding> {
-        // The writer's own argument rules (src/validate.rs), so the audit
+        // The writer's own argument rules (src/rules/validate.rs), so the audit
         // reports exactly the rows the writer would have refused.
         let checked = validate::address(e.run_id, e.correlation_id, e.type_name)
             .and_then(|addr| validate::optional_ident("id", e.id).map(|_| addr));
@@ -428,7 +428,7 @@ mod tests {
     }
 
     /// A keyed attr_set after the run's terminal is a creation after it,
-    /// like a step_created there (issue #26), not an event of an attribute
+    /// like a step_created there, not an event of an attribute
     /// that never existed; an unkeyed one is an event of the finished run.
     #[test]
     fn keyed_attr_after_run_terminal_is_a_late_creation() {
@@ -527,7 +527,7 @@ mod tests {
             let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
             let log = valid_history(&mut rng, 30);
             let n = log.len();
-            // Duplicate an entity creation at the end (#2039).
+            // Duplicate an entity creation at the end (vercel/workflow#2039).
             if let Some(i) = log
                 .iter()
                 .position(|(t, _)| t.is_suspension() && *t != EventType::RunCreated)
@@ -541,7 +541,7 @@ mod tests {
                 );
                 *checked.entry("duplicate_creation").or_insert(0) += 1;
             }
-            // A second run_created (#2983).
+            // A second run_created (vercel/workflow#2983).
             let mut bad = log.clone();
             bad.insert(n / 2 + 1, (EventType::RunCreated, None));
             assert_eq!(
@@ -549,7 +549,7 @@ mod tests {
                 vec![(n as i64 / 2 + 2, "duplicate_creation")],
                 "seed {seed}"
             );
-            // A late start after a completed step (#2331).
+            // A late start after a completed step (vercel/workflow#2331).
             if let Some(i) = log.iter().position(|(t, _)| *t == EventType::StepCompleted) {
                 let mut bad = log.clone();
                 bad.push((EventType::StepStarted, log[i].1.clone()));

@@ -273,13 +273,13 @@ fn scan(
 #[pg_schema]
 mod tests {
     use crate::audit::auditor::RUN_CREATED_NOT_FIRST;
-    use crate::pg::subxact::in_subtransaction;
+    use crate::pg::transaction::in_subtransaction;
     use crate::rules::lifecycle::{CorrelationRule, EventType};
     use crate::testing::{writer_code, Rng};
     use pgrx::prelude::*;
 
     /// Property: replay and scan read the own log straight from its primary
-    /// key (src/log_scan.rs), every other source through SPI. Random rows,
+    /// key (src/pg/log_scan.rs), every other source through SPI. Random rows,
     /// anomalies included (written with the validator disabled, as a
     /// data-only restore would), audited in the own log and in a plain copy
     /// of it, must give the same findings row for row.

@@ -94,7 +94,7 @@ pub(super) fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Sour
         });
     }
     // The types of the columns read, before any is read: they decide which
-    // casts and operators the audit's queries call (src/log_shape.rs).
+    // casts and operators the audit's queries call (src/pg/log_shape.rs).
     crate::pg::log_shape::check_relation(oid, &name, crate::pg::log_shape::Use::Source)?;
     let has_jsonb_payload: bool = or_internal!(row.get(4), "source payload").unwrap_or(false);
     let run_id_not_null: bool = or_internal!(row.get(5), "source run_id").unwrap_or(false);

@@ -71,7 +71,7 @@ pub(super) fn stream(
     let mut values = [pg_sys::Datum::from(0usize); 6];
     let mut nulls = [true; 6];
     let mut scratch = PgMemoryContexts::new("workflow_ext audit batch");
-    // The own log, read straight from its primary key (src/log_scan.rs).
+    // The own log, read straight from its primary key (src/pg/log_scan.rs).
     let scan = match (direct, &src.enum_labels) {
         // SAFETY: in the function's transaction, with its snapshot.
         (Some(run), Some(labels)) => unsafe { OwnLogScan::open(run) }.map(|scan| {

@@ -19,7 +19,7 @@ fn run_state(types: Array<'_, &str>) -> Option<&'static str> {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
-    use crate::pg::subxact::in_subtransaction;
+    use crate::pg::transaction::in_subtransaction;
     use crate::rules::lifecycle::{CorrelationRule, EventType};
     use crate::testing::{writer_code, Rng};
     use pgrx::pg_sys::panic::CaughtError;

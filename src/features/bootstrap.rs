@@ -1,7 +1,7 @@
 //! Race-free schema bootstrap: run a named migration at most once per
 //! database, whatever number of processes call at the same instant
-//! (seed 001: concurrent `CREATE SCHEMA IF NOT EXISTS` failing on
-//! `pg_namespace_nspname_index`). Two shapes share one ledger and one
+//! (the failure this was built for: concurrent `CREATE SCHEMA IF NOT
+//! EXISTS` failing on `pg_namespace_nspname_index`). Two shapes share one ledger and one
 //! implementation of "the lock, the re-check, the catalog refresh"
 //! ([`lock_and_read_ledger`]):
 //!
@@ -33,7 +33,7 @@
 //!    lock before the ledger row is committed.
 
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
-use crate::pg::subxact::{in_subtransaction, uses_transaction_snapshot};
+use crate::pg::transaction::{in_subtransaction, uses_transaction_snapshot};
 use crate::rules::validate;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
@@ -268,7 +268,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
     if ddl.trim().is_empty() {
         raise!(WfError::EmptyArgument { arg: "ddl" });
     }
-    crate::pg::subxact::refuse_if_read_only(c"bootstrap");
+    crate::pg::transaction::refuse_if_read_only(c"bootstrap");
     require_read_committed(name);
     let sum = checksum(ddl);
     let applied = lock_and_read_ledger(name, Scope::Transaction);
@@ -297,7 +297,7 @@ fn bootstrap(name: Option<&str>, ddl: Option<&str>) -> bool {
 fn bootstrap_begin(name: Option<&str>, timeout: Option<Interval>, checksum: Option<&str>) -> bool {
     let name = or_raise!(validate::ident("name", name));
     let checksum = or_raise!(validate::optional_ident("checksum", checksum));
-    crate::pg::subxact::refuse_if_read_only(c"bootstrap_begin");
+    crate::pg::transaction::refuse_if_read_only(c"bootstrap_begin");
     require_read_committed(name);
     if BEGUN.with(|b| b.borrow().contains_key(name)) {
         raise!(WfError::BootstrapAlreadyBegun {
@@ -357,7 +357,7 @@ fn interval_ms(months: i32, days: i32, micros: i64) -> Option<i32> {
 #[pg_extern(sql = false)] // declared in sql/functions.sql
 fn bootstrap_end(name: Option<&str>) {
     let name = or_raise!(validate::ident("name", name));
-    crate::pg::subxact::refuse_if_read_only(c"bootstrap_end");
+    crate::pg::transaction::refuse_if_read_only(c"bootstrap_end");
     let Some(checksum) = BEGUN.with(|b| b.borrow().get(name).cloned()) else {
         raise!(WfError::BootstrapNotBegun {
             name: name.to_string()

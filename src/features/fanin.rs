@@ -1,6 +1,6 @@
 //! Exactly-once fan-in: the arrival that completes a join's set of distinct
-//! members is told so, once (seed 002: a with_items successor dispatched once
-//! per concurrently finishing item).
+//! members is told so, once (the failure this was built for: a with_items
+//! successor dispatched once per concurrently finishing item).
 //!
 //! The join row is the lock: every arrival upserts it (`ON CONFLICT DO
 //! UPDATE` locks the row and returns its latest version), so arrivals at one
@@ -140,7 +140,7 @@ fn join_arrive(
     let Some(expected) = expected else {
         raise!(WfError::NullArgument { arg: "expected" })
     };
-    crate::pg::subxact::refuse_if_read_only(c"join_arrive");
+    crate::pg::transaction::refuse_if_read_only(c"join_arrive");
     if expected < 1 {
         raise!(WfError::JoinExpectedInvalid { expected });
     }

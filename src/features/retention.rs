@@ -64,7 +64,7 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
     if older_than.micros() < 0 || older_than.days() < 0 || older_than.months() < 0 {
         raise!(WfError::NegativeInterval);
     }
-    crate::pg::subxact::refuse_if_read_only(c"purge_runs");
+    crate::pg::transaction::refuse_if_read_only(c"purge_runs");
     // Until ALTER EXTENSION UPDATE, runs has no log column (see
     // plans::runs_keyed_by_log) and holds only workflow_ext.events's runs.
     let own_runs = if crate::pg::plans::runs_keyed_by_log() {

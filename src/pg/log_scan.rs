@@ -10,8 +10,8 @@
 //! [`OwnLogScan::open`] says no and the caller reads through SPI. The scan
 //! uses the calling statement's snapshot, as a query in the function would.
 
+use crate::pg::index_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
 use pgrx::pg_sys;
-use std::ffi::CStr;
 
 /// Index of each value [`OwnLogScan::next`] fills, the order `replay`'s
 /// query selects them in.
@@ -39,98 +39,6 @@ pub struct OwnLogScan {
     // Kept alive for the scan: it points at them.
     _key: Box<pg_sys::ScanKeyData>,
     _run_id: Option<pg_sys::Datum>,
-}
-
-/// The OIDs of `workflow_ext.events` and of its index `index`, when the
-/// current user may read the table directly as SQL would let them: every
-/// privilege of `needs` on the whole table (column grants alone go through
-/// SQL) and no row security. None otherwise.
-///
-/// # Safety
-/// Inside a transaction.
-pub(crate) unsafe fn own_log_and_index(
-    index: &CStr,
-    needs: &[u32],
-) -> Option<(pg_sys::Oid, pg_sys::Oid)> {
-    unsafe {
-        let ns = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), true);
-        let rel_oid = pg_sys::get_relname_relid(c"events".as_ptr(), ns);
-        let idx_oid = pg_sys::get_relname_relid(index.as_ptr(), ns);
-        if rel_oid == pg_sys::InvalidOid || idx_oid == pg_sys::InvalidOid {
-            return None;
-        }
-        let user = pg_sys::GetUserId();
-        let granted = needs.iter().all(|mode| {
-            pg_sys::pg_class_aclcheck(rel_oid, user, *mode as pg_sys::AclMode)
-                == pg_sys::AclResult::ACLCHECK_OK
-        });
-        let no_rls = pg_sys::check_enable_rls(rel_oid, pg_sys::InvalidOid, true)
-            == pg_sys::CheckEnableRlsResult::RLS_NONE as i32;
-        (granted && no_rls).then_some((rel_oid, idx_oid))
-    }
-}
-
-/// `index_beginscan` of `index` on `heap` with `nkeys` keys, in the active
-/// snapshot (18 added an instrumentation argument).
-///
-/// # Safety
-/// Both relations open, a snapshot active.
-pub(crate) unsafe fn begin_index_scan(
-    heap: pg_sys::Relation,
-    index: pg_sys::Relation,
-    nkeys: i32,
-) -> pg_sys::IndexScanDesc {
-    unsafe {
-        #[cfg(not(feature = "pg18"))]
-        let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), nkeys, 0);
-        #[cfg(feature = "pg18")]
-        let scan = pg_sys::index_beginscan(
-            heap,
-            index,
-            pg_sys::GetActiveSnapshot(),
-            std::ptr::null_mut(),
-            nkeys,
-            0,
-        );
-        scan
-    }
-}
-
-/// `key` := the index's column `attno` (1-based, text) equals `value`,
-/// compared under the column's collation in the index.
-///
-/// # Safety
-/// `index` open, `attno` one of its key columns, `value` a text datum that
-/// outlives the scan.
-pub(crate) unsafe fn text_eq_key(
-    key: &mut pg_sys::ScanKeyData,
-    index: pg_sys::Relation,
-    attno: pg_sys::AttrNumber,
-    value: pg_sys::Datum,
-) {
-    unsafe {
-        let collation = *(*index)
-            .rd_indcollation
-            .add(usize::try_from(attno - 1).unwrap_or(0));
-        pg_sys::ScanKeyEntryInitialize(
-            key,
-            0,
-            attno,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::InvalidOid,
-            collation,
-            pg_sys::Oid::from(pg_sys::F_TEXTEQ),
-            value,
-        );
-    }
-}
-
-/// The 0-based attribute number of column `name` of `rel`.
-pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize> {
-    unsafe {
-        let n = pg_sys::SPI_fnumber((*rel).rd_att, name.as_ptr());
-        usize::try_from(n).ok().filter(|n| *n > 0).map(|n| n - 1)
-    }
 }
 
 impl OwnLogScan {

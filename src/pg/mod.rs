@@ -3,17 +3,19 @@
 //! - [`payload`]: the jsonb payload, checked without conversion.
 //! - [`log_shape`]: the columns a log or source must have, and their types,
 //!   read from the tuple descriptor.
-//! - [`log_scan`]: a log read straight from an index (replay, the probes).
+//! - [`index_scan`]: index scans driven from Rust (keys, privileges).
+//! - [`log_scan`]: the own log read straight from its primary key (replay).
 //! - [`owner`]: work done as a table's owner, under a security-restricted
 //!   operation.
 //! - [`plans`]: SPI plans kept for the life of the backend.
-//! - [`subxact`]: work in a subtransaction, its error caught; the
+//! - [`transaction`]: work in a subtransaction, its error caught; the
 //!   transaction's isolation and read-only checks.
 
 pub mod counters;
+pub mod index_scan;
 pub mod log_scan;
 pub mod log_shape;
 pub mod owner;
 pub mod payload;
 pub mod plans;
-pub mod subxact;
+pub mod transaction;

@@ -1,7 +1,7 @@
 //! The workflow lifecycle state machine: pure Rust, no SPI, no pgrx.
 //!
 //! Every rule about which event may follow which lives here and only here.
-//! The write path (`append`, via the events trigger) asks [`check`] before a
+//! The write path (`crate::write::core`, via the events trigger) asks [`check`] before a
 //! row is stored; the replay audit asks the same function while it streams a
 //! stored log. Because both use one function, nothing the writer refuses can
 //! replay clean and nothing it accepts can be reported.
@@ -9,6 +9,10 @@
 //! Entity state is a pure function of the entity's last accepted event
 //! ([`entity_state_after`]), so the writer derives it from the log itself and
 //! keeps no second copy that could drift.
+//!
+//! "Spec N" below is the DevKit's event-log version (its `spec_version`
+//! column): spec 3 is @workflow/world-postgres 4.x, spec 5 adds `attr_set` and
+//! `noop` (5.0), spec 7 uses `noop` as the sealed log's filler.
 
 use std::fmt;
 
@@ -767,7 +771,7 @@ mod tests {
             })
         );
         // After the run's terminal a keyed attr_set is a late creation, as a
-        // step_created is (issue #26); an unkeyed one an event of the run.
+        // step_created is; an unkeyed one an event of the run.
         for run in [S::RunCompleted, S::RunFailed, S::RunCancelled] {
             assert_eq!(
                 check_addressed(Some(run), None, E::AttrSet, true),
@@ -814,12 +818,12 @@ mod tests {
 
     #[test]
     fn the_seed_shapes_are_refused() {
-        // #2039: a second step_created after the step completed.
+        // vercel/workflow#2039: a second step_created after the step completed.
         assert_eq!(
             check(Some(S::RunRunning), Some(S::StepCompleted), E::StepCreated),
             Err(Violation::DuplicateCreation)
         );
-        // #2331: a late step_started after step_completed.
+        // vercel/workflow#2331: a late step_started after step_completed.
         assert_eq!(
             check(Some(S::RunRunning), Some(S::StepCompleted), E::StepStarted),
             Err(Violation::EventAfterTerminal {

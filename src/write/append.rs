@@ -6,7 +6,7 @@
 use crate::errors::{internal, or_internal, or_raise, raise, WfError, WfResult};
 use crate::pg::payload::Payload;
 use crate::pg::plans::{self, required, EQ, JSONB, TEXT};
-use crate::pg::subxact::refuse_if_read_only;
+use crate::pg::transaction::refuse_if_read_only;
 use crate::rules::lifecycle::EventType;
 use crate::rules::validate::{self, EventAddress};
 use crate::write::creation_probe::{self, Probe};
@@ -20,7 +20,7 @@ struct AppendPlans {
     /// statement; one plan per suspension type.
     find_or_insert: [OwnedPreparedStatement; 4],
     /// The insert alone, for a key the creation probe has just found absent
-    /// (src/creation_probe.rs); one plan per suspension type, none for a
+    /// (src/write/creation_probe.rs); one plan per suspension type, none for a
     /// hook, whose stored creation may be the hook_conflict recorded in its
     /// place, which the creation index does not hold (`find_creation_sql`).
     insert: [Option<OwnedPreparedStatement>; 4],
@@ -120,7 +120,7 @@ fn append_suspension_event(
     };
     refuse_if_read_only(c"append_suspension_event");
     // A creation already stored (a redelivery): one index probe, no
-    // statement (src/creation_probe.rs).
+    // statement (src/write/creation_probe.rs).
     // SAFETY: in the function's transaction; `addr.event` is a suspension
     // type.
     let probed =

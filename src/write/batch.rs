@@ -42,12 +42,12 @@
 //! A batch has at most [`MAX_BATCH_EVENTS`] elements.
 
 use crate::errors::{internal, or_internal, or_raise, WfError, WfResult};
-use crate::pg::log_scan::own_log_and_index;
+use crate::pg::index_scan::own_log_and_index;
 use crate::pg::owner::{as_role, owner_of};
 use crate::pg::payload::Payload;
 use crate::pg::plans::required;
 use crate::pg::plans::{self, EQ, INT8, MINUS, PLUS, TEXT, TEXTARRAY};
-use crate::pg::subxact::{refuse_if_read_only, uses_transaction_snapshot};
+use crate::pg::transaction::{refuse_if_read_only, uses_transaction_snapshot};
 use crate::rules::lifecycle::{self, EventType, State};
 use crate::rules::validate::{self, EventAddress};
 use crate::write::creation_probe::stored_creation;
@@ -840,7 +840,7 @@ fn read_back(
 #[pg_schema]
 mod tests {
     use super::MAX_BATCH_EVENTS;
-    use crate::pg::subxact::in_subtransaction;
+    use crate::pg::transaction::in_subtransaction;
     use pgrx::pg_sys::panic::CaughtError;
     use pgrx::prelude::*;
 

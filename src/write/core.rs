@@ -24,7 +24,7 @@
 use crate::errors::{internal, or_internal, WfError, WfResult};
 use crate::pg::counters;
 use crate::pg::plans::{self, required, BOOL, EQ, MINUS, PLUS, TEXT};
-use crate::pg::subxact::uses_transaction_snapshot;
+use crate::pg::transaction::uses_transaction_snapshot;
 use crate::rules::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::rules::validate::EventAddress;
 use crate::write::creation_probe;
@@ -459,7 +459,7 @@ pub(crate) fn lock_and_decide(
     addr: &EventAddress<'_>,
 ) -> WfResult<i64> {
     // A row of an announced batch whose run this transaction has locked
-    // for the batch (src/batch.rs).
+    // for the batch (src/write/batch.rs).
     if let Some(seq) = crate::write::batch::admit_if_announced(client, plans.oid, addr)? {
         return Ok(seq);
     }

@@ -15,7 +15,7 @@
 //! end of this file, which the trigger (on any log) and the batch share.
 
 use crate::errors::or_internal;
-use crate::pg::log_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
+use crate::pg::index_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
 use crate::pg::plans::{self, required, EQ, TEXT};
 use crate::rules::lifecycle::EventType;
 use crate::rules::validate::EventAddress;

@@ -55,7 +55,7 @@ fn events_before_insert<'a>(
     let rel = data.tg_relation;
     let desc = unsafe { (*rel).rd_att };
     // Before any value is read or any statement runs: the columns' types
-    // decide which functions both call (src/log_shape.rs).
+    // decide which functions both call (src/pg/log_shape.rs).
     // SAFETY: the open relation's descriptor.
     let cols = or_raise!(unsafe {
         log_shape::check(desc, &|| trigger_table(trigger), log_shape::Use::Log)

@@ -128,7 +128,7 @@ def test_bootstrap_survives_processes_running_the_raw_ddl_alongside(boot_templat
     """Half the sessions run the raw DDL (a process not using the function):
     they may create the schema under a bootstrap caller's feet, which is the
     clash the function retries after refreshing its catalog cache. The raw
-    sessions' own failures are expected (that is seed 001) and only counted."""
+    sessions' own failures are expected (the race this suite exists for) and only counted."""
     trials = 20
     started = time.monotonic()
     boot_errors, raw_errors, trues = 0, 0, Counter()
@@ -197,7 +197,7 @@ def runs_ddl_under_plain_advisory_lock_without_looking_up(conn, gate):
 
 def test_harness_reproduces_the_failure_without_bootstrap(boot_template):
     """Proves test (a) can fail: the same race with the raw DDL hits the
-    catalog unique indexes (seed 001)."""
+    catalog unique indexes."""
     trials = 30
     counts = {}
     for variant, session in [

@@ -1,4 +1,4 @@
-"""join_arrive is an exactly-once fan-in barrier (seed 002).
+"""join_arrive is an exactly-once fan-in barrier (a with_items successor must be dispatched once, however many items finish together).
 
 Seed 002: a with_items task of 5 items (concurrency 3) followed by one
 successor. Items finish concurrently and their completions may be

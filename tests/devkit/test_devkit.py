@@ -1,7 +1,7 @@
 """workflow_ext.attach() on the Workflow DevKit's own event table, driven by the
 REAL npm package @workflow/world-postgres (its World, world.events.create),
 for 4.3.7 (tests/devkit/v4) and 5.0.0-beta.29 (tests/devkit/v5), and for the
-race also 4.1.1 (tests/devkit/v411: the naive writer of the #2039 report, no
+race also 4.1.1 (tests/devkit/v411: the naive writer of the vercel/workflow#2039 report, no
 creation index at all).
 
 Every database is fresh (tests/pgcluster.py's fresh_database: CREATE EXTENSION
@@ -39,7 +39,7 @@ VERSIONS = {"v4": "4.3.7", "v5": "5.0.0-beta.29", "v411": "4.1.1"}
 # The versions the tests run on (test 5 is 5.x only).
 MAIN_VERSIONS = ["v4", "v5", "v411"]
 # Versions without the package's entity-creation index: they store duplicate
-# creations under racing processes (#2039), and do not map a 23505 to
+# creations under racing processes (vercel/workflow#2039), and do not map a 23505 to
 # EntityConflictError.
 NAIVE_VERSIONS = {"v411"}
 PROCESSES = int(os.environ.get("WFX_DEVKIT_PROCESSES", "8"))
@@ -517,7 +517,7 @@ def print_race(version, mode, fig):
 
 
 def test_race_with_and_without_attach(version, workdir):
-    """The #2039 race. Without attach: figures only, except for 4.1.1 (no
+    """The vercel/workflow#2039 race. Without attach: figures only, except for 4.1.1 (no
     creation index), where the harness must catch its duplicates. With attach:
     exactly one row and one winner per entity, seqs dense per run, every loser
     an EntityConflictError or (4.1.1, which does not map it) the creation
@@ -725,7 +725,7 @@ def test_detach_restores_the_package(version, devkit_db, workdir):
         assert all(r["outcome"] == "ok" for i, r in enumerate(results) if i != 5), json.dumps(results, indent=1)
         expected = ["run_created", "run_started", "step_created", "step_started", "step_completed", "run_completed"]
         if naive:
-            # the package's own behaviour again: 4.1.1 stores it (#2039)
+            # the package's own behaviour again: 4.1.1 stores it (vercel/workflow#2039)
             assert dup["outcome"] == "ok", dup
             expected.insert(5, "step_created")
         else:
@@ -741,7 +741,7 @@ def test_detach_restores_the_package(version, devkit_db, workdir):
         figure(f"{version} detach: index, columns and triggers as before attach; a new run through "
                f"world.events.create works, and a duplicate step_created gets the package's own answer: "
                + (f"{dup['outcome']} {dup.get('name')}: {dup.get('message')}" if dup["outcome"] != "ok"
-                  else "stored (the package's own #2039 behaviour)"))
+                  else "stored (the package's own vercel/workflow#2039 behaviour)"))
 
 
 # --- 5 -----------------------------------------------------------------------

@@ -99,7 +99,7 @@ def docs():
 FIXTURES = [
     # The replay and scan examples (docs/sql-api.md) and the attach examples
     # (docs/adopting-devkit.md) audit "an existing DevKit table",
-    # workflow.workflow_events, and show run wrun_01KRPCM1 with the #2039
+    # workflow.workflow_events, and show run wrun_01KRPCM1 with the vercel/workflow#2039
     # anomaly: a second step_created for step_1 after it completed (created at
     # position 3, again at 6). In real life the DevKit's Postgres world makes
     # this table; here: its columns, as in tests/pg_regress/sql/replay.sql,

@@ -11,7 +11,7 @@ CREATE UNIQUE INDEX workflow_events_entity_creation_unique ON adopt.workflow_eve
   (run_id, correlation_id, type) WHERE type IN ('step_created', 'hook_created', 'wait_created');
 CREATE TEMP TABLE pkg_index AS
   SELECT pg_get_indexdef('adopt.workflow_events_entity_creation_unique'::regclass) AS def;
--- A past with anomalies: a #2331 late start and a second run_created. Ids
+-- A past with anomalies: a vercel/workflow#2331 late start and a second run_created. Ids
 -- out of insertion order: replay order is by id.
 INSERT INTO adopt.workflow_events (id, run_id, type, correlation_id, spec_version) VALUES
   ('wevt_A03', 'wrun_ok', 'step_created', 'step_1', 3),
@@ -65,11 +65,11 @@ VALUES ('wevt_A04', 'step_started', 'step_1', default, 'wrun_ok', default, '\xa0
 INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id)
 VALUES ('wevt_A05', 'step_completed', 'step_1', 'wrun_ok') RETURNING id, seq;
 \set VERBOSITY default
--- #2331: a late start.
+-- vercel/workflow#2331: a late start.
 INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_A06', 'step_started', 'step_1', 'wrun_ok');
 -- A creation after the run finished.
 INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_D04', 'step_created', 's', 'wrun_done');
--- #2039: a second step_created, and a second run_created: the index's own 23505.
+-- vercel/workflow#2039: a second step_created, and a second run_created: the index's own 23505.
 INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_A07', 'step_created', 'step_1', 'wrun_ok');
 INSERT INTO adopt.workflow_events (id, type, correlation_id, run_id) VALUES ('wevt_A08', 'run_created', NULL, 'wrun_ok');
 -- An event for an entity never created; a run never created.

@@ -112,7 +112,7 @@ SELECT has_schema_privilege('wfx_app', 'workflow_ext', 'USAGE') AS usage,
        has_function_privilege('wfx_app', 'workflow_ext.scan(regclass, timestamptz)', 'EXECUTE') AS scan;
 -- A role that may read the log and call the function but not insert may
 -- not append, not even a creation that is stored (answered without a
--- statement, src/creation_probe.rs, under the grants the statement would
+-- statement, src/write/creation_probe.rs, under the grants the statement would
 -- need: 42501 as before).
 GRANT USAGE ON SCHEMA workflow_ext TO wfx_app;
 GRANT SELECT ON workflow_ext.events TO wfx_app;

@@ -10,11 +10,11 @@ INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) VALUES
   ('wevt_A01', 'wrun_clean', 'run_created', NULL), ('wevt_A02', 'wrun_clean', 'run_started', NULL),
   ('wevt_A03', 'wrun_clean', 'step_created', 'step_1'), ('wevt_A04', 'wrun_clean', 'step_started', 'step_1'),
   ('wevt_A05', 'wrun_clean', 'step_completed', 'step_1'), ('wevt_A06', 'wrun_clean', 'run_completed', NULL),
-  -- #2039: a second step_created after the step completed
+  -- vercel/workflow#2039: a second step_created after the step completed
   ('wevt_B01', 'wrun_2039', 'run_created', NULL), ('wevt_B02', 'wrun_2039', 'run_started', NULL),
   ('wevt_B03', 'wrun_2039', 'step_created', 'step_1'), ('wevt_B04', 'wrun_2039', 'step_started', 'step_1'),
   ('wevt_B05', 'wrun_2039', 'step_completed', 'step_1'), ('wevt_B06', 'wrun_2039', 'step_created', 'step_1'),
-  -- #2983: a second run_created
+  -- vercel/workflow#2983: a second run_created
   ('wevt_C01', 'wrun_2983', 'run_created', NULL), ('wevt_C02', 'wrun_2983', 'run_created', NULL),
   -- no run_created at all
   ('wevt_D01', 'wrun_norun', 'run_started', NULL), ('wevt_D02', 'wrun_norun', 'step_created', 'step_1'),
@@ -22,7 +22,7 @@ INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) VALUES
   ('wevt_E01', 'wrun_late', 'step_created', 'step_1'), ('wevt_E02', 'wrun_late', 'run_created', NULL),
   -- an event for an entity never created
   ('wevt_F01', 'wrun_orphan', 'run_created', NULL), ('wevt_F02', 'wrun_orphan', 'wait_completed', 'wait_1'),
-  -- #2331: a late step_started after step_completed
+  -- vercel/workflow#2331: a late step_started after step_completed
   ('wevt_G01', 'wrun_2331', 'run_created', NULL), ('wevt_G02', 'wrun_2331', 'run_started', NULL),
   ('wevt_G03', 'wrun_2331', 'step_created', 'step_1'), ('wevt_G04', 'wrun_2331', 'step_started', 'step_1'),
   ('wevt_G05', 'wrun_2331', 'step_completed', 'step_1'), ('wevt_G06', 'wrun_2331', 'step_started', 'step_1'),

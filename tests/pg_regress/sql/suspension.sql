@@ -29,7 +29,7 @@ SELECT try($$SELECT workflow_ext.append_suspension_event('run-2', 'step_b', 'ste
 -- ...but asking again for an entity that exists still returns it.
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');
 -- A stored creation asked for again is answered from the creation index
--- (src/creation_probe.rs): the same event, and only the lock a read takes
+-- (src/write/creation_probe.rs): the same event, and only the lock a read takes
 -- (the insert statement would take RowExclusiveLock on the log).
 BEGIN;
 SELECT seq, inserted FROM workflow_ext.append_suspension_event('run-2', 'step_a', 'step_created');

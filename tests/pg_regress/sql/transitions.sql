@@ -100,7 +100,7 @@ SELECT (SELECT array_agg((run_id, seq, type::text, correlation_id) ORDER BY run_
 -- finish; a second run_cancelled is accepted and changes nothing.
 SELECT seq FROM workflow_ext.append_event('e-done', 'step-running', 'step_completed');
 SELECT seq FROM workflow_ext.append_event('m-cancelled', NULL, 'run_cancelled');
--- The seed shapes: #2039 and #2331.
+-- The reported shapes: vercel/workflow#2039 and vercel/workflow#2331.
 SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-completed', 'step_created')$$);
 SELECT try($$SELECT workflow_ext.append_event('e-live', 'step-completed', 'step_started')$$);
 -- Messages name run, correlation id, attempted type and state.
