@@ -8,9 +8,11 @@
 # extensions: /usr/lib/postgresql/<major>/lib and
 # /usr/share/postgresql/<major>/extension, whatever tree the build's pg_config
 # names (16-18 are built against the pinned PyPI builds of scripts/fetch_pg.sh).
-# Besides what pgrx packages (the .so, control file, current script, upgrade
-# scripts) each package carries the released install scripts kept in sql/,
-# so `CREATE EXTENSION workflow_ext VERSION '<old>'` and every upgrade work.
+# Each package carries what pgrx packages: the .so, the control file, the
+# current version's install script and every upgrade script, so `ALTER
+# EXTENSION workflow_ext UPDATE` works from each released version. Released
+# versions' install scripts are not shipped (nor kept in the tree), as
+# contrib ships one base script plus upgrades.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -34,12 +36,6 @@ for m in $majors; do
   mkdir -p "$lib" "$ext" "$stage/DEBIAN" "$stage/usr/share/doc/$name"
   find "$built" -name 'workflow_ext.so' -exec install -m 644 {} "$lib/" \;
   find "$built" \( -name 'workflow_ext.control' -o -name 'workflow_ext--*.sql' \) -exec install -m 644 {} "$ext/" \;
-  for f in sql/workflow_ext--*.sql; do
-    case "$(basename "$f")" in
-      workflow_ext--*--*.sql) ;;                 # upgrade scripts: pgrx packaged them
-      *) install -m 644 "$f" "$ext/" ;;          # a released install script
-    esac
-  done
   [ -f "$lib/workflow_ext.so" ] && [ -f "$ext/workflow_ext.control" ] && [ -f "$ext/workflow_ext--$version.sql" ] \
     || { echo "package: cargo pgrx package did not produce the extension's files for $m" >&2; exit 1; }
   install -m 644 README.md "$stage/usr/share/doc/$name/README.md"
