@@ -28,8 +28,9 @@
 #  14. package:                   scripts/package.sh 15 (a release build) and
 #                                 tests/package: the .deb installed with dpkg -i where
 #                                 the source build was moved aside; port 54370
-# Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench"
-# (default: all, in that order; on 16-18 all but faults).
+# Pick suites with WFX_SUITES="lint pgrx regress security upgrade docs concurrency migrators devkit
+# replicas exporter package clients faults bench" (default: all, in that order; on 16-18 all
+# but replicas, exporter, package and faults).
 #
 # Majors:
 #   scripts/test.sh                       one major: PG (scripts/pg.sh, default 15),
@@ -37,7 +38,7 @@
 #   scripts/test.sh --matrix "15 16 17 18"
 #                                         15 with every suite, then each other major
 #                                         with WFX_MATRIX_SUITES (default
-#                                         "lint pgrx regress concurrency"), one after
+#                                         "lint pgrx regress security concurrency"), one after
 #                                         the other; ends with one summary line across
 #                                         majors and a table (major, suite, result, seconds)
 set -euo pipefail
