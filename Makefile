@@ -8,7 +8,7 @@
 # Expanded only where it is used.
 PG_CONFIG = $(shell bash scripts/pg.sh get PG_CONFIG)
 # The majors `make test` runs (after 15's every suite, the others'
-# lint, pgrx, pg_regress and concurrency suites); `make test-matrix` runs all.
+# lint, pgrx, pg_regress, security and concurrency suites); `make test-matrix` runs all.
 MATRIX ?= 15 16 17 18
 
 setup:            ## install PostgreSQL 15, libclang, cargo-pgrx 0.18.1, test clients
@@ -22,10 +22,10 @@ demo: install     ## start the local cluster and race workers on one run
 	bash scripts/cluster.sh start
 	bash scripts/demo.sh
 
-test:             ## every suite on 15, then lint, pgrx, pg_regress, concurrency on each other major of MATRIX (PG=NN: that major only)
+test:             ## every suite on 15, then lint, pgrx, pg_regress, security, concurrency on each other major of MATRIX (PG=NN: that major only)
 	bash scripts/test.sh $(if $(PG),,--matrix "$(MATRIX)")
 
-test-matrix:      ## every suite on 15, then lint, pgrx, pg_regress, concurrency on 16, 17 and 18
+test-matrix:      ## every suite on 15, then lint, pgrx, pg_regress, security, concurrency on 16, 17 and 18
 	bash scripts/test.sh --matrix "15 16 17 18"
 
 lint:             ## cargo fmt --check, cargo clippy -D warnings

@@ -28,8 +28,9 @@
 #  14. package:                   scripts/package.sh 15 (a release build) and
 #                                 tests/package: the .deb installed with dpkg -i where
 #                                 the source build was moved aside; port 54370
-# Pick suites with WFX_SUITES="lint pgrx regress upgrade docs concurrency migrators devkit clients faults bench"
-# (default: all, in that order; on 16-18 all but faults).
+# Pick suites with WFX_SUITES="lint pgrx regress security upgrade docs concurrency migrators devkit
+# replicas exporter package clients faults bench" (default: all, in that order; on 16-18 all
+# but replicas, exporter, package and faults).
 #
 # Majors:
 #   scripts/test.sh                       one major: PG (scripts/pg.sh, default 15),
@@ -37,7 +38,7 @@
 #   scripts/test.sh --matrix "15 16 17 18"
 #                                         15 with every suite, then each other major
 #                                         with WFX_MATRIX_SUITES (default
-#                                         "lint pgrx regress concurrency"), one after
+#                                         "lint pgrx regress security concurrency"), one after
 #                                         the other; ends with one summary line across
 #                                         majors and a table (major, suite, result, seconds)
 set -euo pipefail
@@ -46,67 +47,9 @@ cd "$ROOT"
 export PATH="$HOME/.cargo/bin:$PATH"
 export USER="${USER:-$(id -un)}"      # pgrx-tests needs $USER
 
-# --matrix: one run of this script per major (PG=…), each appending
-# "major suite result seconds" lines to one report; then the summary.
-if [ "${1:-}" = --matrix ]; then
-  majors="${2:-15 16 17 18}"
-  report="$(mktemp /tmp/workflow_ext_matrix.XXXXXX)"
-  trap 'rm -f "$report"' EXIT
-  start=$SECONDS
-  for m in $majors; do
-    echo; echo "######## PostgreSQL $m"
-    if [ "$m" = 15 ]; then suites="${WFX_SUITES:-}"
-    else suites="${WFX_MATRIX_SUITES:-lint pgrx regress security concurrency}"; fi
-    # A run that fails outside a suite (set-up, install, an unknown suite)
-    # still leaves a failed line.
-    if ! PG="$m" WFX_SUITES="$suites" WFX_REPORT="$report" bash "$0"; then
-      awk -v m="$m" '$1 == m && $3 != "passed"' "$report" | grep -q . \
-        || echo "$m aborted FAILED 0" >> "$report"
-    fi
-  done
-  echo
-  echo "PostgreSQL  suite          result  seconds"
-  awk '{ printf "%-11s %-14s %-7s %7d\n", $1, $2, $3, $4 }' "$report"
-  p="$(awk '$3 == "passed"' "$report" | wc -l)"
-  f="$(awk '$3 != "passed"' "$report" | wc -l)"
-  echo "majors: $majors; $((SECONDS - start)) s in all"
-  echo
-  echo "suites: $p passed, $f failed"
-  [ "$f" -eq 0 ]
-  exit
-fi
-
-. scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
-if [ "$PG_MAJOR" = 15 ]; then
-  SUITES="${WFX_SUITES:-lint pgrx regress security upgrade docs concurrency migrators devkit replicas exporter package clients faults bench}"
-else
-  SUITES="${WFX_SUITES:-lint pgrx regress security upgrade docs concurrency migrators devkit clients bench}"
-  for s in $SUITES; do
-    if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ] || [ "$s" = package ]; then
-      # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
-      echo "test.sh: the $s suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
-      exit 2
-    fi
-  done
-fi
-failed=0; passed=0
-
-# Every suite but lint installs a build into $PG_CONFIG's tree (cargo pgrx
-# test installs its own): those, and only those, touch the clusters.
-touches_pg=""
-for s in $SUITES; do [ "$s" = lint ] || touches_pg=1; done
-
-bash scripts/setup.sh
-if [ -n "$touches_pg" ]; then
-  # Installing a new .so under a running cluster can crash its backends
-  # (SIGBUS on the replaced mapping): stop this major's project cluster
-  # first (and on 15 the fault suite's; another major's clusters run
-  # another tree's .so and are left alone).
-  bash scripts/cluster.sh stop >/dev/null
-  if [ "$PG_MAJOR" = 15 ]; then
-    WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
-  fi
-fi
+pytest_suite() {  # tests/<suite>: pytest with the one configuration, tests/pytest.ini
+  python3 -m pytest -c "$ROOT/tests/pytest.ini" -q -s "$@"
+}
 
 run_suite() {  # name, command...
   local name="$1"; shift
@@ -185,37 +128,37 @@ security() {
   pg_regress_suite security wfx_security || return 1
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
-  python3 -m pytest -q -s -p no:cacheprovider tests/security
+  pytest_suite tests/security
 }
 
 upgrade() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
-  python3 -m pytest -q -s -p no:cacheprovider tests/upgrade
+  pytest_suite tests/upgrade
 }
 
 migrators() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
-  python3 -m pytest -q -s -p no:cacheprovider tests/migrators
+  pytest_suite tests/migrators
 }
 
 devkit() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
-  python3 -m pytest -q -s -p no:cacheprovider tests/devkit
+  pytest_suite tests/devkit
 }
 
 docs() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
-  python3 -m pytest -q -s -p no:cacheprovider tests/docs
+  pytest_suite tests/docs
 }
 
 concurrency() {
   eval "$(bash scripts/cluster.sh env)"
   export PGHOST PGPORT PGUSER
-  python3 -m pytest -q -s -p no:cacheprovider tests/concurrency
+  pytest_suite tests/concurrency
 }
 
 clients() {
@@ -229,19 +172,19 @@ clients() {
 }
 
 replicas() {
-  python3 -m pytest -q -s -p no:cacheprovider tests/replicas
+  pytest_suite tests/replicas
 }
 
 exporter() {
-  python3 -m pytest -q -s -p no:cacheprovider tests/exporter
+  pytest_suite tests/exporter
 }
 
 package() {
-  bash scripts/package.sh 15 && python3 -m pytest -q -s -p no:cacheprovider tests/package
+  bash scripts/package.sh 15 && pytest_suite tests/package
 }
 
 faults() {
-  python3 -m pytest -q -s -p no:cacheprovider tests/faults
+  pytest_suite tests/faults
 }
 
 bench_smoke() {
@@ -250,33 +193,113 @@ bench_smoke() {
   python3 bench/bench.py --smoke
 }
 
-for suite in $SUITES; do
-  case "$suite" in
-    lint) run_suite "lint (cargo fmt, cargo clippy)" lint ;;
-    pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
-    regress) install_extension; run_suite "pg_regress" regress ;;
-    security) install_extension; run_suite "security: owner, roles, cancellation (pg_regress + pytest)" security ;;
-    upgrade) install_extension; run_suite "upgrade from released versions (pytest)" upgrade ;;
-    docs) install_extension; run_suite "README SQL (pytest)" docs ;;
-    concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
-    migrators) install_extension; run_suite "real migrators raced (pytest + node)" migrators ;;
-    devkit) install_extension; run_suite "the DevKit's world-postgres on an attached table (pytest + node)" devkit ;;
-    clients) install_extension; run_suite "client examples" clients ;;
-    replicas) install_extension; run_suite "replicas and backup (pytest)" replicas ;;
-    exporter) install_extension; run_suite "Prometheus exporter scraped (pytest)" exporter ;;
-    package) install_extension; run_suite "Debian package built and installed (pytest)" package ;;
-    faults) install_extension; run_suite "faults (pytest)" faults ;;
-    bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
-    *) echo "unknown suite $suite"; exit 2 ;;
-  esac
-done
-# Leave the machine as we found it (the demo cluster is `make demo`'s).
-[ -z "$touches_pg" ] || bash scripts/cluster.sh stop >/dev/null
-echo
-if [ -z "${WFX_REPORT:-}" ]; then
-  echo "suites: $passed passed, $failed failed"
-else
-  # In a --matrix run the one summary line is the matrix's.
-  echo "PostgreSQL $PG_MAJOR: $passed of $((passed + failed)) suites passed"
+# One major: PostgreSQL $1 (empty: $PG, else scripts/pg.sh's default), suites
+# $2 (empty: every suite of that major), on its own cluster and port, with
+# its own install. Returns non-zero if a suite failed; exits (2) on an
+# unknown suite or one that runs on 15 only, and on any failure outside a
+# suite (set -e). With WFX_REPORT set, appends "major suite result seconds"
+# lines to that file, and its last line is the major's, not the summary.
+run_major() {
+  [ -z "$1" ] || export PG="$1"
+  . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
+  if [ "$PG_MAJOR" = 15 ]; then
+    SUITES="${2:-lint pgrx regress security upgrade docs concurrency migrators devkit replicas exporter package clients faults bench}"
+  else
+    SUITES="${2:-lint pgrx regress security upgrade docs concurrency migrators devkit clients bench}"
+    for s in $SUITES; do
+      if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ] || [ "$s" = package ]; then
+        # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
+        echo "test.sh: the $s suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
+        exit 2
+      fi
+    done
+  fi
+  failed=0; passed=0
+
+  # Every suite but lint installs a build into $PG_CONFIG's tree (cargo pgrx
+  # test installs its own): those, and only those, touch the clusters.
+  touches_pg=""
+  for s in $SUITES; do [ "$s" = lint ] || touches_pg=1; done
+
+  bash scripts/setup.sh
+  if [ -n "$touches_pg" ]; then
+    # Installing a new .so under a running cluster can crash its backends
+    # (SIGBUS on the replaced mapping): stop this major's project cluster
+    # first (and on 15 the fault suite's; another major's clusters run
+    # another tree's .so and are left alone).
+    bash scripts/cluster.sh stop >/dev/null
+    if [ "$PG_MAJOR" = 15 ]; then
+      WFX_PORT=54317 WFX_PGDATA="$ROOT/.pgcluster-faults" bash scripts/cluster.sh stop >/dev/null
+    fi
+  fi
+
+  for suite in $SUITES; do
+    case "$suite" in
+      lint) run_suite "lint (cargo fmt, cargo clippy)" lint ;;
+      pgrx) run_suite "cargo pgrx test (unit + #[pg_test])" pgrx_tests ;;
+      regress) install_extension; run_suite "pg_regress" regress ;;
+      security) install_extension; run_suite "security: owner, roles, cancellation (pg_regress + pytest)" security ;;
+      upgrade) install_extension; run_suite "upgrade from released versions (pytest)" upgrade ;;
+      docs) install_extension; run_suite "README SQL (pytest)" docs ;;
+      concurrency) install_extension; run_suite "concurrency (pytest)" concurrency ;;
+      migrators) install_extension; run_suite "real migrators raced (pytest + node)" migrators ;;
+      devkit) install_extension; run_suite "the DevKit's world-postgres on an attached table (pytest + node)" devkit ;;
+      clients) install_extension; run_suite "client examples" clients ;;
+      replicas) install_extension; run_suite "replicas and backup (pytest)" replicas ;;
+      exporter) install_extension; run_suite "Prometheus exporter scraped (pytest)" exporter ;;
+      package) install_extension; run_suite "Debian package built and installed (pytest)" package ;;
+      faults) install_extension; run_suite "faults (pytest)" faults ;;
+      bench) install_extension; run_suite "benchmark smoke" bench_smoke ;;
+      *) echo "unknown suite $suite"; exit 2 ;;
+    esac
+  done
+  # Leave the machine as we found it (the demo cluster is `make demo`'s).
+  [ -z "$touches_pg" ] || bash scripts/cluster.sh stop >/dev/null
+  echo
+  if [ -z "${WFX_REPORT:-}" ]; then
+    echo "suites: $passed passed, $failed failed"
+  else
+    # In a --matrix run the one summary line is the matrix's.
+    echo "PostgreSQL $PG_MAJOR: $passed of $((passed + failed)) suites passed"
+  fi
+  [ "$failed" -eq 0 ]
+}
+
+if [ "${1:-}" != --matrix ]; then
+  run_major "${PG:-}" "${WFX_SUITES:-}"
+  exit
 fi
-[ "$failed" -eq 0 ]
+
+# --matrix: run_major per major, one after the other, each in a subshell (its
+# own variables, environment and set -e: a major that fails outside a suite
+# ends there, not the matrix), each appending to one report; then the table
+# and the summary.
+majors="${2:-15 16 17 18}"
+WFX_REPORT="$(mktemp /tmp/workflow_ext_matrix.XXXXXX)"
+trap 'rm -f "$WFX_REPORT"' EXIT
+start=$SECONDS
+for m in $majors; do
+  echo; echo "######## PostgreSQL $m"
+  if [ "$m" = 15 ]; then suites="${WFX_SUITES:-}"
+  else suites="${WFX_MATRIX_SUITES:-lint pgrx regress security concurrency}"; fi
+  # Not `if ! ( … )`: set -e is off in a condition, inside the subshell too.
+  set +e
+  ( set -e; run_major "$m" "$suites" )
+  rc=$?
+  set -e
+  # A run that fails outside a suite (set-up, install, an unknown suite)
+  # still leaves a failed line.
+  if [ "$rc" -ne 0 ]; then
+    awk -v m="$m" '$1 == m && $3 != "passed"' "$WFX_REPORT" | grep -q . \
+      || echo "$m aborted FAILED 0" >> "$WFX_REPORT"
+  fi
+done
+echo
+echo "PostgreSQL  suite          result  seconds"
+awk '{ printf "%-11s %-14s %-7s %7d\n", $1, $2, $3, $4 }' "$WFX_REPORT"
+p="$(awk '$3 == "passed"' "$WFX_REPORT" | wc -l)"
+f="$(awk '$3 != "passed"' "$WFX_REPORT" | wc -l)"
+echo "majors: $majors; $((SECONDS - start)) s in all"
+echo
+echo "suites: $p passed, $f failed"
+[ "$f" -eq 0 ]

@@ -1,7 +1,7 @@
 """Races for workflow_ext.bootstrap() and CREATE EXTENSION on fresh databases.
 
-Self-contained but for the connection settings, which come from harness.py
-(used only by test_bootstrap_race.py and test_create_extension_race.py). A race opens n sessions, each on its own
+Connections, Outcome and fresh databases come from tests/lib (used only by
+test_bootstrap_race.py and test_create_extension_race.py). A race opens n sessions, each on its own
 connection and thread; every session runs up to a gate, then all are released
 at the same instant *inside PostgreSQL*: the gate is an advisory lock held
 exclusively by a gate session, each racer blocks on a shared lock on it, and
@@ -13,12 +13,9 @@ even reaches the server).
 import contextlib
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 
-import psycopg
-
-from harness import conninfo
+from lib import connection
+from lib.harness import Outcome, attempt, call, figure  # noqa: F401  (re-exported for the tests)
 
 # Template with workflow_ext installed: a trial database is a cheap copy of it.
 TEMPLATE = "wfx_boot_template"
@@ -35,40 +32,9 @@ alter table graphile_worker.migrations add column if not exists breaking boolean
 
 
 def connect(dbname):
-    return psycopg.connect(
-        **conninfo(dbname),
-        autocommit=True,  # transactions are spelled out as BEGIN/COMMIT
-        options=f"-c statement_timeout={HANG_GUARD_S}s",
-    )
-
-
-def figure(text):
-    print(f"FIGURE: {text}", flush=True)
-
-
-@dataclass
-class Outcome:
-    """What one session was told: a value, or an error's SQLSTATE + message."""
-
-    value: object = None
-    sqlstate: str = None
-    message: str = None
-    detail: str = None
-
-    @property
-    def ok(self):
-        return self.sqlstate is None
-
-    def __str__(self):
-        return f"{self.sqlstate} {self.message}"
-
-
-def call(conn, sql, params=None):
-    """One statement's first column, or its error as an Outcome."""
-    try:
-        return Outcome(value=conn.execute(sql, params).fetchone()[0])
-    except psycopg.Error as e:
-        return Outcome(sqlstate=e.sqlstate, message=e.diag.message_primary, detail=e.diag.message_detail)
+    """Autocommit (transactions are spelled out as BEGIN/COMMIT), with the
+    hang guard as statement_timeout."""
+    return connection.connect(dbname, options=f"-c statement_timeout={HANG_GUARD_S}s")
 
 
 @contextlib.contextmanager
@@ -86,18 +52,6 @@ def template_with_extension():
             admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
 
 
-@contextlib.contextmanager
-def fresh_database(admin, template, prefix="wfx_boot"):
-    """A new database copied from template, dropped afterwards."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-    try:
-        yield name
-    finally:
-        # FORCE: a failed trial may leave a session behind.
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def race(dbname, n, session):
     """Runs session(conn, gate) in n threads, one connection each; session
     calls gate() where it must wait for the others and returns its value.
@@ -107,14 +61,15 @@ def race(dbname, n, session):
         gate_conn.execute("SELECT pg_advisory_lock(%s)", (GATE_KEY,))
 
         def body(i):
-            try:
+            def on_own_connection():
                 with connect(dbname) as conn:
                     # Session-level shared lock: the racers do not block each
                     # other, and it works in or out of a transaction block.
                     gate = lambda: conn.execute("SELECT pg_advisory_lock_shared(%s)", (GATE_KEY,))
-                    results[i] = Outcome(value=session(conn, gate))
-            except psycopg.Error as e:
-                results[i] = Outcome(sqlstate=e.sqlstate, message=e.diag.message_primary)
+                    return session(conn, gate)
+
+            try:
+                results[i] = attempt(on_own_connection)
             except BaseException as e:  # a bug in the test itself
                 results[i] = e
 

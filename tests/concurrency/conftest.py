@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from harness import fresh_database
+from lib.cluster import fresh_database
 
 
 @pytest.fixture

@@ -8,13 +8,15 @@ check-then-insert (which it must catch, or it proves nothing).
 """
 
 import itertools
-import os
 import random
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import psycopg
+
+from lib import connection
+from lib.harness import call, figure  # noqa: F401  (re-exported for the tests)
 
 # A barrier that is not passed in this long means a session is stuck: fail
 # the test instead of hanging the suite (never part of a verdict).
@@ -23,45 +25,14 @@ BARRIER_TIMEOUT = 120
 SERIALIZATION_FAILURE = "40001"
 
 
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo, fresh_database  # noqa: E402,F401  (tests/pgcluster.py; re-exported)
-
-
 def connect(dbname, autocommit=True):
-    conn = psycopg.connect(**conninfo(dbname), autocommit=autocommit)
-    # Tens of thousands of one-statement commits: skip the WAL flush wait.
-    # Locking, visibility and commit order are unchanged; only crash
-    # durability (irrelevant here) is given up.
-    conn.execute("SET synchronous_commit = off")
-    # A hang guard, far above any legitimate wait in this suite.
-    conn.execute("SET statement_timeout = '120s'")
-    return conn
-
-
-def figure(text):
-    print(f"FIGURE: {text}", flush=True)
-
-
-@dataclass
-class Outcome:
-    """One call: its row on success, its SQLSTATE and DETAIL on failure."""
-
-    row: tuple = None
-    sqlstate: str = None
-    detail: str = None
-
-    @property
-    def ok(self):
-        return self.sqlstate is None
-
-
-def call(conn, sql, params=()):
-    try:
-        return Outcome(row=conn.execute(sql, params).fetchone())
-    except psycopg.Error as e:
-        return Outcome(sqlstate=e.sqlstate, detail=e.diag.message_detail)
+    """A session of this suite: lib.connection.connect, tuned for tens of
+    thousands of one-statement commits. synchronous_commit = off skips the
+    WAL flush wait (locking, visibility and commit order are unchanged; only
+    crash durability, irrelevant here, is given up); statement_timeout is a
+    hang guard far above any legitimate wait in this suite."""
+    return connection.connect(dbname, autocommit=autocommit,
+                              options="-c synchronous_commit=off -c statement_timeout=120s")
 
 
 def run_sessions(dbname, n, work, autocommit=True):

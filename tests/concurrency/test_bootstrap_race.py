@@ -22,10 +22,10 @@ from bootstrap_harness import (
     connect,
     errors_of,
     figure,
-    fresh_database,
     race,
     template_with_extension,
 )
+from lib.cluster import fresh_database
 
 SESSIONS = 16
 NAME = "graphile_worker@v1"
@@ -80,7 +80,7 @@ def run_trials(template, trials, session):
     results = []
     with connect("postgres") as admin:
         for _ in range(trials):
-            with fresh_database(admin, template) as db:
+            with fresh_database("wfx_boot", template=template, admin=admin) as db:
                 outcomes = race(db, SESSIONS, session)
                 with connect(db) as conn:
                     results.append((outcomes, graphile_installed(conn), ledger_rows(conn, NAME)))
@@ -134,7 +134,7 @@ def test_bootstrap_survives_processes_running_the_raw_ddl_alongside(boot_templat
     boot_errors, raw_errors, trues = 0, 0, Counter()
     with connect("postgres") as admin:
         for _ in range(trials):
-            with fresh_database(admin, boot_template) as db:
+            with fresh_database("wfx_boot", template=boot_template, admin=admin) as db:
                 seat = itertools.count()  # next() is atomic under the GIL
 
                 def session(conn, gate):
@@ -226,7 +226,7 @@ def test_harness_reproduces_the_failure_without_bootstrap(boot_template):
 
 def test_lock_timeout_names_the_bootstrap_and_writes_nothing(boot_template):
     slow = "select pg_sleep(3)"
-    with connect("postgres") as admin, fresh_database(admin, boot_template) as db:
+    with connect("postgres") as admin, fresh_database("wfx_boot", template=boot_template, admin=admin) as db:
         with connect(db) as a, connect(db) as b:
             a.execute("BEGIN")
             a_now = a.execute("SELECT now()").fetchone()[0]
@@ -255,17 +255,17 @@ def test_lock_timeout_names_the_bootstrap_and_writes_nothing(boot_template):
                 (a_now,),
             ).fetchone()
     figure(
-        f"lock_timeout: refused=[{refused}] waited={waited:.2f}s a={a_result['v'].value} "
-        f"retry_after_commit={retried.value} ledger_rows={rows[0]} row_is_a={rows[1]}"
+        f"lock_timeout: refused=[{refused}] waited={waited:.2f}s a={a_result['v'].value[0]} "
+        f"retry_after_commit={retried.value[0]} ledger_rows={rows[0]} row_is_a={rows[1]}"
     )
     assert refused.sqlstate == "55P03"
     assert 'bootstrap "slow@v1"' in refused.message and "lock_timeout" in refused.detail
     # B gave up after its lock_timeout: it never ran the 3 s DDL ...
     assert waited < 1.5
     # ... and the only ledger row is A's (applied_at is A's transaction time).
-    assert a_result["v"].value is True
+    assert a_result["v"].value == (True,)
     assert rows == (1, True)
-    assert retried.ok and retried.value is False
+    assert retried.ok and retried.value == (False,)
 
 
 # --- (d) a failing DDL under concurrency ------------------------------------------
@@ -279,7 +279,7 @@ def test_failing_ddl_fails_for_every_caller_and_leaves_nothing(boot_template):
 
         return session
 
-    with connect("postgres") as admin, fresh_database(admin, boot_template) as db:
+    with connect("postgres") as admin, fresh_database("wfx_boot", template=boot_template, admin=admin) as db:
         failed = race(db, SESSIONS, bootstraps("bad@v1", "create table t(a int); select 1/0"))
         with connect(db) as conn:
             table_after_failure = conn.execute("SELECT to_regclass('t') IS NOT NULL").fetchone()[0]

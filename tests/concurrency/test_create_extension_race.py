@@ -9,7 +9,8 @@ The README's recipe serializes them on the install key 1464227905.
 import time
 from collections import Counter
 
-from bootstrap_harness import connect, errors_of, figure, fresh_database, race
+from bootstrap_harness import connect, errors_of, figure, race
+from lib.cluster import fresh_database
 
 SESSIONS = 16
 TRIALS = 30
@@ -36,7 +37,7 @@ def run_trials(session):
     results = []
     with connect("postgres") as admin:
         for _ in range(TRIALS):
-            with fresh_database(admin, "template0", prefix="wfx_cext") as db:
+            with fresh_database("wfx_cext", template="template0", admin=admin) as db:
                 outcomes = race(db, SESSIONS, session)
                 with connect(db) as conn:
                     installed = conn.execute(

@@ -86,7 +86,7 @@ def test_sixteen_distinct_members_racing_a_join_of_five(db):
         db, 16, joins,
         lambda i, conn, join: harness.call(conn, ARRIVE, (RUN, join, f"item-{i}", ITEMS)))
     shapes = Counter(
-        tuple(sorted(Counter(o.row[0] if o.ok else o.sqlstate for o in outs).items(), key=str))
+        tuple(sorted(Counter(o.value[0] if o.ok else o.sqlstate for o in outs).items(), key=str))
         for outs in outcomes.values())
     with harness.connect(db) as conn:
         members = Counter(n for (n,) in conn.execute(

@@ -108,7 +108,7 @@ def test_read_committed_second_caller_waits_then_gets_first_callers_event(db):
         assert not returned_before_commit, result.get("out")
         out = result["out"]
         assert out.ok, out
-        assert out.row == (first[0], first[1], False)
+        assert out.value == (first[0], first[1], False)
         assert rows_for(t1, "step-x") == [(first[0], first[1])]
         assert harness.seq_gaps(t1) == 0
     harness.figure(f"read committed: second caller blocked by T1 ({waiting_on}) until T1 committed, "

@@ -4,7 +4,7 @@ for 4.3.7 (tests/devkit/v4) and 5.0.0-beta.29 (tests/devkit/v5), and for the
 race also 4.1.1 (tests/devkit/v411: the naive writer of the vercel/workflow#2039 report, no
 creation index at all).
 
-Every database is fresh (tests/pgcluster.py's fresh_database: CREATE EXTENSION
+Every database is fresh (tests/lib's fresh_database: CREATE EXTENSION
 workflow_ext), its schema made by the package's own bin/setup.js (drizzle
 migrations + graphile-worker's), then workflow_ext.attach(
 'workflow.workflow_events'). driver.mjs (one driver, the version directory as
@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -29,8 +28,9 @@ import uuid
 import psycopg
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo, fresh_database, setting  # noqa: E402  (tests/pgcluster.py)
+from lib.cluster import fresh_database, setting
+from lib.connection import connect
+from lib.harness import attempt, figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "driver.mjs")
@@ -52,14 +52,6 @@ INDEX = "workflow_events_entity_creation_unique"
 PACKAGE_INSERT = ('insert into "workflow"."workflow_events" ("id","type","correlation_id","created_at",'
                   '"run_id","payload","payload_cbor","spec_version") values '
                   '(%s,%s,%s,default,%s,default,%s,%s) returning "created_at"')
-
-
-def figure(text):
-    print(f"FIGURE: {text}", flush=True)
-
-
-def connect(dbname):
-    return psycopg.connect(**conninfo(dbname), autocommit=True)
 
 
 def node_env(**extra):
@@ -292,23 +284,21 @@ def seq_gaps(conn, run_ids):
 
 
 def raw_insert(conn, run_id, event_type, correlation_id):
-    """One event in the package's exact insert shape, in its own transaction;
-    returns the psycopg error (None if it was stored)."""
-    try:
+    """One event in the package's exact insert shape, in its own transaction,
+    as an Outcome (ok: it was stored)."""
+    def insert():
         with conn.transaction():
             conn.execute(PACKAGE_INSERT, [f"wevt_raw{uuid.uuid4().hex[:21].upper()}", event_type, correlation_id,
                                           run_id, None, 5])
-        return None
-    except psycopg.Error as e:
-        return e
+    return attempt(insert)
 
 
-def refused(e, sqlstate, anomaly=None):
-    """A psycopg error that is the database's refusal (SQLSTATE, and the
-    anomaly named in its DETAIL or message)."""
-    if e is None or e.sqlstate != sqlstate:
+def refused(o, sqlstate, anomaly=None):
+    """An Outcome that is the database's refusal (SQLSTATE, and the anomaly
+    named in its DETAIL or message)."""
+    if o.sqlstate != sqlstate:
         return False
-    text = f"{e.diag.message_primary or ''} {e.diag.message_detail or ''}"
+    text = f"{o.message or ''} {o.detail or ''}"
     return anomaly is None or f"anomaly: {anomaly}" in text
 
 
@@ -611,10 +601,10 @@ def test_refused_transitions_store_nothing(version, devkit_db, workdir):
         assert event_count(conn, run_id) == before
         # The same late event as a raw insert in the package's exact shape.
         e = raw_insert(conn, run_id, "step_started", "s1")
-        assert refused(e, "55000", "event_after_terminal"), (e, e and e.diag.message_detail)
+        assert refused(e, "55000", "event_after_terminal"), (e, e.detail)
         # An event for a step that was never created (in a live run).
         e = raw_insert(conn, run_b, "step_started", "never_created")
-        assert refused(e, "23503"), (e, e and e.diag.message_detail)
+        assert refused(e, "23503"), (e, e.detail)
         assert event_count(conn) == total
 
         # A step_created after run_completed.
@@ -639,7 +629,7 @@ def test_refused_transitions_store_nothing(version, devkit_db, workdir):
         figure(f"{version} the refused step_created left {orphan} workflow_steps row(s) behind "
                "(0 where the package writes the step row and its event in one transaction)")
         e = raw_insert(conn, run_id, "step_created", "s4")
-        assert refused(e, "55000", "event_after_run_terminal"), (e, e and e.diag.message_detail)
+        assert refused(e, "55000", "event_after_run_terminal"), (e, e.detail)
         assert event_count(conn, run_id) == after_completed
 
         # The stored events themselves cannot be changed.
@@ -762,15 +752,15 @@ def test_package_migration_recreating_the_index(version, devkit_db, workdir):
         run_id = out["runs"]["A"]
         attached_def = indexdef(conn)
         e = raw_insert(conn, run_id, "run_created", None)
-        assert e is not None and e.sqlstate == "23505" and e.diag.constraint_name == INDEX, e
+        assert e.sqlstate == "23505" and e.constraint == INDEX, e
         # as drizzle's migrator runs it: in one transaction
         with conn.transaction():
             conn.execute(migration)
         after = indexdef(conn)
         figure(f"{version} after re-running {mig}: index {'unchanged' if after == attached_def else 'changed'}: {after}")
         e = raw_insert(conn, run_id, "run_created", None)
-        assert e is not None and e.sqlstate == "23505" and e.diag.constraint_name == INDEX, (
-            f"a duplicate run_created after {mig}: {e!r} ({getattr(e, 'sqlstate', None)}); index now: {after}")
+        assert e.sqlstate == "23505" and e.constraint == INDEX, (
+            f"a duplicate run_created after {mig}: {e!r}; index now: {after}")
         assert "run_created" in after
         assert event_count(conn, run_id) == 2
         out = calls(version, devkit_db, [create(version, run_id, "step_created", "s1"),

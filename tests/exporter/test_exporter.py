@@ -21,8 +21,10 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CLUSTER_SH = os.path.join(ROOT, "scripts", "cluster.sh")
+from lib import harness  # noqa: E402  (after the importorskip)
+from lib.cluster import ROOT, ScriptCluster  # noqa: E402
+from lib.connection import conninfo, connect  # noqa: E402
+
 QUERIES = os.path.join(ROOT, "monitoring", "workflow_ext_queries.yaml")
 ALERTS = os.path.join(ROOT, "monitoring", "alerts.yaml")
 PORT = int(os.environ.get("WFX_EXPORTER_PG_PORT", "54360"))
@@ -43,17 +45,11 @@ def exporter_binary():
 
 
 def figure(name, value):
-    print(f"FIGURE: {name} = {value}")
+    harness.figure(f"{name} = {value}")
 
 
 # --------------------------------------------------------------------------
 # The cluster of this test
-
-def cluster_cmd(pgdata, *args, timeout=120):
-    env = dict(os.environ, WFX_PORT=str(PORT), WFX_PGDATA=pgdata, PG="15")
-    return subprocess.run(["bash", CLUSTER_SH, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
 
 @pytest.fixture(scope="module")
 def cluster(request):
@@ -63,36 +59,35 @@ def cluster(request):
     # Directly under /tmp: postgres must traverse every parent (cluster.sh
     # falls back to another directory otherwise, which we would not remove).
     pgdata = tempfile.mkdtemp(prefix="wfx_exporter_pg_", dir="/tmp")
+    own = ScriptCluster(port=PORT, pgdata=pgdata, major=15)
 
     def finalize():
         try:
-            cluster_cmd(pgdata, "stop", timeout=90)
+            own.stop(timeout=90, check=False)
         finally:
             shutil.rmtree(pgdata, ignore_errors=True)
     request.addfinalizer(finalize)
 
-    r = cluster_cmd(pgdata, "start")
+    r = own.run("start", check=False)
     assert r.returncode == 0, f"cluster.sh start failed:\n{r.stdout}\n{r.stderr}"
-    env = dict(line.split("=", 1) for line in
-               cluster_cmd(pgdata, "env", timeout=30).stdout.split() if "=" in line)
-    host = env["PGHOST"]
+    host = own.setting("PGHOST")
     assert host == pgdata, f"cluster.sh chose {host}, not {pgdata}"
+    server = own.server()
 
-    def connect(dbname="postgres", user="postgres"):
-        return psycopg.connect(host=host, port=PORT, user=user, dbname=dbname, autocommit=True,
-                               connect_timeout=10, options="-c statement_timeout=30000")
+    def connect_as(dbname="postgres", user="postgres"):
+        return connect(dbname, server, user=user, connect_timeout=10, options="-c statement_timeout=30000")
 
-    with connect() as c:
+    with connect_as() as c:
         preload = c.execute("SHOW shared_preload_libraries").fetchone()[0]
         c.execute(f'CREATE DATABASE "{DBNAME}"')
         c.execute(f"CREATE ROLE {ROLE} LOGIN")
-    with connect(DBNAME) as c:
+    with connect_as(DBNAME) as c:
         c.execute("CREATE EXTENSION workflow_ext")
         c.execute("SELECT workflow_ext.grant_access(%s, 'monitor')", (ROLE,))
         version = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'workflow_ext'").fetchone()[0]
     figure("extension version", version)
     figure("shared_preload_libraries", repr(preload))
-    return dict(host=host, connect=connect, preload="workflow_ext" in preload)
+    return dict(server=server, connect=connect_as, preload="workflow_ext" in preload)
 
 
 # --------------------------------------------------------------------------
@@ -249,7 +244,7 @@ def start_exporter(request, tmp_path_factory):
 
 def dsn(cluster, dbname=DBNAME):
     # lib/pq key=value form; host is the cluster's unix socket directory.
-    return f"host={cluster['host']} port={PORT} user={ROLE} dbname={dbname} sslmode=disable connect_timeout=10"
+    return conninfo(dbname, cluster["server"], user=ROLE, sslmode="disable", connect_timeout=10)
 
 
 def check_no_errors(samples, exporter, where):

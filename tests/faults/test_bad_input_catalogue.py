@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import conninfo
+from conftest import connect
 
 TEN_MB = '{"x": "' + "p" * (10 * 1024 * 1024) + '"}'
 INJECTION = ["x'; DROP TABLE workflow_ext.events; --", 'x"; DROP TABLE x; --', "r' OR '1'='1", "$$;--", "\\x00"]
@@ -79,7 +79,7 @@ def snapshot(c):
 
 
 def test_every_function_every_bad_input(db):
-    with psycopg.connect(conninfo(db), autocommit=True) as admin:
+    with connect(db) as admin:
         admin.execute("SELECT workflow_ext.append_event('r', NULL, 'run_created')")
         admin.execute("CREATE TABLE secret_events (id text, run_id text, type text, correlation_id text)")
         admin.execute("CREATE ROLE wfx_catalogue_app") if not admin.execute(
@@ -92,8 +92,8 @@ def test_every_function_every_bad_input(db):
             admin.execute("SELECT workflow_ext.grant_access('wfx_catalogue_app', %s)", (access,))
         before = snapshot(admin)
     tried, codes, wrote_on_error = 0, {}, []
-    with psycopg.connect(conninfo(db), autocommit=True) as c, \
-            psycopg.connect(conninfo(db), autocommit=True) as watcher:
+    with connect(db) as c, \
+            connect(db) as watcher:
         c.execute("SET ROLE wfx_catalogue_app")
         for name, (sql, slots, valid) in FUNCTIONS.items():
             for i, slot in enumerate(slots):
@@ -113,7 +113,7 @@ def test_every_function_every_bad_input(db):
                             wrote_on_error.append((name, slot, repr(bad)[:40]))
                     codes[outcome] = codes.get(outcome, 0) + 1
                     assert c.execute("SELECT 1").fetchone() == (1,), "backend died"
-    with psycopg.connect(conninfo(db), autocommit=True) as admin:
+    with connect(db) as admin:
         after = snapshot(admin)
         admin.execute("DROP OWNED BY wfx_catalogue_app")
         admin.execute("DROP ROLE wfx_catalogue_app")
@@ -137,7 +137,7 @@ ATTACH_SOURCES = [None, "no_such_table", *INJECTION, "workflow_ext.events_pkey",
 
 
 def test_attach_and_detach_bad_input(db):
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         c.execute("CREATE TABLE bad_seq_events (id text, run_id text, type text, correlation_id text, seq text)")
         c.execute("CREATE TABLE broken_events (id text, run_id text, type text, correlation_id text)")
         c.execute("INSERT INTO broken_events VALUES ('e1', 'r', 'step_started', 's')")
@@ -187,7 +187,7 @@ def test_replay_fuzz(db, budget_seconds):
     corrs = ["s1", "s2", "w1", "h1", None, "", "x" * 400, "ü🙂", "'; DROP TABLE t; --"]
     runs = calls = 0
     deadline = time.time() + budget_seconds
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         c.execute("CREATE TABLE fuzz_events (id varchar, type varchar, correlation_id varchar, "
                   "created_at timestamp DEFAULT now(), run_id varchar, seq bigint)")
         while time.time() < deadline:
@@ -243,7 +243,7 @@ def test_bootstrap_refuses_transaction_control_and_copy(db):
     XX000 "SPI error: Transaction"), nothing of the DDL is applied, no ledger
     row is written, and the name can then be applied with a runnable DDL."""
     problems, outcomes = [], {}
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         for name, ddl in BOOTSTRAP_REFUSED:
             try:
                 got = c.execute("SELECT workflow_ext.bootstrap(%s, %s)", (name, ddl)).fetchone()[0]
@@ -314,7 +314,7 @@ def test_extreme_and_odd_seqs_are_findings_not_errors(db):
     i64::MAX nothing fits). One bad run does not stop scan from reporting
     the runs after it."""
     problems, replayed = [], {}
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         c.execute("CREATE TABLE odd_seq (id varchar PRIMARY KEY, type varchar, correlation_id varchar, "
                   "created_at timestamp DEFAULT now(), run_id varchar, seq bigint)")
         with c.cursor() as cur:
@@ -372,7 +372,7 @@ def test_auditor_refuses_what_the_writer_refuses(db):
     run of its own, never merged with the run whose id is ''."""
     long_id, utf8_long = "x" * 300, "\u00fc" * 125  # 300 and 250 bytes (+ prefixes below)
     problems, seen = [], {}
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         devkit = ("(id varchar PRIMARY KEY, type varchar, correlation_id varchar, "
                   "created_at timestamp DEFAULT now(), run_id varchar{})")
         c.execute("CREATE TABLE bad_ids " + devkit.format(""))

@@ -8,13 +8,9 @@ import time
 import psycopg
 import pytest
 
-from conftest import conninfo
+from conftest import connect
 
 RUNS = 8
-
-
-def connect(db, **kw):
-    return psycopg.connect(conninfo(db), autocommit=True, **kw)
 
 
 def check_log(db):
@@ -49,7 +45,7 @@ def test_killed_session_holding_the_run_lock(db):
     with connect(db) as c:
         c.execute("SELECT workflow_ext.append_event('r', NULL, 'run_created')")
         c.execute("SELECT workflow_ext.append_event('r', NULL, 'run_started')")
-    victim = psycopg.connect(conninfo(db))
+    victim = connect(db, autocommit=False)
     victim.execute("SELECT workflow_ext.append_suspension_event('r', 'victim', 'step_created')")
     pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]  # still in its transaction
     results, errors = [], []
@@ -124,11 +120,11 @@ def test_crash_under_load_loses_nothing_acknowledged(db, server):
         for t in threads:
             t.start()
         time.sleep(2.0)
-        server("stop", "immediate")
+        server.stop("immediate")
         stop.set()
         for t in threads:
             t.join(30)
-        server("start")
+        server.start()
         with connect(db) as c:
             found = {r[0] for r in c.execute("SELECT id FROM workflow_ext.events")}
         lost = [e for e in acked if e not in found]
@@ -148,7 +144,7 @@ def test_crash_under_load_loses_nothing_acknowledged(db, server):
 def test_timeout_waiting_on_a_busy_run_writes_nothing(db, setting, code):
     with connect(db) as c:
         c.execute("SELECT workflow_ext.append_event('busy', NULL, 'run_created')")
-    holder = psycopg.connect(conninfo(db))
+    holder = connect(db, autocommit=False)
     holder.execute("SELECT workflow_ext.append_suspension_event('busy', 'held', 'step_created')")
     with connect(db) as w:
         w.execute(f"SET {setting} = '200ms'")

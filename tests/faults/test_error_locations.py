@@ -5,7 +5,7 @@ each naming the Rust function that raised it."""
 import psycopg
 import pytest
 
-from conftest import conninfo
+from conftest import connect
 
 # (SQL that fails, SQLSTATE, the function expected in LOCATION)
 CASES = [
@@ -26,7 +26,7 @@ CASES = [
 
 def test_each_error_reports_its_own_site(db):
     seen = {}
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         for sql, state, function in CASES:
             with pytest.raises(psycopg.Error) as err:
                 c.execute(sql)

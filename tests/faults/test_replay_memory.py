@@ -16,12 +16,11 @@ Both sources are DevKit-shaped tables that nothing checks (no trigger):
 one run of 2,000,000 events for replay (no seq column: replayed in id
 order), 20,000 runs of 100 events each for scan (with a seq column)."""
 import time
-import uuid
 
-import psycopg
 import pytest
 
-from conftest import conninfo
+from conftest import FAULTS, connect
+from lib.cluster import fresh_database
 
 EVENTS = 2_000_000
 SCAN_RUNS = 20_000
@@ -56,12 +55,14 @@ def memdb(server):
     """One database for both measurements, its two big tables built with
     a few INSERT … SELECT generate_series (no index but the primary key,
     added after the load)."""
-    name = f"wfx_fault_mem_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(conninfo("postgres"), autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
+    with fresh_database("wfx_fault_mem", server=FAULTS.server()) as name:
+        yield build(name)
+
+
+def build(name):
+    """memdb's tables, in database `name` (which it returns)."""
     t0 = time.time()
-    with psycopg.connect(conninfo(name), autocommit=True) as c:
-        c.execute("CREATE EXTENSION workflow_ext")
+    with connect(name) as c:
         c.execute("SET max_parallel_maintenance_workers = 0")
         c.execute(f"CREATE TABLE mem_tiny ({DEVKIT_COLUMNS}, seq bigint)")
         c.execute("INSERT INTO mem_tiny (id, type, correlation_id, run_id, seq) "
@@ -84,9 +85,7 @@ def memdb(server):
     print(f"FIGURE: memory test tables: replay source {EVENTS:,} events in one run ({sizes[0]}), "
           f"scan source {SCAN_RUNS * SCAN_RUN_EVENTS:,} events in {SCAN_RUNS:,} runs ({sizes[1]}), "
           f"built in {time.time() - t0:.1f} s", flush=True)
-    yield name
-    with psycopg.connect(conninfo("postgres"), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return name
 
 
 def vm_hwm_kb(pid):
@@ -103,7 +102,7 @@ def vm_hwm_kb(pid):
 def peak_growth(db, table, sql):
     """(growth of the backend's VmHWM in kB, seconds, result) for one query
     reading `table`, on a fresh, warmed-up connection."""
-    with psycopg.connect(conninfo(db), autocommit=True) as c:
+    with connect(db) as c:
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         for w in WARM_UP:
             c.execute(w.format(table=table))

@@ -22,7 +22,7 @@ kill     a process that began is killed mid-migration (SIGKILL of the client;
 Sizes: WFX_MIG_PROCESSES (default 16) processes x WFX_MIG_DATABASES (default 10)
 fresh databases per migrator and mode. Connection: PGHOST / PGPORT / PGUSER
 from the environment (scripts/test.sh sets them), else the project cluster's
-(`scripts/cluster.sh env`), as in tests/concurrency/harness.py.
+(`scripts/cluster.sh env`): tests/lib/cluster.py.
 """
 
 import functools
@@ -31,13 +31,11 @@ import os
 import shutil
 import subprocess
 
-import psycopg
 import pytest
 
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo, setting  # noqa: E402  (tests/pgcluster.py)
+from lib.cluster import setting
+from lib.connection import connect
+from lib.harness import figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -54,14 +52,6 @@ def node_env():
     for k in ("PGHOST", "PGPORT", "PGUSER"):
         env[k] = setting(k)
     return env
-
-
-def connect(dbname):
-    return psycopg.connect(**conninfo(dbname), autocommit=True)
-
-
-def figure(text):
-    print(f"FIGURE: {text}", flush=True)
 
 
 def run_node(script, *args, timeout):

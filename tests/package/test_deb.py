@@ -26,8 +26,7 @@ import tempfile
 import psycopg
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CLUSTER_SH = os.path.join(ROOT, "scripts", "cluster.sh")
+from lib.cluster import ROOT, ScriptCluster, pg_setting
 PORT = 54370
 MAJOR = "15"
 NAME = f"postgresql-{MAJOR}-workflow-ext"
@@ -42,7 +41,7 @@ def run(*cmd, timeout=300, check=True):
 
 
 def pg_config(flag):
-    cfg = run("bash", os.path.join(ROOT, "scripts", "pg.sh"), "get", "PG_CONFIG").stdout.strip()
+    cfg = pg_setting("PG_CONFIG")
     return run(cfg, flag).stdout.strip()
 
 
@@ -115,21 +114,13 @@ def cluster():
         if s.connect_ex(("127.0.0.1", PORT)) == 0:
             pytest.fail(f"port {PORT} is taken")
     pgdata = tempfile.mkdtemp(prefix="wfx_pkg_pg_", dir="/tmp")
-    env = dict(os.environ, WFX_PORT=str(PORT), WFX_PGDATA=pgdata, PG=MAJOR)
-
-    def cmd(*args):
-        return subprocess.run(["bash", CLUSTER_SH, *args], env=env, capture_output=True, text=True, timeout=120)
-
+    own = ScriptCluster(port=PORT, pgdata=pgdata, major=MAJOR)
     try:
-        r = cmd("start")
+        r = own.run("start", check=False)
         assert r.returncode == 0, r.stderr
-        host = dict(kv.split("=", 1) for kv in cmd("env").stdout.split() if "=" in kv)["PGHOST"]
-
-        def connect(db="postgres"):
-            return psycopg.connect(host=host, port=PORT, user="postgres", dbname=db, autocommit=True)
-        yield connect
+        yield own.connect
     finally:
-        cmd("stop")
+        own.stop(check=False)
         shutil.rmtree(pgdata, ignore_errors=True)
 
 

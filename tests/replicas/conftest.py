@@ -9,27 +9,19 @@ clusters fit on a small machine."""
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 
-import psycopg
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+from lib.cluster import ROOT, as_pg, bin_dir  # noqa: F401  (as_pg: re-exported for the tests)
+from lib.connection import conninfo, connect, server_conninfo
+
 # The binaries of scripts/pg.sh (PostgreSQL 15, Debian's, unless PG says
 # otherwise): the one place that names them.
-BIN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "pg.sh"), "get", "PG_BIN"],
-                     capture_output=True, text=True, check=True).stdout.strip()
+BIN = bin_dir()
 PORTS = range(54350, 54360)
 STOP_TIMEOUT = 60  # seconds, every pg_ctl wait
-
-
-def as_pg(*args, timeout=120, check=True):
-    """Run a command as the postgres OS user (initdb and postgres refuse root)."""
-    cmd = list(args) if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *args]
-    env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, env=env)
 
 
 def port_free(port):
@@ -102,10 +94,10 @@ class Cluster:
 
     # -- connections ----------------------------------------------------------
     def conninfo(self, db="postgres"):
-        return f"host={self.dir} port={self.port} user=postgres dbname={db}"
+        return conninfo(db, server_conninfo(self.dir, self.port))
 
     def connect(self, db="postgres", autocommit=True):
-        return psycopg.connect(self.conninfo(db), autocommit=autocommit, connect_timeout=10)
+        return connect(db, server_conninfo(self.dir, self.port), autocommit=autocommit, connect_timeout=10)
 
     def sql(self, query, params=None, db="postgres"):
         with self.connect(db) as c:

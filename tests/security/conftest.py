@@ -1,13 +1,10 @@
 """A fresh database with workflow_ext per test, dropped afterwards."""
 
-import os
 import re
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import fresh_database  # noqa: E402  (tests/pgcluster.py)
+from lib.cluster import fresh_database
 
 
 @pytest.fixture

@@ -7,21 +7,15 @@ may not make, which crosses Rust frames) must reach the client as
 PostgreSQL wrote it: no stack trace in DETAIL or anywhere else."""
 import os
 import shutil
-import subprocess
 import tempfile
 
 import psycopg
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = subprocess.run(["bash", os.path.join(ROOT, "scripts", "pg.sh"), "get", "PG_BIN"],
-                     capture_output=True, text=True, check=True).stdout.strip()
+from lib.cluster import as_pg, bin_dir
+from lib.connection import connect, server_conninfo
+
 PORT = 54361
-
-
-def as_pg(*args, env=None):
-    cmd = list(args) if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -29,26 +23,26 @@ def server():
     base = tempfile.mkdtemp(prefix="wfx_backtrace_")
     shutil.chown(base, "postgres", "postgres")
     data = os.path.join(base, "data")
-    as_pg(f"{BIN}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
+    as_pg(f"{bin_dir()}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")
     env = dict(os.environ, RUST_BACKTRACE="1", RUST_LIB_BACKTRACE="1")
-    as_pg(f"{BIN}/pg_ctl", "-D", data, "-l", os.path.join(base, "server.log"), "-w", "-t", "60",
+    as_pg(f"{bin_dir()}/pg_ctl", "-D", data, "-l", os.path.join(base, "server.log"), "-w", "-t", "60",
           "-o", f"-p {PORT} -k {base} -c listen_addresses='' -c shared_buffers=32MB", "start", env=env)
     try:
-        yield dict(host=base, port=PORT, user="postgres")
+        yield server_conninfo(base, PORT)
     finally:
-        as_pg(f"{BIN}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        as_pg(f"{bin_dir()}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_no_backtrace_in_errors(server):
-    with psycopg.connect(**server, dbname="postgres", autocommit=True) as c:
+    with connect("postgres", server) as c:
         c.execute("CREATE EXTENSION workflow_ext")
         c.execute("CREATE TABLE private_log (id text, run_id text, type text, correlation_id text)")
         c.execute("DROP ROLE IF EXISTS wfx_bt_reader")
         c.execute("CREATE ROLE wfx_bt_reader LOGIN")
         c.execute("SELECT workflow_ext.grant_access('wfx_bt_reader', 'reader')")
     try:
-        with psycopg.connect(**dict(server, user="wfx_bt_reader"), dbname="postgres", autocommit=True) as c:
+        with connect("postgres", server, user="wfx_bt_reader") as c:
             for sql in ["SELECT * FROM workflow_ext.replay('r', 'private_log')",
                         "SELECT * FROM workflow_ext.scan('private_log')"]:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
@@ -58,6 +52,6 @@ def test_no_backtrace_in_errors(server):
                                                  diag.message_hint, diag.context) if x)
                 assert "backtrace" not in told.lower() and ".rs:" not in told, told
     finally:
-        with psycopg.connect(**server, dbname="postgres", autocommit=True) as c:
+        with connect("postgres", server) as c:
             c.execute("DROP OWNED BY wfx_bt_reader")
             c.execute("DROP ROLE wfx_bt_reader")

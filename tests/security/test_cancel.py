@@ -18,7 +18,9 @@ import time
 
 import psycopg
 import pytest
-from pgcluster import conninfo
+
+from lib.connection import connect
+from lib.harness import figure
 
 # Elements of the calibration call and of the cancelled call: both one run's
 # log of distinct steps, each created then started (so every step is an
@@ -52,14 +54,6 @@ def timed(conn, sql, params):
     start = time.monotonic()
     conn.execute(sql, params).fetchone()
     return time.monotonic() - start
-
-
-def figure(text):
-    print(f"FIGURE: {text}", flush=True)
-
-
-def connect(dbname):
-    return psycopg.connect(**conninfo(dbname), autocommit=True)
 
 
 @pytest.fixture

@@ -14,20 +14,17 @@ scripts; without the repository's git history (a tarball, a shallow clone)
 the test fails and says so.
 """
 
+import contextlib
 import hashlib
-import os
 import pathlib
 import re
 import subprocess
 import uuid
 
-import psycopg
 import pytest
 
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo  # noqa: E402  (tests/pgcluster.py)
+from lib.cluster import fresh_database
+from lib.connection import connect
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SQL = ROOT / "sql"
@@ -107,25 +104,12 @@ def current_version():
     return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
 
 
-def connect(dbname):
-    return psycopg.connect(**conninfo(dbname), autocommit=True)
-
-
 @pytest.fixture
 def fresh_db():
-    made = []
-
-    def make():
-        name = f"wfx_upgrade_{uuid.uuid4().hex[:8]}"
-        with connect("postgres") as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return name
-
-    yield make
-    with connect("postgres") as admin:
-        for name in made:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """make() -> the name of a new database without the extension (each test
+    installs the version it needs); all dropped after the test."""
+    with contextlib.ExitStack() as made:
+        yield lambda: made.enter_context(fresh_database("wfx_upgrade", extension=False))
 
 
 # One row per extension member: (kind, identity, description). The

@@ -35,14 +35,5 @@ SELECT seq, type, correlation_id FROM workflow_ext.events WHERE run_id = 'ao-run
 -- A duplicate creation's 23505 carries the index's name in its constraint
 -- field, through append_event as through a plain INSERT (clients such as
 -- world-postgres match on it).
-CREATE FUNCTION constraint_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE c text; t text; s text;
-BEGIN
-  EXECUTE stmt;
-  RETURN 'no error';
-EXCEPTION WHEN unique_violation THEN
-  GET STACKED DIAGNOSTICS c = CONSTRAINT_NAME, t = TABLE_NAME, s = SCHEMA_NAME;
-  RETURN format('%s.%s: %s', s, t, c);
-END $$;
-SELECT constraint_of($$SELECT workflow_ext.append_event('ao-run', 's1', 'step_created')$$);
-SELECT constraint_of($$INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('ao-run', 's1', 'step_created')$$);
+SELECT try($$SELECT workflow_ext.append_event('ao-run', 's1', 'step_created')$$, 'constraint');
+SELECT try($$INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('ao-run', 's1', 'step_created')$$, 'constraint');

@@ -1,24 +1,16 @@
 -- One active owner per hook token, database-wide (issue #14).
--- A helper that shows the SQLSTATE and the constraint an error names.
-CREATE FUNCTION try_constraint(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE c text;
-BEGIN
-  EXECUTE stmt;
-  RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-  GET STACKED DIAGNOSTICS c = CONSTRAINT_NAME;
-  RETURN SQLSTATE || ' ' || coalesce(nullif(c, ''), '-') || ': ' || SQLERRM;
-END $$;
+-- try(stmt, 'constraint') (fixture_extension) shows the SQLSTATE and the
+-- constraint an error names.
 SELECT (workflow_ext.append_event(r, NULL, 'run_created')).seq FROM unnest(ARRAY['tok_a', 'tok_b', 'tok_c']) r;
 SELECT (workflow_ext.append_event(r, NULL, 'run_started')).seq FROM unnest(ARRAY['tok_a', 'tok_b', 'tok_c']) r;
 -- Run a takes token T.
 SELECT inserted FROM workflow_ext.append_suspension_event('tok_a', 'hook_1', 'hook_created', '{"token": "T"}');
 -- Every write path of another run is refused with 23505 on the token's constraint.
-SELECT try_constraint($$SELECT workflow_ext.append_event('tok_b', 'hook_1', 'hook_created', '{"token": "T"}')$$);
-SELECT try_constraint($$INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) VALUES ('tok_b', 'hook_1', 'hook_created', '{"token": "T"}')$$);
-SELECT try_constraint($$SELECT workflow_ext.append_suspension_event('tok_b', 'hook_1', 'hook_created', '{"token": "T"}')$$);
+SELECT try($$SELECT workflow_ext.append_event('tok_b', 'hook_1', 'hook_created', '{"token": "T"}')$$, 'constraint');
+SELECT try($$INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) VALUES ('tok_b', 'hook_1', 'hook_created', '{"token": "T"}')$$, 'constraint');
+SELECT try($$SELECT workflow_ext.append_suspension_event('tok_b', 'hook_1', 'hook_created', '{"token": "T"}')$$, 'constraint');
 -- So does a second hook of the same run.
-SELECT try_constraint($$SELECT workflow_ext.append_event('tok_a', 'hook_2', 'hook_created', '{"token": "T"}')$$);
+SELECT try($$SELECT workflow_ext.append_event('tok_a', 'hook_2', 'hook_created', '{"token": "T"}')$$, 'constraint');
 -- Nothing was written for the losers; the loser records the DevKit's outcome.
 SELECT count(*) AS hook_rows_b FROM workflow_ext.events WHERE run_id = 'tok_b';
 SELECT seq FROM workflow_ext.append_event('tok_b', 'hook_1', 'hook_conflict', '{"token": "T"}');
@@ -77,9 +69,9 @@ RESET client_min_messages;
 CREATE ROLE wfx_tok;
 SELECT workflow_ext.grant_access('wfx_tok', 'writer');
 SET ROLE wfx_tok;
-SELECT try_constraint($$SELECT * FROM workflow_ext.hook_tokens$$);
-SELECT try_constraint($$DELETE FROM workflow_ext.hook_tokens$$);
-SELECT try_constraint($$SELECT workflow_ext.rebuild_hook_tokens()$$);
+SELECT try($$SELECT * FROM workflow_ext.hook_tokens$$, 'constraint');
+SELECT try($$DELETE FROM workflow_ext.hook_tokens$$, 'constraint');
+SELECT try($$SELECT workflow_ext.rebuild_hook_tokens()$$, 'constraint');
 RESET ROLE;
 DROP OWNED BY wfx_tok;
 DROP ROLE wfx_tok;

@@ -1,5 +1,5 @@
--- The extension installs into schema workflow_ext with the objects below.
-CREATE EXTENSION workflow_ext;
+-- The extension (installed by fixture_extension) lives in schema workflow_ext
+-- with the objects below.
 SELECT extname, extversion, extrelocatable, n.nspname
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
  WHERE extname = 'workflow_ext';
@@ -27,15 +27,6 @@ SELECT tgname, tgenabled FROM pg_trigger
 -- instead) or set planner options; who runs as definer.
 SELECT p.proname, p.prosecdef, p.proconfig
   FROM pg_proc p WHERE p.pronamespace = 'workflow_ext'::regnamespace ORDER BY 1;
--- A helper for the following tests: runs a statement, returns its SQLSTATE
--- and message instead of failing.
-CREATE FUNCTION try(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-  EXECUTE stmt;
-  RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-  RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 -- Event ids: wevt_ + 26 Crockford base32 characters, monotonic in a session.
 SELECT workflow_ext.new_event_id() ~ '^wevt_[0-9A-HJKMNP-TV-Z]{26}$' AS well_formed;
 SELECT bool_and(a < b) AS monotonic FROM (

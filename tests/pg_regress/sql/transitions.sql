@@ -14,18 +14,8 @@ CREATE FUNCTION both_logs(run text, corr text, t text) RETURNS void LANGUAGE sql
   INSERT INTO dk.workflow_events (id, run_id, correlation_id, type, spec_version)
   VALUES (workflow_ext.new_event_id(), run, corr, t, 3);
 $$;
-
-CREATE FUNCTION probe(stmt text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE detail text;
-BEGIN
-  EXECUTE stmt;
-  RAISE EXCEPTION USING ERRCODE = 'P0099';  -- undo a success, too
-EXCEPTION
-  WHEN SQLSTATE 'P0099' THEN RETURN 'ok';
-  WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
-    RETURN SQLSTATE || coalesce(' ' || substring(detail FROM 'anomaly: (\w+)'), '');
-END $$;
+-- Each attempt: try(stmt, 'anomaly', undo => true) (fixture_extension), the
+-- SQLSTATE and the anomaly named, every attempt rolled back.
 
 -- Runs in every state (m-none has no run_created at all).
 SELECT count(*) FROM (
@@ -39,10 +29,10 @@ SELECT both_logs('m-failed', NULL, 'run_failed');
 SELECT both_logs('m-cancelled', NULL, 'run_cancelled');
 
 SELECT r.run AS run_state, t AS event,
-       probe(format('SELECT workflow_ext.append_event(%L, NULL, %L)', 'm-' || r.run, t)) AS via_function,
-       probe(format('INSERT INTO workflow_ext.events (run_id, type) VALUES (%L, %L)', 'm-' || r.run, t)) AS via_insert,
-       probe(format('INSERT INTO dk.workflow_events (id, run_id, type) VALUES (%L, %L, %L)',
-                    workflow_ext.new_event_id(), 'm-' || r.run, t)) AS via_attached
+       try(format('SELECT workflow_ext.append_event(%L, NULL, %L)', 'm-' || r.run, t), 'anomaly', undo => true) AS via_function,
+       try(format('INSERT INTO workflow_ext.events (run_id, type) VALUES (%L, %L)', 'm-' || r.run, t), 'anomaly', undo => true) AS via_insert,
+       try(format('INSERT INTO dk.workflow_events (id, run_id, type) VALUES (%L, %L, %L)',
+                    workflow_ext.new_event_id(), 'm-' || r.run, t), 'anomaly', undo => true) AS via_attached
   FROM unnest(ARRAY['none','pending','running','completed','failed','cancelled']) WITH ORDINALITY r(run, o),
        unnest(ARRAY['run_created','run_started','run_completed','run_failed','run_cancelled','attr_set','noop']) t
  ORDER BY r.o, t;
@@ -77,10 +67,10 @@ BEGIN
 END $$;
 
 SELECT r AS run, e.corr AS entity, t AS event,
-       probe(format('SELECT workflow_ext.append_event(%L, %L, %L)', r, e.corr, t)) AS via_function,
-       probe(format('INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES (%L, %L, %L)', r, e.corr, t)) AS via_insert,
-       probe(format('INSERT INTO dk.workflow_events (id, run_id, correlation_id, type) VALUES (%L, %L, %L, %L)',
-                    workflow_ext.new_event_id(), r, e.corr, t)) AS via_attached
+       try(format('SELECT workflow_ext.append_event(%L, %L, %L)', r, e.corr, t), 'anomaly', undo => true) AS via_function,
+       try(format('INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES (%L, %L, %L)', r, e.corr, t), 'anomaly', undo => true) AS via_insert,
+       try(format('INSERT INTO dk.workflow_events (id, run_id, correlation_id, type) VALUES (%L, %L, %L, %L)',
+                    workflow_ext.new_event_id(), r, e.corr, t), 'anomaly', undo => true) AS via_attached
   FROM unnest(ARRAY['e-live', 'e-done']) r,
        (SELECT corr FROM entity_setup UNION ALL SELECT unnest(ARRAY['step-none','wait-none','hook-none','attr-none'])) e,
        unnest(enum_range(NULL::workflow_ext.event_type)::text[]) t

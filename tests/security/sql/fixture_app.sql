@@ -1,6 +1,6 @@
--- Fixture for every file of this suite: the extension, the roles, and a
--- DevKit-shaped table owned by the application's role (NOSUPERUSER), which
--- runs its own migrations, as world-postgres does.
+-- Fixture for every later file of this suite (schedule): the extension, the
+-- roles, and a DevKit-shaped table owned by the application's role
+-- (NOSUPERUSER), which runs its own migrations, as world-postgres does.
 \set SHOW_CONTEXT never
 -- Roles are cluster-wide: a run that stopped half way left them behind.
 SET client_min_messages = warning;
@@ -32,13 +32,4 @@ INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) VALUES
 RESET SESSION AUTHORIZATION;
 -- The administrator attaches it (a superuser, as the README says).
 SELECT workflow_ext.attach('workflow.workflow_events') AS numbered;
- numbered 
-----------
-        3
-(1 row)
-
 SELECT * FROM superusers;
- rolname 
----------
-(0 rows)
-
