@@ -80,10 +80,8 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
-import sys
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pgcluster import conninfo, fresh_database  # noqa: E402  (tests/pgcluster.py)
+from lib import connection
+from lib.cluster import fresh_database
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -124,8 +122,7 @@ STATEMENT_TIMEOUT = "60s"
 # -- Connection ------------------------------------------------------------------
 
 def connect(dbname):
-    return psycopg.connect(**conninfo(dbname), autocommit=True,
-                           options=f"-c statement_timeout={STATEMENT_TIMEOUT}")
+    return connection.connect(dbname, options=f"-c statement_timeout={STATEMENT_TIMEOUT}")
 
 
 # -- Reading a page ----------------------------------------------------------------

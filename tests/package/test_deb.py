@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from lib.cluster import ROOT, ScriptCluster, pg_setting
+from lib.released import RELEASED, installed_released_scripts
 PORT = 54370
 MAJOR = "15"
 NAME = f"postgresql-{MAJOR}-workflow-ext"
@@ -148,14 +149,18 @@ def test_deb_installs_on_a_machine_without_the_source_build(without_source_build
         seqs = [r[0] for r in c.execute("SELECT seq FROM workflow_ext.events WHERE run_id = 'r' ORDER BY seq")]
         assert seqs == [1, 2, 3, 4, 5]
         assert c.execute("SELECT count(*) FROM workflow_ext.scan()").fetchone()[0] == 0
-    with cluster("wfx_pkg_old") as c:
-        c.execute("CREATE EXTENSION workflow_ext VERSION '0.1.0'")
+    # The package ships the upgrade scripts, not old install scripts: a
+    # database made by the last release (its script from git history, put
+    # in place for this step and removed after) is updated by them.
+    last_release = max(RELEASED, key=lambda v: tuple(int(n) for n in v.split(".")))
+    with cluster("wfx_pkg_old") as c, installed_released_scripts(c, [last_release]):
+        c.execute(f"CREATE EXTENSION workflow_ext VERSION '{last_release}'")
         c.execute("SELECT workflow_ext.append_event('r', NULL, 'run_created')")
         c.execute("ALTER EXTENSION workflow_ext UPDATE")
         assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'workflow_ext'").fetchone()[0] == version()
         assert c.execute("SELECT seq FROM workflow_ext.append_event('r', NULL, 'run_started')").fetchone()[0] == 2
     print(f"FIGURE: dpkg -i {os.path.basename(deb_path())} on a tree without the source build: "
-          f"CREATE EXTENSION {version()}, 5 appends, a late step refused (55000), 0.1.0 updated to {version()}",
+          f"CREATE EXTENSION {version()}, 5 appends, a late step refused (55000), {last_release} updated to {version()}",
           flush=True)
 
     with cluster() as c:
