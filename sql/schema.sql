@@ -4,7 +4,8 @@
 
 -- The full event vocabulary of the Workflow DevKit, spec 3 (4.x) and spec
 -- 5+ (attr_set, noop). Order matters only for display; the Rust side
--- (src/rules/lifecycle.rs, EventType::ALL) lists the same.
+-- (src/rules/lifecycle.rs, EventType::ALL) lists the same, in this order (a
+-- pg_test in src/write/append.rs compares them).
 CREATE TYPE workflow_ext.event_type AS ENUM (
     'run_created', 'run_started', 'run_completed', 'run_failed', 'run_cancelled',
     'step_created', 'step_started', 'step_retrying', 'step_completed', 'step_failed',

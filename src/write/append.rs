@@ -179,7 +179,22 @@ fn checked_event_type(r#type: Option<&str>) -> &'static str {
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
+    use crate::rules::lifecycle::EventType;
     use pgrx::prelude::*;
+
+    /// The SQL enum `workflow_ext.event_type` (sql/schema.sql, which cannot
+    /// ask Rust) holds exactly the Rust vocabulary, in its order.
+    #[pg_test]
+    fn the_sql_event_type_enum_is_the_rust_vocabulary() {
+        let labels = Spi::get_one::<Vec<String>>(
+            "SELECT pg_catalog.array_agg(e::text ORDER BY e) \
+               FROM pg_catalog.unnest(pg_catalog.enum_range(NULL::workflow_ext.event_type)) e",
+        )
+        .unwrap()
+        .unwrap();
+        let rust: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(labels, rust);
+    }
 
     fn suspend(run: &str, corr: Option<&str>, t: &str) -> (String, i64, bool) {
         Spi::connect(|c| {
