@@ -82,6 +82,14 @@ CREATE FUNCTION workflow_ext.check_log_columns(log regclass, attaching boolean) 
     LANGUAGE c STABLE SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'check_log_columns_wrapper';
 
+-- The seq attach gives an existing row of `log`: its position among its
+-- run's rows by id (src/features/attach.rs). Called by attach's table
+-- rewrite only; `numbering` tells one attach from the next. Internal.
+CREATE FUNCTION workflow_ext.seq_in_run(log oid, run_index oid, numbering bigint, run_id text, id text)
+RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'seq_in_run_wrapper';
+
 -- Runs one of attach's statements on the table as the table's owner, with
 -- SECURITY_RESTRICTED_OPERATION (src/pg/owner.rs): whatever code the owner
 -- attached to the table runs with the owner's rights. Internal.
@@ -224,6 +232,10 @@ DECLARE
     seq_added boolean := false;
     def text;
     clock text;
+    owner_role oid;
+    run_index oid;
+    grant_usage boolean;
+    grant_execute boolean;
 BEGIN
     IF log IS NULL OR accept_existing IS NULL THEN
         RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
@@ -279,9 +291,50 @@ BEGIN
     -- owner chose.
     IF seq_type IS NULL THEN
         PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ADD COLUMN seq bigint', log));
-        numbered := workflow_ext.execute_as_owner(log, format(
-            'UPDATE %1$s t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER '
-            '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log));
+        -- Numbered by a table rewrite that computes each row's seq
+        -- (seq_in_run, src/features/attach.rs): every row written once and
+        -- the indexes rebuilt in bulk. It reads each run's ids from an
+        -- index on run_id, and in READ COMMITTED sees what the rewrite sees;
+        -- without those, an UPDATE numbers the rows (a second version of
+        -- each row and an entry in every index: several times slower).
+        SELECT i.indexrelid INTO run_index
+          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
+               JOIN pg_attribute a ON a.attrelid = log AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = log AND a.attname = 'run_id' AND am.amname = 'btree'
+           AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indisvalid AND i.indisready
+         ORDER BY i.indnatts, i.indexrelid LIMIT 1;
+        IF current_setting('transaction_isolation') = 'read committed' AND run_index IS NOT NULL THEN
+            -- The rewrite runs as the table's owner, who may lack the
+            -- schema and the function: granted for this statement only
+            -- (and rolled back with it on any error).
+            SELECT c.relowner INTO owner_role FROM pg_class c WHERE c.oid = log;
+            grant_usage := NOT has_schema_privilege(owner_role, 'workflow_ext', 'USAGE');
+            grant_execute := NOT has_function_privilege(owner_role,
+                'workflow_ext.seq_in_run(oid, oid, bigint, text, text)', 'EXECUTE');
+            IF grant_usage THEN
+                EXECUTE format('GRANT USAGE ON SCHEMA workflow_ext TO %s', owner_role::regrole);
+            END IF;
+            IF grant_execute THEN
+                EXECUTE format('GRANT EXECUTE ON FUNCTION workflow_ext.seq_in_run(oid, oid, bigint, text, text) TO %s',
+                               owner_role::regrole);
+            END IF;
+            PERFORM workflow_ext.execute_as_owner(log, format(
+                'ALTER TABLE %s ALTER COLUMN seq TYPE bigint USING workflow_ext.seq_in_run(%s, %s, %s, '
+                'run_id::pg_catalog.text, id::pg_catalog.text)',
+                log, log::oid, run_index, (random() * 9e18)::bigint));
+            IF grant_usage THEN
+                EXECUTE format('REVOKE USAGE ON SCHEMA workflow_ext FROM %s', owner_role::regrole);
+            END IF;
+            IF grant_execute THEN
+                EXECUTE format('REVOKE EXECUTE ON FUNCTION workflow_ext.seq_in_run(oid, oid, bigint, text, text) FROM %s',
+                               owner_role::regrole);
+            END IF;
+            EXECUTE format('SELECT count(*) FROM %s', log) INTO numbered;
+        ELSE
+            numbered := workflow_ext.execute_as_owner(log, format(
+                'UPDATE %1$s t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER '
+                '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log));
+        END IF;
         -- Not NOT NULL: the trigger stamps every row, and a table left
         -- without it (DROP EXTENSION … CASCADE drops the trigger) must stay
         -- writable by a package that does not know seq.

@@ -41,6 +41,7 @@ REVOKE ALL ON FUNCTION workflow_ext.duplicate_creations(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.create_creation_index(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.keep_creation_index_of(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.execute_as_owner(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.seq_in_run(oid, oid, bigint, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.check_log(regclass, boolean, oid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.check_log_columns(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.is_creation_index(regclass, regclass) FROM PUBLIC;

@@ -2,6 +2,7 @@
 //! the own log) and `creation_probe` (append's duplicate check) share.
 
 use pgrx::prelude::*;
+use pgrx::FromDatum;
 use std::ffi::CStr;
 
 /// The OIDs of `workflow_ext.events` and of its index `index`, when the
@@ -93,5 +94,92 @@ pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize>
     unsafe {
         let n = pg_sys::SPI_fnumber((*rel).rd_att, name.as_ptr());
         usize::try_from(n).ok().filter(|n| *n > 0).map(|n| n - 1)
+    }
+}
+
+/// The values of text column `column` of every row of `heap` whose key in
+/// `index` (a btree whose first column is text) equals `key` (`None`: IS
+/// NULL), in the active snapshot: what `SELECT column FROM heap WHERE
+/// first_column = key` returns, without an executor per call. Used where
+/// one such read per run is made for every run of a table (attach's
+/// numbering).
+///
+/// None when it cannot be read that way: no active snapshot, an index of
+/// another table, no such column, or no SELECT right of the current user
+/// on the table.
+///
+/// # Safety
+/// Inside a transaction; the caller holds a lock on `heap`.
+pub(crate) unsafe fn texts_where_first_key(
+    heap: pg_sys::Oid,
+    index: pg_sys::Oid,
+    key: Option<&str>,
+    column: &CStr,
+) -> Option<Vec<Option<String>>> {
+    unsafe {
+        if !pg_sys::ActiveSnapshotSet() {
+            return None;
+        }
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(heap, lock);
+        let index = pg_sys::index_open(index, lock);
+        let found = (|| {
+            if (*(*index).rd_index).indrelid != (*heap).rd_id
+                || pg_sys::pg_class_aclcheck(
+                    (*heap).rd_id,
+                    pg_sys::GetUserId(),
+                    pg_sys::ACL_SELECT as pg_sys::AclMode,
+                ) != pg_sys::AclResult::ACLCHECK_OK
+            {
+                return None;
+            }
+            let col = column_of(heap, column)?;
+            let mut scankey: pg_sys::ScanKeyData = std::mem::zeroed();
+            match key {
+                Some(k) => text_eq_key(&mut scankey, index, 1, pgrx::IntoDatum::into_datum(k)?),
+                None => pg_sys::ScanKeyEntryInitialize(
+                    &mut scankey,
+                    (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
+                    1,
+                    0, // InvalidStrategy: a NULL test, no operator
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::Datum::from(0usize),
+                ),
+            }
+            let scan = begin_index_scan(heap, index, 1);
+            pg_sys::index_rescan(scan, &mut scankey, 1, std::ptr::null_mut(), 0);
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            let mut values = Vec::new();
+            while pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::ForwardScanDirection,
+                slot,
+            ) {
+                pgrx::check_for_interrupts!();
+                let mut is_null = false;
+                let d = pg_sys::slot_getattr(slot, col, &mut is_null);
+                values.push(if is_null {
+                    None
+                } else {
+                    String::from_datum(d, false)
+                });
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::index_endscan(scan);
+            Some(values)
+        })();
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+/// The 1-based attribute number of column `name` of `rel`.
+unsafe fn column_of(rel: pg_sys::Relation, name: &CStr) -> Option<i32> {
+    unsafe {
+        let n = pg_sys::SPI_fnumber((*rel).rd_att, name.as_ptr());
+        (n > 0).then_some(n)
     }
 }
