@@ -71,6 +71,15 @@ def timed(c, what, sql, rows):
     return dt
 
 
+def index_builds(c, table, n):
+    """The two indexes attach adds, built on `table` by hand; their time."""
+    return (timed(c, "index (run_id, seq)",
+                  f"CREATE INDEX {table}_run_seq ON workflow.{table} (run_id, seq)", n)
+            + timed(c, "index (run_id, correlation_id, seq)",
+                    f"CREATE INDEX {table}_entity_seq ON workflow.{table} (run_id, correlation_id, seq) "
+                    "WHERE correlation_id IS NOT NULL", n))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
@@ -100,11 +109,7 @@ def main():
         rewrite = timed(c, "ADD COLUMN seq DEFAULT (volatile)",
                         "ALTER TABLE workflow.rewrite_events ADD COLUMN seq bigint "
                         "DEFAULT (pg_catalog.random() * 1000)::bigint", n)
-        rewrite += timed(c, "index (run_id, seq)",
-                         "CREATE INDEX rewrite_run_seq ON workflow.rewrite_events (run_id, seq)", n)
-        rewrite += timed(c, "index (run_id, correlation_id, seq)",
-                         "CREATE INDEX rewrite_entity_seq ON workflow.rewrite_events (run_id, correlation_id, seq) "
-                         "WHERE correlation_id IS NOT NULL", n)
+        rewrite += index_builds(c, "rewrite_events", n)
         print("by hand, no audit: numbering by UPDATE (how attach numbered rows before 0.5.1):")
         f = 0.0
         f += timed(c, "ADD COLUMN seq + UPDATE numbering",
@@ -112,11 +117,7 @@ def main():
                    "UPDATE workflow.floor_events t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER "
                    "(PARTITION BY run_id ORDER BY id::text COLLATE \"C\") AS n FROM workflow.floor_events) o "
                    "WHERE t.ctid = o.row_id", n)
-        f += timed(c, "index (run_id, seq)",
-                   "CREATE UNIQUE INDEX floor_run_seq ON workflow.floor_events (run_id, seq)", n)
-        f += timed(c, "index (run_id, correlation_id, seq)",
-                   "CREATE INDEX floor_entity_seq ON workflow.floor_events (run_id, correlation_id, seq) "
-                   "WHERE correlation_id IS NOT NULL", n)
+        f += index_builds(c, "floor_events", n)
         print(f"attach() {whole:.2f} s = {n / whole:,.0f} events/s; by hand: rewrite {rewrite:.2f} s = "
               f"{n / rewrite:,.0f} events/s, UPDATE {f:.2f} s = {n / f:,.0f} events/s; "
               f"ratio attach/rewrite {whole / rewrite:.2f}; dry run {total:.2f} s")

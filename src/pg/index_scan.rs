@@ -89,6 +89,25 @@ pub(crate) unsafe fn text_eq_key(
     }
 }
 
+/// `key` := the index's column `attno` IS NULL (btree keeps NULLs as keys).
+///
+/// # Safety
+/// `attno` one of the index's key columns.
+pub(crate) unsafe fn is_null_key(key: &mut pg_sys::ScanKeyData, attno: pg_sys::AttrNumber) {
+    unsafe {
+        pg_sys::ScanKeyEntryInitialize(
+            key,
+            (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
+            attno,
+            0, // InvalidStrategy: a NULL test, no operator
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::Datum::from(0usize),
+        );
+    }
+}
+
 /// The 0-based attribute number of column `name` of `rel`.
 pub(crate) unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> Option<usize> {
     unsafe {
@@ -137,16 +156,7 @@ pub(crate) unsafe fn texts_where_first_key(
             let mut scankey: pg_sys::ScanKeyData = std::mem::zeroed();
             match key {
                 Some(k) => text_eq_key(&mut scankey, index, 1, pgrx::IntoDatum::into_datum(k)?),
-                None => pg_sys::ScanKeyEntryInitialize(
-                    &mut scankey,
-                    (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
-                    1,
-                    0, // InvalidStrategy: a NULL test, no operator
-                    pg_sys::InvalidOid,
-                    pg_sys::InvalidOid,
-                    pg_sys::InvalidOid,
-                    pg_sys::Datum::from(0usize),
-                ),
+                None => is_null_key(&mut scankey, 1),
             }
             let scan = begin_index_scan(heap, index, 1);
             pg_sys::index_rescan(scan, &mut scankey, 1, std::ptr::null_mut(), 0);

@@ -15,7 +15,9 @@
 //! end of this file, which the trigger (on any log) and the batch share.
 
 use crate::errors::or_internal;
-use crate::pg::index_scan::{begin_index_scan, column, own_log_and_index, text_eq_key};
+use crate::pg::index_scan::{
+    begin_index_scan, column, is_null_key, own_log_and_index, text_eq_key,
+};
 use crate::pg::plans::{self, required, EQ, TEXT};
 use crate::rules::lifecycle::EventType;
 use crate::rules::validate::EventAddress;
@@ -118,16 +120,7 @@ unsafe fn probe(
             Some(corr) => text_eq_key(&mut keys[1], index, 2, pgrx::IntoDatum::into_datum(corr)?),
             // run_created: the NULL correlation id (the index is NULLS NOT
             // DISTINCT, so its NULLs are keys like any other).
-            None => pg_sys::ScanKeyEntryInitialize(
-                &mut keys[1],
-                (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32,
-                2,
-                0, // InvalidStrategy: a NULL test, no operator
-                pg_sys::InvalidOid,
-                pg_sys::InvalidOid,
-                pg_sys::InvalidOid,
-                pg_sys::Datum::from(0usize),
-            ),
+            None => is_null_key(&mut keys[1], 2),
         }
         pg_sys::ScanKeyEntryInitialize(
             &mut keys[2],
