@@ -10,17 +10,17 @@ from conftest import connect
 # (SQL that fails, SQLSTATE, the function expected in LOCATION)
 CASES = [
     ("SELECT workflow_ext.append_suspension_event(NULL, 's', 'step_created')", "22004",
-     "workflow_ext::append::append_suspension_event"),
+     "workflow_ext::write::append::append_suspension_event"),
     ("SELECT workflow_ext.append_suspension_event('r', 's', 'step_completed')", "22023",
-     "workflow_ext::append::append_suspension_event"),
+     "workflow_ext::write::append::append_suspension_event"),
     ("SELECT workflow_ext.append_event('nope', 's', 'step_started')", "23503",
-     "workflow_ext::append::events_before_insert"),
-    ("SELECT workflow_ext.join_arrive('r', 'j', 'm', 0)", "22023", "workflow_ext::fanin::join_arrive"),
-    ("SELECT workflow_ext.purge_runs('-1 day')", "22023", "workflow_ext::retention::purge_runs"),
-    ("SELECT workflow_ext.bootstrap_end('never')", "55000", "workflow_ext::bootstrap::bootstrap_end"),
-    ("SELECT * FROM workflow_ext.replay('r', 'pg_class_oid_index')", "42809", "workflow_ext::replay::replay"),
+     "workflow_ext::write::trigger::events_before_insert"),
+    ("SELECT workflow_ext.join_arrive('r', 'j', 'm', 0)", "22023", "workflow_ext::features::fanin::join_arrive"),
+    ("SELECT workflow_ext.purge_runs('-1 day')", "22023", "workflow_ext::features::retention::purge_runs"),
+    ("SELECT workflow_ext.bootstrap_end('never')", "55000", "workflow_ext::features::bootstrap::bootstrap_end"),
+    ("SELECT * FROM workflow_ext.replay('r', 'pg_class_oid_index')", "42809", "workflow_ext::audit::replay::replay"),
     ("UPDATE workflow_ext.events SET payload = NULL", "0A000",
-     "workflow_ext::retention::events_refuse_change"),
+     "workflow_ext::features::retention::events_refuse_change"),
 ]
 
 
