@@ -168,7 +168,7 @@ def machine():
 
 
 SECTIONS = ("append", "duplicate", "lifecycle", "client_side", "plpgsql", "network", "batch", "replay", "replay_big",
-            "scan", "space", "copy")
+            "scan", "space", "copy", "insert", "one_run")
 
 
 def main():
@@ -520,6 +520,42 @@ def main():
             n / t_ext, n / t_raw, "events/s")
         print(f"copy: {n:,} events in {t_ext:.1f} s through the trigger, {t_raw:.1f} s without; "
               f"{counted} runs with seqs 1..{len(life)}, scan clean", flush=True)
+
+    # 10. A plain INSERT through the trigger (the path the DevKit's package
+    #     takes on an attached table, and any client's) vs the same INSERT
+    #     into raw_events, which has no trigger, at 1 and 4 clients.
+    if want("insert"):
+        a = (draw(1000, KEYS) + "INSERT INTO workflow_ext.events (run_id, correlation_id, type) "
+             "VALUES ('run-' || :r, 'ins_' || :k, 'step_created');\n")
+        b = draw(1000, KEYS) + raw_insert_sql("ins", on_conflict=False) + ";\n"
+        for clients in (1, 4):
+            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            row(f"plain INSERT through the trigger, {clients} client(s)", "insert", "raw_insert", ta, tb)
+
+    # 11. n appends to one run in one transaction (a loop of append_event in
+    #     one DO block), vs the same loop of raw inserts: the time per append
+    #     should not grow with n (src/write/run_cache.rs).
+    if want("one_run"):
+        per = {}
+        for n in ((500, 5000) if smoke else (1000, 10_000, 100_000)):
+            run = f"one-{n}"
+            psql(f"SELECT workflow_ext.append_event('{run}', NULL, 'run_created')")
+            t_ext = timed(f"DO $$ BEGIN FOR i IN 1..{n} LOOP "
+                          f"PERFORM workflow_ext.append_event('{run}', 's' || i, 'step_created'); END LOOP; END $$", 1)
+            t_raw = timed(f"DO $$ BEGIN FOR i IN 1..{n} LOOP "
+                          "INSERT INTO raw_events (id, run_id, seq, type, correlation_id) VALUES "
+                          f"(workflow_ext.new_event_id(), '{run}', nextval('raw_seq'), 'step_created', 's' || i); "
+                          "END LOOP; END $$", 1)
+            bad = psql(f"SELECT count(*) <> {n + 1} OR max(seq) <> {n + 1} FROM workflow_ext.events "
+                       f"WHERE run_id = '{run}'")
+            if bad != "f":
+                sys.exit(f"one run of {n} appends: wrong count or seqs")
+            per[n] = t_ext / n * 1e6
+            row(f"{n:,} appends to one run, one transaction (µs per append)", "append_event", "raw_insert",
+                per[n], t_raw / n * 1e6, "µs")
+        small, big = min(per), max(per)
+        row(f"µs per append, {big:,} vs {small:,} appends in one transaction", f"{big:,}", f"{small:,}",
+            per[big], per[small], "µs")
 
     print("SERIES: " + json.dumps(series), flush=True)
     if opt.out:

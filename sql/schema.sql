@@ -51,8 +51,11 @@ CREATE INDEX events_hook_token
     WHERE type = 'hook_created';
 
 -- Per-run lock and counters of every protected log (workflow_ext.events and
--- each attached table). The row is locked (by bumping last_seq) for every
--- append to its run, which serializes appends to one run and nothing else.
+-- each attached table). The row is locked (by bumping last_seq) by a
+-- transaction's first append to its run and held to commit, which
+-- serializes appends to one run and nothing else; the transaction's later
+-- appends to the run are counted in memory and written back once before the
+-- commit (src/write/run_cache.rs).
 -- Internal: clients read runs through the log.
 CREATE TABLE workflow_ext.runs (
     run_id      text        NOT NULL,

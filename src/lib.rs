@@ -71,6 +71,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     pg::payload::register_gucs();
     pg::counters::init();
+    write::run_cache::register();
 }
 
 /// Required by `cargo pgrx test`.

@@ -65,6 +65,8 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
         raise!(WfError::NegativeInterval);
     }
     crate::pg::transaction::refuse_if_read_only(c"purge_runs");
+    // It reads which runs are finished from their rows.
+    crate::write::run_cache::settle();
     // Until ALTER EXTENSION UPDATE, runs has no log column (see
     // plans::runs_keyed_by_log) and holds only workflow_ext.events's runs.
     let own_runs = if crate::pg::plans::runs_keyed_by_log() {

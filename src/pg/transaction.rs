@@ -1,7 +1,8 @@
 //! Transaction helpers: running a piece of work in a subtransaction, so that
 //! its error can be inspected instead of aborting the caller's transaction;
 //! asking which kind of snapshot the transaction uses; refusing a write in a
-//! read-only transaction.
+//! read-only transaction; being told of the transaction's edges
+//! ([`on_transaction_edges`]).
 
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::{self, PgTryBuilder};
@@ -51,4 +52,72 @@ pub fn uses_transaction_snapshot() -> bool {
 pub fn refuse_if_read_only(what: &std::ffi::CStr) {
     // SAFETY: raises an ERROR (through pgrx's guard) or returns.
     unsafe { pg_sys::PreventCommandIfReadOnly(what.as_ptr()) }
+}
+
+/// What backend memory tied to a transaction does at its edges.
+pub struct TransactionEdges {
+    /// Just before the commit (or PREPARE TRANSACTION), while statements
+    /// may still run; an error here aborts the transaction.
+    pub before_commit: fn(),
+    /// After the commit, the PREPARE or the rollback: cleanup only, must
+    /// not fail.
+    pub ended: fn(),
+    /// A subtransaction (and its committed children) rolled back.
+    pub subtransaction_aborted: fn(pg_sys::SubTransactionId),
+}
+
+static EDGES: std::sync::OnceLock<TransactionEdges> = std::sync::OnceLock::new();
+
+/// Registers `edges` for every transaction of this backend, once (from
+/// `_PG_init`).
+pub fn on_transaction_edges(edges: TransactionEdges) {
+    if EDGES.set(edges).is_ok() {
+        // SAFETY: registers plain functions for the life of the process.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(xact_edge), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(subxact_edge), std::ptr::null_mut());
+        }
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn xact_edge(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    let Some(edges) = EDGES.get() else { return };
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
+            // The statement that commits (COMMIT, or the last statement of
+            // an implicit transaction) has released its snapshot; SPI needs
+            // one. On an error the abort drops it with the rest.
+            // SAFETY: a snapshot pushed here is popped right after.
+            let pushed = unsafe { !pg_sys::ActiveSnapshotSet() };
+            if pushed {
+                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+            }
+            (edges.before_commit)();
+            if pushed {
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
+        }
+        XACT_EVENT_COMMIT
+        | XACT_EVENT_ABORT
+        | XACT_EVENT_PREPARE
+        | XACT_EVENT_PARALLEL_COMMIT
+        | XACT_EVENT_PARALLEL_ABORT => (edges.ended)(),
+        _ => {}
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn subxact_edge(
+    event: pg_sys::SubXactEvent::Type,
+    subxact: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        if let Some(edges) = EDGES.get() {
+            (edges.subtransaction_aborted)(subxact);
+        }
+    }
 }

@@ -641,6 +641,8 @@ fn append_suspension_events(
     }
     let run_id = run_id.unwrap_or_else(|| internal!("run_id checked"));
     refuse_if_read_only(c"append_suspension_events");
+    // The batch locks its run with its own statement, on the run row.
+    crate::write::run_cache::settle();
     // The distinct keys, first occurrence first, and each element's key.
     let mut first: HashMap<(EventType, Option<&str>), usize> = HashMap::new();
     let mut keys: Vec<Key<'_>> = Vec::new();
@@ -1050,6 +1052,10 @@ mod tests {
         };
         let first = call();
         assert!(first.iter().all(|r| r.2));
+        // The first call's appends took the ordinary path: their run row is
+        // written back before the commit (src/write/run_cache.rs), or
+        // before the next batch: not the second call's doing.
+        crate::write::run_cache::settle();
         let before = run_row_updates();
         let again = call();
         assert!(again.iter().all(|r| !r.2));

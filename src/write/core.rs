@@ -10,24 +10,27 @@
 //! 2. take the run's row lock in `workflow_ext.runs` by bumping `last_seq`
 //!    ([`lock_run`]; appends to one run queue here until the holder commits,
 //!    appends to other runs never meet; the lock is held to commit, so seq
-//!    order is commit order and a rolled back append leaves no gap);
+//!    order is commit order and a rolled back append leaves no gap); a run
+//!    this transaction has locked already is in [`run_cache`], and its
+//!    next append runs no statement for the lock;
 //! 3. know the entity's last event *after* the lock was granted, so the
 //!    state is never stale ([`entity_state`]);
 //! 4. ask [`lifecycle::check`]; refuse, or stamp `id` and `seq` ([`decide`]).
 //!
 //! A duplicate creation is not refused by the trigger: it hands the row on
-//! with the next seq (undoing its bump) and lets the partial unique index
+//! with the next seq (not taking it) and lets the partial unique index
 //! decide. A plain INSERT then fails with the index's own 23505, and
 //! `INSERT … ON CONFLICT DO NOTHING` (the idempotent append) skips the row.
 //! Either way the log's uniqueness is enforced by the index, not by timing.
 
 use crate::errors::{internal, or_internal, WfError, WfResult};
 use crate::pg::counters;
-use crate::pg::plans::{self, required, BOOL, EQ, MINUS, PLUS, TEXT};
+use crate::pg::plans::{self, required, EQ, PLUS, TEXT};
 use crate::pg::transaction::uses_transaction_snapshot;
 use crate::rules::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::rules::validate::EventAddress;
 use crate::write::creation_probe;
+use crate::write::run_cache::{self, Held};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
@@ -53,8 +56,6 @@ pub(crate) struct LogPlans {
     /// kind: one statement instead of two when nobody appended to the run
     /// since the snapshot (see [`lock_run`]).
     bump_and_peek: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
-    unbump: OwnedPreparedStatement,
-    set_run_state: OwnedPreparedStatement,
     /// Last event of an entity, one plan per entity kind.
     entity_last: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
     /// A unique creation by its key, one plan per [`EventType::UNIQUE_CREATIONS`] entry.
@@ -147,22 +148,6 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
                 &[TEXT, TEXT],
             )
         }),
-        unbump: plans::keep(
-            c,
-            &format!(
-                "UPDATE workflow_ext.runs SET last_seq = last_seq {MINUS} 1 WHERE {key} run_id {EQ} $1"
-            ),
-            &[TEXT],
-        ),
-        set_run_state: plans::keep(
-            c,
-            &format!(
-                "UPDATE workflow_ext.runs SET state = $2, \
-                 finished_at = CASE WHEN $3 THEN coalesce(finished_at, pg_catalog.now()) END \
-                 WHERE {key} run_id {EQ} $1"
-            ),
-            &[TEXT, TEXT, BOOL],
-        ),
         entity_last: EntityKind::ENTITIES
             .map(|kind| plans::keep(c, &entity_last_sql(log, kind, ""), &[TEXT, TEXT])),
         find_creation: EventType::UNIQUE_CREATIONS.map(|t| plans::keep(c, &creation_probe::find_creation_sql(log, t), &[TEXT, TEXT])),
@@ -354,8 +339,9 @@ fn entity_state(
     last.and_then(lifecycle::entity_state_after)
 }
 
-/// Step 4: the lifecycle's verdict; on acceptance, the run's new state is
-/// recorded and the row's seq returned.
+/// Step 4: the lifecycle's verdict; on acceptance, the row's seq, and the
+/// run as the append leaves it (kept in [`run_cache`], written back to the
+/// run row before commit).
 fn decide(
     client: &mut SpiClient<'_>,
     plans: &LogPlans,
@@ -365,35 +351,39 @@ fn decide(
 ) -> WfResult<i64> {
     match lifecycle::check_addressed(run.state, entity, addr.event, addr.correlation_id.is_some()) {
         Ok(()) => {
-            let after = lifecycle::run_state_after(run.state, addr.event);
-            if addr.event.kind() == EntityKind::Run && after != run.state {
-                let after = after
-                    .unwrap_or_else(|| internal!("{} left the run without a state", addr.event));
-                or_internal!(
-                    client.update(
-                        &plans.set_run_state,
-                        None,
-                        &[
-                            addr.run_id.into(),
-                            after.as_str().into(),
-                            after.is_terminal().into()
-                        ],
-                    ),
-                    "set run state"
+            let after = lifecycle::run_state_after(run.state, addr.event)
+                .unwrap_or_else(|| internal!("{} left the run without a state", addr.event));
+            if addr.event.kind() == EntityKind::Run
+                && Some(after) != run.state
+                && after.is_terminal()
+            {
+                counters::count_run_finished(after);
+            }
+            if run.state.is_some() {
+                run_cache::advance(
+                    plans.oid,
+                    addr.run_id,
+                    Held {
+                        state: after,
+                        last_seq: run.seq,
+                    },
                 );
-                if after.is_terminal() {
-                    counters::count_run_finished(after);
-                }
             }
             Ok(run.seq)
         }
         Err(Violation::DuplicateCreation) if addr.is_unique_creation() => {
             // Hand the row on for the unique index to judge (module doc);
-            // undo the bump so an ON CONFLICT skip leaves no gap.
-            or_internal!(
-                client.update(&plans.unbump, None, &[addr.run_id.into()]),
-                "unlock run"
-            );
+            // its seq is not taken, so an ON CONFLICT skip leaves no gap.
+            if let Some(state) = run.state {
+                run_cache::advance(
+                    plans.oid,
+                    addr.run_id,
+                    Held {
+                        state,
+                        last_seq: run.seq - 1,
+                    },
+                );
+            }
             let stored = EventType::UNIQUE_CREATIONS
                 .iter()
                 .position(|t| *t == addr.event);
@@ -463,18 +453,48 @@ pub(crate) fn lock_and_decide(
     if let Some(seq) = crate::write::batch::admit_if_announced(client, plans.oid, addr)? {
         return Ok(seq);
     }
-    if addr.event == EventType::RunCreated {
-        let inserted = or_internal!(
-            client.update(&plans.insert_run, Some(1), &[addr.run_id.into()]),
-            "insert run"
-        );
-        if !inserted.is_empty() {
-            return Ok(1);
+    let run = match run_cache::held(plans.oid, addr.run_id) {
+        // Locked by an earlier append of this transaction: no statement.
+        Some(held) => LockedRun {
+            state: Some(held.state),
+            seq: held
+                .last_seq
+                .checked_add(1)
+                .unwrap_or_else(|| internal!("run \"{}\" has no seq left", addr.run_id)),
+            peek: Peek::Stale,
+        },
+        None => {
+            if addr.event == EventType::RunCreated {
+                let inserted = or_internal!(
+                    client.update(&plans.insert_run, Some(1), &[addr.run_id.into()]),
+                    "insert run"
+                );
+                if !inserted.is_empty() {
+                    let created = Held {
+                        state: State::RunPending,
+                        last_seq: 1,
+                    };
+                    run_cache::hold(plans.oid, addr.run_id, created);
+                    return Ok(1);
+                }
+                // The run exists already (possibly created by a transaction
+                // we just waited for): go on, the lifecycle check names the
+                // duplicate.
+            }
+            let run = lock_run(client, plans, addr);
+            if let Some(state) = run.state {
+                run_cache::hold(
+                    plans.oid,
+                    addr.run_id,
+                    Held {
+                        state,
+                        last_seq: run.seq,
+                    },
+                );
+            }
+            run
         }
-        // The run exists already (possibly created by a transaction we just
-        // waited for): go on, the lifecycle check names the duplicate.
-    }
-    let run = lock_run(client, plans, addr);
+    };
     let entity = entity_state(client, plans, addr, &run);
     decide(client, plans, addr, run, entity)
 }

@@ -6,6 +6,8 @@
 //! - [`append`]: `append_suspension_event`, the idempotent append.
 //! - [`batch`]: `append_suspension_events`, a suspension's creations in one
 //!   call, its run locked once.
+//! - [`run_cache`]: the runs this transaction has locked, kept in memory
+//!   and written back once before commit.
 //! - [`creation_probe`]: a stored creation found straight in the creation
 //!   index, for duplicate calls.
 
@@ -13,4 +15,5 @@ pub mod append;
 pub mod batch;
 pub mod core;
 pub mod creation_probe;
+pub mod run_cache;
 pub mod trigger;

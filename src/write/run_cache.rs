@@ -1,0 +1,284 @@
+//! The runs this transaction has locked, and their state, in backend
+//! memory: what makes many appends to a run in one transaction (a COPY, an
+//! `INSERT … SELECT`, a loop of appends) cost one run-row update each
+//! instead of one per row.
+//!
+//! The first append to a run in a transaction locks its row in
+//! `workflow_ext.runs` as always ([`super::core`]), and the state and
+//! last seq it read under that lock are kept here. The lock is held to the
+//! end of the transaction and every other append to the run waits for it,
+//! so nothing but this transaction can change the run until then: its next
+//! appends take their seq and run state from here, with no statement, and
+//! the run rows that changed are written back in one statement just before
+//! the transaction commits or prepares ([`write_back`]). Why: the versions
+//! one transaction makes of one row cannot be pruned until it ends, so
+//! updating the row once per append made each update slower than the last
+//! (n appends cost O(n²)).
+//!
+//! What is accepted or refused does not change: the run state is the one
+//! the row would hold, and an entity's state is still read from the log.
+//! What this memory holds is undone with what it describes: a rolled back
+//! subtransaction restores the entries it changed (and forgets the runs it
+//! locked, whose lock went with it); the end of the transaction forgets
+//! everything.
+//!
+//! Until the write-back, the run rows of this transaction's runs show the
+//! state of its first append to each: the extension's functions that read
+//! or write run rows ([`settle`] callers) write back first; `metrics()`
+//! and `stuck_runs()` called in the writing transaction itself see that
+//! earlier state (other sessions see none of it before the commit, as
+//! always).
+
+use crate::errors::or_internal;
+use crate::pg::owner::as_role;
+use crate::pg::plans::{self, EQ, INT8ARRAY, TEXTARRAY};
+use crate::rules::lifecycle::{EntityKind, State};
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// A run this transaction holds locked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Held {
+    pub state: State,
+    pub last_seq: i64,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    now: Held,
+    /// What the run row holds (the last statement that wrote it).
+    stored: Held,
+    /// The subtransaction that last changed the entry.
+    changed_in: pg_sys::SubTransactionId,
+}
+
+/// An entry as it was before a subtransaction first changed it (None: the
+/// run was not held).
+struct Undo {
+    subxact: pg_sys::SubTransactionId,
+    log: pg_sys::Oid,
+    run_id: String,
+    before: Option<Entry>,
+}
+
+#[derive(Default)]
+struct Cache {
+    runs: HashMap<pg_sys::Oid, HashMap<String, Entry>>,
+    undo: Vec<Undo>,
+    /// The role the write path runs as (the events trigger's definer, the
+    /// extension's owner): the write-back runs as it.
+    writer: Option<pg_sys::Oid>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// The write-back, one plan per run-row key (see [`plans::runs_keyed_by_log`]).
+    static WRITE_BACK: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
+}
+
+fn current_subxact() -> pg_sys::SubTransactionId {
+    // SAFETY: a read of the backend's transaction state.
+    unsafe { pg_sys::GetCurrentSubTransactionId() }
+}
+
+/// The run `run_id` of `log`, if this transaction holds it.
+pub(crate) fn held(log: pg_sys::Oid, run_id: &str) -> Option<Held> {
+    CACHE.with(|c| c.borrow().runs.get(&log)?.get(run_id).map(|e| e.now))
+}
+
+/// Records the run this transaction just locked, as its row now stands.
+pub(crate) fn hold(log: pg_sys::Oid, run_id: &str, stored: Held) {
+    set(log, run_id, |_| Entry {
+        now: stored,
+        stored,
+        changed_in: 0,
+    });
+}
+
+/// The run after this transaction's append to it, which the row will hold
+/// at the write-back.
+pub(crate) fn advance(log: pg_sys::Oid, run_id: &str, now: Held) {
+    set(log, run_id, |before| Entry {
+        now,
+        stored: before.map_or(now, |b| b.stored),
+        changed_in: 0,
+    });
+}
+
+fn set(log: pg_sys::Oid, run_id: &str, f: impl FnOnce(Option<Entry>) -> Entry) {
+    let subxact = current_subxact();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.writer.is_none() {
+            // SAFETY: a read of the backend's current user id.
+            c.writer = Some(unsafe { pg_sys::GetUserId() });
+        }
+        let before = c.runs.get(&log).and_then(|m| m.get(run_id)).copied();
+        // The top transaction's own changes need no undo: its end forgets
+        // everything.
+        // SAFETY: a read of the backend's transaction state.
+        if unsafe { pg_sys::IsSubTransaction() } && before.is_none_or(|b| b.changed_in != subxact) {
+            c.undo.push(Undo {
+                subxact,
+                log,
+                run_id: run_id.to_owned(),
+                before,
+            });
+        }
+        let mut entry = f(before);
+        entry.changed_in = subxact;
+        c.runs
+            .entry(log)
+            .or_default()
+            .insert(run_id.to_owned(), entry);
+    });
+}
+
+/// A subtransaction rolled back: its changes (and those of its committed
+/// children) are undone, newest first.
+pub(crate) fn subtransaction_aborted(subxact: pg_sys::SubTransactionId) {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        while c.undo.last().is_some_and(|u| u.subxact >= subxact) {
+            let u = c.undo.pop().expect("checked above");
+            let runs = c.runs.entry(u.log).or_default();
+            match u.before {
+                Some(e) => {
+                    runs.insert(u.run_id, e);
+                }
+                None => {
+                    runs.remove(&u.run_id);
+                }
+            }
+        }
+    });
+}
+
+/// The transaction ended (committed, prepared or rolled back): its locks
+/// are gone, and with them what this memory may know.
+pub(crate) fn transaction_ended() {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        // Keep the allocations of a big transaction out of the next one.
+        if c.runs.len() > 64 || c.undo.capacity() > 4096 {
+            *c = Cache::default();
+        } else {
+            c.runs.clear();
+            c.undo.clear();
+            c.writer = None;
+        }
+    });
+}
+
+/// Writes the changed runs back to their rows in one statement, and
+/// forgets every run (the rows are current again): before the commit, and
+/// before any of the extension's functions reads or writes run rows in the
+/// same transaction. The locks stay with the transaction.
+pub(crate) fn settle() {
+    let (changed, writer) = CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let mut changed: Vec<(pg_sys::Oid, String, Entry)> = Vec::new();
+        for (log, runs) in c.runs.drain() {
+            for (run_id, e) in runs {
+                if e.now != e.stored {
+                    changed.push((log, run_id, e));
+                }
+            }
+        }
+        c.undo.clear();
+        (changed, c.writer)
+    });
+    if changed.is_empty() {
+        return;
+    }
+    // The extension was dropped in this transaction, its run rows with it.
+    if !runs_table_exists() {
+        return;
+    }
+    let writer =
+        writer.unwrap_or_else(|| crate::errors::internal!("changed runs without a writer"));
+    write_back(&changed, writer);
+}
+
+fn runs_table_exists() -> bool {
+    // SAFETY: catalog lookups by name; InvalidOid when missing.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), true);
+        nsp != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"runs".as_ptr(), nsp) != pg_sys::InvalidOid
+    }
+}
+
+/// One UPDATE of every changed run row, as the write path's role (the rows
+/// are internal), with the columns the per-append statements set: last_seq,
+/// state, finished_at (kept, or set now, for a terminal state; else NULL)
+/// and last_event_at. A row whose last_seq is no longer the one this
+/// transaction wrote was replaced by another statement of the same
+/// transaction (detach and attach again) and is left as that one wrote it.
+fn write_back(changed: &[(pg_sys::Oid, String, Entry)], writer: pg_sys::Oid) {
+    let keyed = plans::runs_keyed_by_log();
+    let logs: Vec<i64> = changed
+        .iter()
+        .map(|(l, ..)| i64::from(l.to_u32()))
+        .collect();
+    let run_ids: Vec<&str> = changed.iter().map(|(_, r, _)| r.as_str()).collect();
+    let seqs: Vec<i64> = changed.iter().map(|(.., e)| e.now.last_seq).collect();
+    let states: Vec<&str> = changed.iter().map(|(.., e)| e.now.state.as_str()).collect();
+    let stored: Vec<i64> = changed.iter().map(|(.., e)| e.stored.last_seq).collect();
+    as_role(writer, || {
+        Spi::connect_mut(|client| {
+            WRITE_BACK.with(|w| {
+                let mut w = w.borrow_mut();
+                let plan = w[usize::from(keyed)].get_or_insert_with(|| {
+                    let (key, touch) = if keyed {
+                        (
+                            format!("r.log {EQ} u.log::pg_catalog.oid::pg_catalog.regclass AND"),
+                            ", last_event_at = pg_catalog.now()",
+                        )
+                    } else {
+                        (String::new(), "")
+                    };
+                    plans::keep(
+                        client,
+                        &format!(
+                            "UPDATE workflow_ext.runs r SET last_seq = u.seq, state = u.state, \
+                             finished_at = CASE WHEN u.state {EQ} ANY ({terminal}) \
+                                           THEN coalesce(r.finished_at, pg_catalog.now()) END{touch} \
+                             FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                                             pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                                             pg_catalog.unnest($5::pg_catalog.int8[])) \
+                                  u(log, run_id, seq, state, stored) \
+                             WHERE {key} r.run_id {EQ} u.run_id AND r.last_seq {EQ} u.stored",
+                            terminal = plans::type_list(
+                                State::ALL
+                                    .iter()
+                                    .filter(|s| s.kind() == EntityKind::Run && s.is_terminal())
+                                    .map(|s| s.as_str())
+                            ),
+                        ),
+                        &[INT8ARRAY, TEXTARRAY, INT8ARRAY, TEXTARRAY, INT8ARRAY],
+                    )
+                });
+                or_internal!(
+                    client.update(
+                        &*plan,
+                        None,
+                        &[logs.into(), run_ids.into(), seqs.into(), states.into(), stored.into()]
+                    ),
+                    "write back runs"
+                );
+            })
+        })
+    });
+}
+
+/// Ties this memory to the transaction's edges (from `_PG_init`).
+pub(crate) fn register() {
+    crate::pg::transaction::on_transaction_edges(crate::pg::transaction::TransactionEdges {
+        before_commit: settle,
+        ended: transaction_ended,
+        subtransaction_aborted,
+    });
+}
