@@ -32,6 +32,7 @@ pub const INT8: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8OID);
 pub const TEXTARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
 pub const JSONBARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBARRAYOID);
 pub const INT8ARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8ARRAYOID);
+pub const BOOLARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLARRAYOID);
 
 /// Prepares `sql` and keeps the plan for the life of the backend. The
 /// statements are fixed strings of this crate over the extension's own

@@ -31,8 +31,8 @@
 
 use crate::errors::or_internal;
 use crate::pg::owner::as_role;
-use crate::pg::plans::{self, EQ, INT8ARRAY, TEXTARRAY};
-use crate::rules::lifecycle::{EntityKind, State};
+use crate::pg::plans::{self, BOOLARRAY, EQ, INT8ARRAY, TEXTARRAY};
+use crate::rules::lifecycle::State;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use std::cell::RefCell;
@@ -90,24 +90,18 @@ pub(crate) fn held(log: pg_sys::Oid, run_id: &str) -> Option<Held> {
 
 /// Records the run this transaction just locked, as its row now stands.
 pub(crate) fn hold(log: pg_sys::Oid, run_id: &str, stored: Held) {
-    set(log, run_id, |_| Entry {
-        now: stored,
-        stored,
-        changed_in: 0,
-    });
+    set(log, run_id, stored, Some(stored));
 }
 
 /// The run after this transaction's append to it, which the row will hold
 /// at the write-back.
 pub(crate) fn advance(log: pg_sys::Oid, run_id: &str, now: Held) {
-    set(log, run_id, |before| Entry {
-        now,
-        stored: before.map_or(now, |b| b.stored),
-        changed_in: 0,
-    });
+    set(log, run_id, now, None);
 }
 
-fn set(log: pg_sys::Oid, run_id: &str, f: impl FnOnce(Option<Entry>) -> Entry) {
+/// Sets the run's entry to `now`; `stored`: what its row holds, if a
+/// statement just wrote it (else as before).
+fn set(log: pg_sys::Oid, run_id: &str, now: Held, stored: Option<Held>) {
     let subxact = current_subxact();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
@@ -127,12 +121,18 @@ fn set(log: pg_sys::Oid, run_id: &str, f: impl FnOnce(Option<Entry>) -> Entry) {
                 before,
             });
         }
-        let mut entry = f(before);
-        entry.changed_in = subxact;
-        c.runs
-            .entry(log)
-            .or_default()
-            .insert(run_id.to_owned(), entry);
+        let entry = Entry {
+            now,
+            stored: stored.or(before.map(|b| b.stored)).unwrap_or(now),
+            changed_in: subxact,
+        };
+        let runs = c.runs.entry(log).or_default();
+        match runs.get_mut(run_id) {
+            Some(e) => *e = entry,
+            None => {
+                runs.insert(run_id.to_owned(), entry);
+            }
+        }
     });
 }
 
@@ -141,8 +141,7 @@ fn set(log: pg_sys::Oid, run_id: &str, f: impl FnOnce(Option<Entry>) -> Entry) {
 pub(crate) fn subtransaction_aborted(subxact: pg_sys::SubTransactionId) {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        while c.undo.last().is_some_and(|u| u.subxact >= subxact) {
-            let u = c.undo.pop().expect("checked above");
+        while let Some(u) = c.undo.pop_if(|u| u.subxact >= subxact) {
             let runs = c.runs.entry(u.log).or_default();
             match u.before {
                 Some(e) => {
@@ -226,6 +225,10 @@ fn write_back(changed: &[(pg_sys::Oid, String, Entry)], writer: pg_sys::Oid) {
     let run_ids: Vec<&str> = changed.iter().map(|(_, r, _)| r.as_str()).collect();
     let seqs: Vec<i64> = changed.iter().map(|(.., e)| e.now.last_seq).collect();
     let states: Vec<&str> = changed.iter().map(|(.., e)| e.now.state.as_str()).collect();
+    let terminal: Vec<bool> = changed
+        .iter()
+        .map(|(.., e)| e.now.state.is_terminal())
+        .collect();
     let stored: Vec<i64> = changed.iter().map(|(.., e)| e.stored.last_seq).collect();
     as_role(writer, || {
         Spi::connect_mut(|client| {
@@ -244,31 +247,26 @@ fn write_back(changed: &[(pg_sys::Oid, String, Entry)], writer: pg_sys::Oid) {
                         client,
                         &format!(
                             "UPDATE workflow_ext.runs r SET last_seq = u.seq, state = u.state, \
-                             finished_at = CASE WHEN u.state {EQ} ANY ({terminal}) \
+                             finished_at = CASE WHEN u.terminal \
                                            THEN coalesce(r.finished_at, pg_catalog.now()) END{touch} \
                              FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
                                              pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.text[]), \
-                                             pg_catalog.unnest($5::pg_catalog.int8[])) \
-                                  u(log, run_id, seq, state, stored) \
-                             WHERE {key} r.run_id {EQ} u.run_id AND r.last_seq {EQ} u.stored",
-                            terminal = plans::type_list(
-                                State::ALL
-                                    .iter()
-                                    .filter(|s| s.kind() == EntityKind::Run && s.is_terminal())
-                                    .map(|s| s.as_str())
-                            ),
+                                             pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.int8[])) \
+                                  u(log, run_id, seq, state, terminal, stored) \
+                             WHERE {key} r.run_id {EQ} u.run_id AND r.last_seq {EQ} u.stored"
                         ),
-                        &[INT8ARRAY, TEXTARRAY, INT8ARRAY, TEXTARRAY, INT8ARRAY],
+                        &[INT8ARRAY, TEXTARRAY, INT8ARRAY, TEXTARRAY, BOOLARRAY, INT8ARRAY],
                     )
                 });
-                or_internal!(
-                    client.update(
-                        &*plan,
-                        None,
-                        &[logs.into(), run_ids.into(), seqs.into(), states.into(), stored.into()]
-                    ),
-                    "write back runs"
-                );
+                let args = [
+                    logs.into(),
+                    run_ids.into(),
+                    seqs.into(),
+                    states.into(),
+                    terminal.into(),
+                    stored.into(),
+                ];
+                or_internal!(client.update(&*plan, None, &args), "write back runs");
             })
         })
     });

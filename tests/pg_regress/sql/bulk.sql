@@ -5,7 +5,7 @@
 -- successes rolled back by a savepoint (undo), is played three ways:
 --   single:  one transaction per event (a procedure that commits each);
 --   loop:    all in one transaction, each event in a subtransaction (try);
---   mixed:   the same transaction shape, through append_event.
+--   mixed:   the same, through append_event (in the same transaction).
 CREATE TABLE script (n int PRIMARY KEY, run text, corr text, type text, undo boolean DEFAULT false);
 INSERT INTO script (n, run, corr, type, undo) VALUES
   (1,  'r1', NULL, 'run_created',    false),
@@ -50,17 +50,13 @@ BEGIN
 END $$;
 CALL play_single();
 DO $$
-DECLARE s script;
+DECLARE s script; way text;
 BEGIN
-  FOR s IN SELECT * FROM script ORDER BY n LOOP
-    INSERT INTO outcome VALUES ('loop', s.n, try(insert_of('loop', s), undo => s.undo));
-  END LOOP;
-END $$;
-DO $$
-DECLARE s script;
-BEGIN
-  FOR s IN SELECT * FROM script ORDER BY n LOOP
-    INSERT INTO outcome VALUES ('mixed', s.n, try(append_of('mixed', s), undo => s.undo));
+  FOREACH way IN ARRAY ARRAY['loop', 'mixed'] LOOP
+    FOR s IN SELECT * FROM script ORDER BY n LOOP
+      INSERT INTO outcome VALUES (way, s.n, try(CASE way WHEN 'loop' THEN insert_of(way, s) ELSE append_of(way, s) END,
+                                                undo => s.undo));
+    END LOOP;
   END LOOP;
 END $$;
 -- What each event was told, one append per transaction:
