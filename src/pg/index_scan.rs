@@ -44,19 +44,98 @@ pub(crate) unsafe fn begin_index_scan(
     index: pg_sys::Relation,
     nkeys: i32,
 ) -> pg_sys::IndexScanDesc {
+    unsafe { begin_index_scan_in(heap, index, pg_sys::GetActiveSnapshot(), nkeys) }
+}
+
+/// `index_beginscan` in `snapshot`.
+///
+/// # Safety
+/// Both relations open, `snapshot` valid for the scan.
+unsafe fn begin_index_scan_in(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
     unsafe {
         #[cfg(not(feature = "pg18"))]
-        let scan = pg_sys::index_beginscan(heap, index, pg_sys::GetActiveSnapshot(), nkeys, 0);
+        let scan = pg_sys::index_beginscan(heap, index, snapshot, nkeys, 0);
         #[cfg(feature = "pg18")]
-        let scan = pg_sys::index_beginscan(
-            heap,
-            index,
-            pg_sys::GetActiveSnapshot(),
-            std::ptr::null_mut(),
-            nkeys,
-            0,
-        );
+        let scan = pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), nkeys, 0);
         scan
+    }
+}
+
+/// The newest row of the own log `heap` whose keys in `index` (a btree on
+/// text, text, then an order) start with (`first`, `second`), read
+/// backwards, whose column `column` (an enum or text type, printed by its
+/// built-in output function) satisfies `pick`: that column's text. What
+/// `SELECT column … WHERE a = $1 AND b = $2 AND pick(column) ORDER BY c
+/// DESC LIMIT 1` returns in a fresh snapshot after a command counter
+/// increment, without an executor: the rows are read as this transaction
+/// sees the table now (SnapshotSelf: every committed row, and every row of
+/// its own, including those of its current command, as a COPY's earlier
+/// rows).
+///
+/// Only for the extension's own log and index (`own_log_and_index`), whose
+/// types and operator classes are the extension's. None when it cannot be
+/// read that way.
+///
+/// # Safety
+/// Inside a transaction; `heap` and `index` from `own_log_and_index`.
+pub(crate) unsafe fn newest_in_own_log(
+    heap: pg_sys::Oid,
+    index: pg_sys::Oid,
+    first: &str,
+    second: &str,
+    column: &CStr,
+    pick: impl Fn(&str) -> bool,
+) -> Option<Option<String>> {
+    unsafe {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let heap = pg_sys::table_open(heap, lock);
+        let index = pg_sys::index_open(index, lock);
+        let found = (|| {
+            let col = column_of(heap, column)?;
+            let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
+            pg_sys::getTypeOutputInfo(
+                pg_sys::get_atttype((*heap).rd_id, i16::try_from(col).ok()?),
+                &mut output,
+                &mut varlena,
+            );
+            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+            text_eq_key(&mut keys[0], index, 1, pgrx::IntoDatum::into_datum(first)?);
+            text_eq_key(&mut keys[1], index, 2, pgrx::IntoDatum::into_datum(second)?);
+            let scan = begin_index_scan_in(heap, index, &raw mut pg_sys::SnapshotSelfData, 2);
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            let mut newest = None;
+            while pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::BackwardScanDirection,
+                slot,
+            ) {
+                pgrx::check_for_interrupts!();
+                let mut is_null = false;
+                let d = pg_sys::slot_getattr(slot, col, &mut is_null);
+                if is_null {
+                    continue;
+                }
+                let text = CStr::from_ptr(pg_sys::OidOutputFunctionCall(output, d))
+                    .to_string_lossy()
+                    .into_owned();
+                if pick(&text) {
+                    newest = Some(text);
+                    break;
+                }
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::index_endscan(scan);
+            Some(newest)
+        })();
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
     }
 }
 

@@ -25,6 +25,7 @@
 
 use crate::errors::{internal, or_internal, WfError, WfResult};
 use crate::pg::counters;
+use crate::pg::index_scan::{newest_in_own_log, own_log_and_index};
 use crate::pg::plans::{self, required, EQ, PLUS, TEXT};
 use crate::pg::transaction::uses_transaction_snapshot;
 use crate::rules::lifecycle::{self, EntityKind, EventType, State, Violation};
@@ -316,27 +317,57 @@ fn entity_state(
     run.state?;
     let last = match &run.peek {
         Peek::Current(last) => *last,
-        Peek::Stale => {
-            let rows = or_internal!(
-                client.update(
-                    &plans.entity_last[slot],
-                    Some(1),
-                    &[addr.run_id.into(), corr.into()]
-                ),
-                "entity state"
-            );
-            if rows.is_empty() {
-                None
-            } else {
-                Some(parse_stored_type(&required::<String>(
-                    &rows.first(),
-                    1,
-                    "entity event",
-                )))
+        Peek::Stale => match direct_entity_last(plans, addr.run_id, corr, slot) {
+            Some(last) => last,
+            None => {
+                let rows = or_internal!(
+                    client.update(
+                        &plans.entity_last[slot],
+                        Some(1),
+                        &[addr.run_id.into(), corr.into()]
+                    ),
+                    "entity state"
+                );
+                if rows.is_empty() {
+                    None
+                } else {
+                    Some(parse_stored_type(&required::<String>(
+                        &rows.first(),
+                        1,
+                        "entity event",
+                    )))
+                }
             }
-        }
+        },
     };
     last.and_then(lifecycle::entity_state_after)
+}
+
+/// The entity's last event read straight from `workflow_ext.events`'
+/// index `events_entity_seq`, for the own log (None: another log, or it
+/// could not be read so; the caller asks SQL). Within a transaction that
+/// holds the run's lock, nobody else appends to the run, so the rows this
+/// transaction sees now are the run's rows (see
+/// [`crate::pg::index_scan::newest_in_own_log`]).
+fn direct_entity_last(
+    plans: &LogPlans,
+    run_id: &str,
+    corr: &str,
+    slot: usize,
+) -> Option<Option<EventType>> {
+    // SAFETY: inside the trigger's transaction; the relations are the own
+    // log and its index.
+    unsafe {
+        let (log, index) = own_log_and_index(c"events_entity_seq", &[pg_sys::ACL_SELECT])?;
+        if log != plans.oid {
+            return None;
+        }
+        let kind = EntityKind::ENTITIES[slot];
+        let last = newest_in_own_log(log, index, run_id, corr, c"type", |t| {
+            EventType::parse(t).is_some_and(|e| kind.event_types().any(|k| k == e))
+        })?;
+        Some(last.as_deref().map(parse_stored_type))
+    }
 }
 
 /// Step 4: the lifecycle's verdict; on acceptance, the row's seq, and the
