@@ -60,12 +60,14 @@ case "$cmd" in
       if [ -f "$("$PG_CONFIG" --pkglibdir)/workflow_ext.so" ]; then
         preload="-c shared_preload_libraries=workflow_ext"
       fi
+      # max_prepared_transactions: the regress suite prepares a transaction
+      # (the run rows written back at PREPARE TRANSACTION).
       # No Rust backtraces in error messages: they belong in bug reports, not in
       # every refused append (the extension also ignores RUST_BACKTRACE). The
       # server keeps none of the caller's descriptors (a lock a build script
       # holds, say): 3-9 closed.
       as_pg env -u RUST_BACKTRACE "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 \
-        -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1 $preload" start >/dev/null \
+        -o "-p $PORT -k $SOCK -c listen_addresses=127.0.0.1 -c max_prepared_transactions=8 $preload" start >/dev/null \
         3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
       echo "cluster: started on port $PORT (socket $SOCK, data $DATA)"
     fi ;;

@@ -122,6 +122,16 @@ SELECT run_id, state, last_seq, finished_at IS NOT NULL AS finished FROM workflo
 SELECT seq FROM workflow_ext.append_event('copy-2', 's2', 'step_started');
 SELECT count(*) AS anomalies FROM workflow_ext.scan() WHERE run_id ~ '^(single|loop|mixed|copy)-';
 
+-- PREPARE TRANSACTION writes the run rows back too: the prepared
+-- transaction's appends are the run row's once it commits.
+BEGIN;
+INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('copy-2', 's3', 'step_started');
+INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('copy-2', 's3', 'step_completed');
+PREPARE TRANSACTION 'wfx_bulk';
+COMMIT PREPARED 'wfx_bulk';
+SELECT state, last_seq FROM workflow_ext.runs WHERE run_id = 'copy-2';
+SELECT seq FROM workflow_ext.append_event('copy-2', 's4', 'step_started');
+
 -- A run finished in this transaction is purged as finished: purge_runs
 -- writes the run rows back first.
 BEGIN;
