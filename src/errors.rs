@@ -131,6 +131,13 @@ pub enum WfError {
     /// not the extension's: the trigger refuses it instead of storing it.
     /// 55000.
     CreationIndexMissing { log: String },
+    /// A REPEATABLE READ or SERIALIZABLE writer whose snapshot predates the
+    /// concurrent attach of the log it appends to (it would miss the
+    /// run's existing rows). 40001.
+    SnapshotBeforeAttach { log: String },
+    /// A concurrent attach could not start its background worker
+    /// (max_worker_processes reached). 53000.
+    NoBackgroundWorker,
 }
 
 /// What a [`WfError`] says: PostgreSQL's four parts of an error.
@@ -301,6 +308,21 @@ impl WfError {
                 "It fired with its {expected} members; member \"{}\" is one too many.",
                 clip(member_key)
             )),
+            WfError::SnapshotBeforeAttach { log } => Report::new(
+                C::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "could not serialize access due to a concurrent attach",
+            )
+            .detail(format!(
+                "This transaction's snapshot was taken before the attach of {} began, so it cannot see the run's existing rows.",
+                clip(log)
+            ))
+            .hint("Retry the transaction."),
+            WfError::NoBackgroundWorker => Report::new(
+                C::ERRCODE_INSUFFICIENT_RESOURCES,
+                "could not start a background worker for a concurrent attach",
+            )
+            .detail("Every background worker slot (max_worker_processes) is in use.")
+            .hint("Try again when a worker has finished, or raise max_worker_processes (needs a restart)."),
             WfError::NegativeInterval => {
                 Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "older_than must not be negative")
             }

@@ -141,6 +141,52 @@ fn seq_in_run(
     })
 }
 
+/// Numbers the existing rows (seq NULL) of `log`'s runs `run_ids`, or with
+/// `run_ids` NULL the rows without a run id, each run 1..n in replay order
+/// (by id, bytes; NULL last), as `seq_in_run` and the blocking attach do.
+/// For a concurrent attach, which holds each run's lock
+/// (`workflow_ext.adopt_runs`) and cannot rewrite the table under its
+/// writers: an UPDATE, as the table's owner
+/// ([`crate::pg::owner::as_role`]), that the append-only trigger lets
+/// through for this log and this statement only. Returns the rows
+/// numbered.
+#[pg_extern(sql = false)] // declared in sql/attach.sql
+fn number_runs(log: Option<pg_sys::Oid>, run_ids: Option<Vec<Option<String>>>) -> i64 {
+    let Some(log) = log else {
+        crate::errors::raise!(crate::errors::WfError::NullArgument { arg: "log" })
+    };
+    let name = crate::pg::owner::relation_name(log);
+    let owner = crate::pg::owner::owner_of(log)
+        .unwrap_or_else(|| internal!("relation {} vanished", log.to_u32()));
+    let of_runs = |alias: &str| match run_ids {
+        Some(_) => format!("{alias}run_id::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)"),
+        None => format!("{alias}run_id IS NULL"),
+    };
+    // The outer condition repeats the inner one, so that the rows to
+    // update are found through the run_id index, not by a scan of the table.
+    let statement = format!(
+        "UPDATE {name} t SET seq = o.n \
+           FROM (SELECT ctid AS row_id, pg_catalog.row_number() OVER \
+                        (PARTITION BY run_id ORDER BY id::pg_catalog.text COLLATE \"C\") AS n \
+                   FROM {name} WHERE {} AND seq IS NULL) o \
+          WHERE {} AND t.seq IS NULL AND t.ctid OPERATOR(pg_catalog.=) o.row_id",
+        of_runs(""),
+        of_runs("t.")
+    );
+    let ids = run_ids.unwrap_or_default();
+    crate::features::retention::while_numbering(log, || {
+        crate::pg::owner::as_role(owner, || {
+            Spi::connect_mut(|c| {
+                let done = crate::errors::or_internal!(
+                    c.update(&statement, None, &[ids.into()]),
+                    "number existing rows"
+                );
+                i64::try_from(done.len()).unwrap_or(i64::MAX)
+            })
+        })
+    })
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

@@ -10,6 +10,25 @@ use std::convert::Infallible;
 thread_local! {
     /// Set only by `purge_runs` around its DELETE; no SQL can reach it.
     static PURGE_IN_PROGRESS: Cell<bool> = const { Cell::new(false) };
+    /// The log whose existing rows a concurrent attach is numbering (its
+    /// UPDATE of seq only, `crate::features::attach::number_runs`); no SQL
+    /// can reach it.
+    static NUMBERING: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+}
+
+/// Runs `f` (the numbering UPDATE of `log`'s existing rows) with the
+/// append-only trigger letting that log's updates through; resets however
+/// `f` ends.
+pub(crate) fn while_numbering<R>(log: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NUMBERING.with(|n| n.set(None));
+        }
+    }
+    NUMBERING.with(|n| n.set(Some(log)));
+    let _reset = Reset;
+    f()
 }
 
 /// Resets the purge flag however the purge ends (an ERROR unwinds through
@@ -40,6 +59,14 @@ fn events_refuse_change<'a>(
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
     let op = match trigger.op() {
         Ok(PgTriggerOperation::Delete) if PURGE_IN_PROGRESS.with(Cell::get) => return Ok(None),
+        Ok(PgTriggerOperation::Update)
+            if NUMBERING.with(Cell::get).is_some_and(|log| {
+                // SAFETY: a row trigger's open relation.
+                unsafe { (*trigger.trigger_data().tg_relation).rd_id == log }
+            }) =>
+        {
+            return Ok(trigger.new().map(|row| row.into_owned()));
+        }
         Ok(PgTriggerOperation::Delete) => "delete from",
         Ok(PgTriggerOperation::Update) => "update",
         Ok(PgTriggerOperation::Truncate) => "truncate",

@@ -11,6 +11,7 @@
 //! - [`transaction`]: work in a subtransaction, its error caught; the
 //!   transaction's isolation and read-only checks.
 
+pub mod background;
 pub mod counters;
 pub mod index_scan;
 pub mod log_scan;

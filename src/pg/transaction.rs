@@ -121,3 +121,11 @@ unsafe extern "C-unwind" fn subxact_edge(
         }
     }
 }
+
+/// Whether the caller runs inside a transaction block (BEGIN … COMMIT),
+/// where a procedure cannot commit between its steps.
+#[pgrx::pg_extern(sql = false)] // declared in sql/attach.sql
+fn in_transaction_block() -> bool {
+    // SAFETY: reads the transaction state.
+    unsafe { pg_sys::IsTransactionBlock() }
+}

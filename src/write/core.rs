@@ -473,11 +473,46 @@ fn creation_index_intact(client: &mut SpiClient<'_>, log: pg_sys::Oid) -> bool {
     .unwrap_or(false)
 }
 
+/// A concurrent attach of the trigger's log is adopting its existing runs
+/// (`workflow_ext.attach_concurrently`; the trigger's arguments say so).
+#[derive(Clone, Copy)]
+pub(crate) struct Adopting {
+    /// The transaction that installed the trigger: every row written before
+    /// it committed is an existing row.
+    pub(crate) began: pg_sys::TransactionId,
+}
+
+/// Adopts the run before its first append in this transaction: numbers its
+/// existing rows and seeds its run row (`workflow_ext.adopt_runs`, the
+/// statement the attach's own batches run), unless that was done. Under
+/// REPEATABLE READ or SERIALIZABLE a snapshot taken before the attach began
+/// would miss existing rows: such a transaction gets 40001 and retries.
+fn adopt_run(client: &mut SpiClient<'_>, log: pg_sys::Oid, run_id: &str, adopting: Adopting) -> WfResult<()> {
+    // SAFETY: the transaction's snapshot, inside the transaction.
+    if uses_transaction_snapshot()
+        && unsafe { pg_sys::XidInMVCCSnapshot(adopting.began, pg_sys::GetTransactionSnapshot()) }
+    {
+        return Err(WfError::SnapshotBeforeAttach {
+            log: crate::pg::owner::relation_name(log),
+        });
+    }
+    or_internal!(
+        client.update(
+            "SELECT workflow_ext.adopt_runs($1::pg_catalog.oid::pg_catalog.regclass, ARRAY[$2])",
+            Some(1),
+            &[log.into(), run_id.into()],
+        ),
+        "adopt run"
+    );
+    Ok(())
+}
+
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
 pub(crate) fn lock_and_decide(
     client: &mut SpiClient<'_>,
     plans: &LogPlans,
     addr: &EventAddress<'_>,
+    adopting: Option<Adopting>,
 ) -> WfResult<i64> {
     // A row of an announced batch whose run this transaction has locked
     // for the batch (src/write/batch.rs).
@@ -495,6 +530,9 @@ pub(crate) fn lock_and_decide(
             peek: Peek::Stale,
         },
         None => {
+            if let Some(adopting) = adopting {
+                adopt_run(client, plans.oid, addr.run_id, adopting)?;
+            }
             if addr.event == EventType::RunCreated {
                 let inserted = or_internal!(
                     client.update(&plans.insert_run, Some(1), &[addr.run_id.into()]),

@@ -1,7 +1,7 @@
 //! The events trigger: every INSERT or COPY into a protected log, whatever
 //! the route, reaches the write core ([`super::core`]) through it.
 
-use super::core::{lock_and_decide, log_plans};
+use super::core::{lock_and_decide, log_plans, Adopting};
 use crate::errors::{internal, or_internal, or_raise, raise, WfError};
 use crate::pg::counters;
 use crate::pg::log_shape;
@@ -76,6 +76,19 @@ fn events_before_insert<'a>(
         )
     };
 
+    // A concurrent attach installs the trigger with two arguments,
+    // 'adopting' and its transaction id, and reinstalls it without them
+    // when every existing run is adopted (sql/attach.sql).
+    // SAFETY: the trigger's own pg_trigger entry, for the whole call.
+    let adopting = unsafe {
+        let t = data.tg_trigger;
+        ((*t).tgnargs == 2)
+            .then(|| CStr::from_ptr(*(*t).tgargs.add(1)))
+            .and_then(|xid| xid.to_str().ok()?.parse::<u32>().ok())
+            .map(|began| Adopting {
+                began: began.into(),
+            })
+    };
     let verdict = (|| {
         let addr = validate::address(run_id.as_deref(), corr.as_deref(), type_name.as_deref())?;
         validate::optional_ident("id", id.as_deref())?;
@@ -90,7 +103,7 @@ fn events_before_insert<'a>(
             None => Spi::connect_mut(|client| {
                 // SAFETY: the trigger's relation is open for the whole call.
                 let plans = unsafe { log_plans(client, rel) };
-                lock_and_decide(client, &plans, &addr)
+                lock_and_decide(client, &plans, &addr, adopting)
             })?,
         };
         match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {

@@ -28,6 +28,8 @@ RELEASED = {
               "e01c9114a2ec4861374352a0082cf6e7491b6e8d88bc6b2b605bc54b1976f81d"),
     "0.5.0": ("3578d98ab915bb63e94aa197c0f95c47e1c6a938",
               "c9caf8b1d74c59cd88b20a3f8348e71ad70ca771c77e8ee142dd90a55cbc82f8"),
+    "0.5.1": ("9267b0241a8dd23627485b4fb9f6acef618f036f",
+              "84ea778ef148fdbe4d82c7f1dcf2fc9428f3d483e46c960006ac36ff2f7004fb"),
 }
 
 
