@@ -37,6 +37,8 @@ $$;
 --   run_seq     (run_id, seq), unique: the dense seq;
 --   entity_seq  an entity's last event in one backward index step (the
 --               trigger's read);
+--   restore     the table's own creation index, which a concurrent attach
+--               dropped, rebuilt when the attach is undone;
 --   drop:<oid>  DROP INDEX CONCURRENTLY of one of those, left invalid by a
 --               failed concurrent build.
 -- Internal (not executable by PUBLIC).
@@ -47,6 +49,7 @@ DECLARE
     base text := workflow_ext.index_base(log);
     how text := '';
     idx regclass;
+    def text;
 BEGIN
     IF online THEN
         how := 'CONCURRENTLY ';
@@ -63,12 +66,23 @@ BEGIN
     WHEN step = 'entity_seq' THEN
         RETURN format('CREATE INDEX %s%I ON %s (run_id, correlation_id, seq) WHERE correlation_id IS NOT NULL',
                       how, base || '_wfx_entity_seq', log);
+    WHEN step = 'restore' THEN
+        -- The table's own creation index an interrupted concurrent attach
+        -- dropped, rebuilt from its definition under <base>_wfx_restore
+        -- (detach gives it its name back).
+        SELECT l.replaced_index INTO def FROM workflow_ext.logs l WHERE l.relation = log;
+        IF def IS NULL OR position('CREATE UNIQUE INDEX workflow_events_entity_creation_unique ON ' IN def) <> 1 THEN
+            RAISE EXCEPTION 'no creation index of "%" to restore', log USING ERRCODE = 'undefined_object';
+        END IF;
+        RETURN format('CREATE UNIQUE INDEX %s%I ON ', how, base || '_wfx_restore')
+               || substr(def, length('CREATE UNIQUE INDEX workflow_events_entity_creation_unique ON ') + 1);
     WHEN step LIKE 'drop:%' THEN
         -- Only an index of this table with one of the names above.
         SELECT i.indexrelid INTO idx
           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
          WHERE i.indexrelid = substr(step, 6)::oid AND i.indrelid = log
-           AND c.relname IN (base || '_wfx_creation', base || '_wfx_run_seq', base || '_wfx_entity_seq');
+           AND c.relname IN (base || '_wfx_creation', base || '_wfx_run_seq', base || '_wfx_entity_seq',
+                             base || '_wfx_restore');
         IF idx IS NULL THEN
             RAISE EXCEPTION 'no index of attach to drop: %', step USING ERRCODE = 'undefined_object';
         END IF;
@@ -650,7 +664,7 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = log)
                                         AND c.relname IN (workflow_ext.index_base(log) || '_wfx_creation',
-                                                          workflow_ext.index_base(log) || '_wfx_replaced')) THEN
+                                                          workflow_ext.index_base(log) || '_wfx_restore')) THEN
         RAISE EXCEPTION 'an interrupted attach of "%" left its indexes behind', log
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'workflow_ext.detach undoes it; then call attach_concurrently again.';
@@ -690,9 +704,13 @@ BEGIN
             USING ERRCODE = 'duplicate_object',
                   HINT = 'Attach tables of one schema one at a time: the index name is per schema.';
     END IF;
+    -- The table's own index goes (its definition kept for detach; an
+    -- undo rebuilds it concurrently): a second unique index on the same
+    -- keys would answer a duplicate with its own name, which the package
+    -- does not map.
     IF own_index.idx IS NOT NULL THEN
         replaced := pg_get_indexdef(own_index.idx);
-        EXECUTE format('ALTER INDEX %s RENAME TO %I', own_index.idx, base || '_wfx_replaced');
+        EXECUTE format('DROP INDEX %s', own_index.idx);
     END IF;
     EXECUTE format('ALTER INDEX %I.%I RENAME TO workflow_events_entity_creation_unique',
                    schema_name, base || '_wfx_creation');
@@ -715,15 +733,12 @@ END
 $$;
 
 -- Step 5: after the audit, under a short ACCESS EXCLUSIVE lock, the
--- validating trigger in its final form (no adopting) and the table's own
--- creation index dropped (detach recreates it from its definition).
--- Internal.
+-- validating trigger in its final form (no adopting). Internal.
 CREATE FUNCTION workflow_ext.attach_concurrently_finish(log regclass, numbered bigint) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     a workflow_ext.logs;
-    backup text := workflow_ext.index_base(log) || '_wfx_replaced';
 BEGIN
     PERFORM workflow_ext.lock_for_attach(log);
     -- Unregistered for the few statements that swap the trigger (the DDL
@@ -736,9 +751,6 @@ BEGIN
     EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '
                    'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_before_insert()', log);
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER workflow_ext_validate_insert', log);
-    EXECUTE format('DROP INDEX IF EXISTS %I.%I',
-                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = log),
-                   backup);
     a.numbered := numbered;
     INSERT INTO workflow_ext.logs SELECT a.*;
     PERFORM workflow_ext.check_log(log, attaching => false);
@@ -772,6 +784,15 @@ CREATE FUNCTION workflow_ext.in_transaction_block() RETURNS boolean
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'in_transaction_block_wrapper';
 
+-- attach_concurrently holds cancels off across each COMMIT and the entry
+-- into the next step's exception block (src/pg/transaction.rs). Internal.
+CREATE FUNCTION workflow_ext.hold_interrupts() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'hold_interrupts_wrapper';
+CREATE FUNCTION workflow_ext.resume_interrupts() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'resume_interrupts_wrapper';
+
 -- Background workers that run one of attach_statement's steps at the top
 -- level (src/pg/background.rs): start one, poll it, stop it. Internal.
 CREATE FUNCTION workflow_ext.start_top_level(log oid, step text) RETURNS integer
@@ -798,11 +819,15 @@ CREATE PROCEDURE workflow_ext.attach_concurrently(log regclass, accept_existing 
     LANGUAGE plpgsql
 AS $$
 DECLARE
+    steps constant text[] := ARRAY['creation', 'begin', 'run_seq', 'entity_seq', 'adopt', 'audit', 'finish'];
+    i integer := 1;
     step text;
+    in_step boolean := false;
+    step_done boolean := false;
     ticket integer;
-    finished boolean;
-    phase text := 'check';
     began boolean := false;
+    attached boolean := false;
+    failed boolean := false;
     batch text[];
     after text;
     numbered bigint := 0;
@@ -818,46 +843,53 @@ DECLARE
 BEGIN
     PERFORM workflow_ext.attach_concurrently_check(log, accept_existing);
     COMMIT;
-    <<steps>>
-    FOREACH step IN ARRAY ARRAY['creation', 'begin', 'run_seq', 'entity_seq', 'adopt', 'audit', 'finish'] LOOP
-        phase := step;
-        phase_started := pg_catalog.clock_timestamp();
-        RAISE NOTICE 'attach of %: %', log, CASE step
-            WHEN 'creation' THEN 'building the creation index concurrently'
-            WHEN 'begin' THEN 'installing the triggers (short lock)'
-            WHEN 'run_seq' THEN 'building the (run_id, seq) index concurrently'
-            WHEN 'entity_seq' THEN 'building the entity index concurrently'
-            WHEN 'adopt' THEN 'numbering the existing rows'
-            WHEN 'audit' THEN 'auditing every run'
-            ELSE 'finishing (short lock)' END;
-        IF step IN ('creation', 'run_seq', 'entity_seq') THEN
-            ticket := workflow_ext.start_top_level(log, step);
-            COMMIT;
-            LOOP
-                BEGIN
-                    finished := workflow_ext.top_level_finished(ticket);
-                    IF NOT finished THEN
+    -- One iteration, one transaction: all its work in one block, so that
+    -- an error or a cancel anywhere in it is caught (and the attach
+    -- undone); only the COMMITs are outside, with interrupts held off.
+    LOOP
+        BEGIN
+            PERFORM workflow_ext.resume_interrupts();
+            IF i > pg_catalog.array_length(steps, 1) THEN
+                attached := true;
+                RAISE NOTICE 'attach of %: attached, % existing rows numbered in % s', log, numbered,
+                    pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - started)::numeric, 3);
+            ELSE
+                step := steps[i];
+                IF NOT in_step THEN
+                    in_step := true;
+                    phase_started := pg_catalog.clock_timestamp();
+                    RAISE NOTICE 'attach of %: %', log, CASE step
+                        WHEN 'creation' THEN 'building the creation index concurrently'
+                        WHEN 'begin' THEN 'installing the triggers (short lock)'
+                        WHEN 'run_seq' THEN 'building the (run_id, seq) index concurrently'
+                        WHEN 'entity_seq' THEN 'building the entity index concurrently'
+                        WHEN 'adopt' THEN 'numbering the existing rows'
+                        WHEN 'audit' THEN 'auditing every run'
+                        ELSE 'finishing (short lock)' END;
+                    IF step IN ('creation', 'run_seq', 'entity_seq') THEN
+                        -- Started now, it waits for this transaction to end.
+                        ticket := workflow_ext.start_top_level(log, step);
+                    END IF;
+                ELSIF step IN ('creation', 'run_seq', 'entity_seq') THEN
+                    IF workflow_ext.top_level_finished(ticket) THEN
+                        ticket := NULL;
+                        IF NOT workflow_ext.attach_index_valid(log, step) THEN
+                            RAISE EXCEPTION 'could not build the % index of "%" concurrently', step, log
+                                USING ERRCODE = 'object_not_in_prerequisite_state',
+                                      DETAIL = 'The background worker that built it stopped without finishing it; '
+                                               'the server log has its error.',
+                                      HINT = 'Correct what the server log names (attach_dry_run lists duplicate '
+                                             'creations), then call attach_concurrently again.';
+                        END IF;
+                        step_done := true;
+                    ELSE
                         PERFORM pg_catalog.pg_sleep(0.05);
                     END IF;
-                EXCEPTION WHEN query_canceled OR OTHERS THEN
-                    GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
-                                            err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
-                    PERFORM workflow_ext.stop_top_level(ticket);
-                    EXIT steps;
-                END;
-                COMMIT;
-                EXIT WHEN finished;
-            END LOOP;
-            IF NOT workflow_ext.attach_index_valid(log, step) THEN
-                err_state := '55000';
-                err_message := pg_catalog.format('could not build the %s index of "%s" concurrently', step, log);
-                err_detail := 'The background worker that built it stopped without finishing it; the server log has its error.';
-                err_hint := 'Correct what the server log names (attach_dry_run lists duplicate creations), then call attach_concurrently again.';
-                EXIT steps;
-            END IF;
-        ELSIF step = 'adopt' THEN
-            LOOP
-                BEGIN
+                ELSIF step = 'begin' THEN
+                    PERFORM workflow_ext.attach_concurrently_begin(log, accept_existing);
+                    began := true;
+                    step_done := true;
+                ELSIF step = 'adopt' THEN
                     batch := workflow_ext.run_ids_after(log, after, 200);
                     IF batch IS NOT NULL THEN
                         numbered := numbered + workflow_ext.adopt_runs(log, batch);
@@ -865,25 +897,13 @@ BEGIN
                     ELSE
                         -- Rows without a run id: a closed set (the trigger refuses new ones).
                         numbered := numbered + workflow_ext.number_runs(log, NULL);
+                        step_done := true;
                     END IF;
-                EXCEPTION WHEN query_canceled OR OTHERS THEN
-                    GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
-                                            err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
-                    EXIT steps;
-                END;
-                COMMIT;
-                EXIT WHEN batch IS NULL;
-                IF pg_catalog.clock_timestamp() - reported > interval '2 seconds' THEN
-                    reported := pg_catalog.clock_timestamp();
-                    RAISE NOTICE 'attach of %: % rows numbered, % rows/s', log, numbered,
-                        pg_catalog.round(numbered / greatest(extract(epoch FROM reported - phase_started), 0.001));
-                END IF;
-            END LOOP;
-        ELSE
-            BEGIN
-                IF step = 'begin' THEN
-                    PERFORM workflow_ext.attach_concurrently_begin(log, accept_existing);
-                    began := true;
+                    IF pg_catalog.clock_timestamp() - reported > interval '2 seconds' THEN
+                        reported := pg_catalog.clock_timestamp();
+                        RAISE NOTICE 'attach of %: % rows numbered, % rows/s', log, numbered,
+                            pg_catalog.round(numbered / greatest(extract(epoch FROM reported - phase_started), 0.001));
+                    END IF;
                 ELSIF step = 'audit' THEN
                     IF EXISTS (SELECT FROM workflow_ext.unnumbered_rows(log)) THEN
                         RAISE EXCEPTION 'rows of "%" were left unnumbered', log
@@ -904,40 +924,63 @@ BEGIN
                                   HINT = pg_catalog.format('Inspect them with workflow_ext.replay(run_id, %L), or pass '
                                                            'accept_existing => true to protect only new rows.', log::text);
                     END IF;
+                    step_done := true;
                 ELSE
                     PERFORM workflow_ext.attach_concurrently_finish(log, numbered);
+                    step_done := true;
                 END IF;
-            EXCEPTION WHEN query_canceled OR OTHERS THEN
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
-                                        err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
-                EXIT steps;
-            END;
-            COMMIT;
-        END IF;
-        RAISE NOTICE 'attach of %: % done in % s', log, step,
-            pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - phase_started)::numeric, 3);
+                IF step_done THEN
+                    RAISE NOTICE 'attach of %: % done in % s', log, step,
+                        pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - phase_started)::numeric, 3);
+                    i := i + 1;
+                    in_step := false;
+                    step_done := false;
+                END IF;
+            END IF;
+            -- Until the next iteration's first statement (src/pg/transaction.rs).
+            PERFORM workflow_ext.hold_interrupts();
+        EXCEPTION WHEN query_canceled OR OTHERS THEN
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
+            failed := true;
+        END;
+        EXIT WHEN failed OR attached;
+        COMMIT;
     END LOOP;
-    IF err_state IS NOT NULL THEN
-        ROLLBACK;
-        -- A stopped worker's build is left invalid: wait for it, then undo.
-        IF ticket IS NOT NULL THEN
-            WHILE NOT workflow_ext.top_level_finished(ticket) LOOP
-                COMMIT;
-                PERFORM pg_catalog.pg_sleep(0.05);
-            END LOOP;
-        END IF;
-        COMMIT;
-        PERFORM workflow_ext.attach_concurrently_undo(log);
-        COMMIT;
-        err_detail := CASE WHEN err_detail IS NULL OR err_detail = '' THEN '' ELSE err_detail || ' ' END
-                      || pg_catalog.format('The attach stopped at its %s step and was undone.', phase);
-        IF err_hint IS NULL OR err_hint = '' THEN
-            RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
-        END IF;
-        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail, HINT = err_hint;
+    IF attached THEN
+        PERFORM workflow_ext.resume_interrupts();
+        RETURN;
     END IF;
-    RAISE NOTICE 'attach of %: attached, % existing rows numbered in % s', log, numbered,
-        pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - started)::numeric, 3);
+    ROLLBACK;
+    -- A worker still building is stopped; its build is left invalid.
+    IF ticket IS NOT NULL THEN
+        PERFORM workflow_ext.stop_top_level(ticket);
+        WHILE NOT workflow_ext.top_level_finished(ticket) LOOP
+            COMMIT;
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END LOOP;
+    END IF;
+    COMMIT;
+    -- The table's own creation index, dropped by the begin step, is rebuilt
+    -- concurrently first (if that fails, detach rebuilds it under the lock).
+    IF began AND EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log AND l.replaced_index IS NOT NULL) THEN
+        RAISE NOTICE 'attach of %: undoing; rebuilding the table''s own creation index concurrently', log;
+        ticket := workflow_ext.start_top_level(log, 'restore');
+        COMMIT;
+        WHILE NOT workflow_ext.top_level_finished(ticket) LOOP
+            COMMIT;
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END LOOP;
+        COMMIT;
+    END IF;
+    PERFORM workflow_ext.attach_concurrently_undo(log);
+    COMMIT;
+    err_detail := CASE WHEN err_detail IS NULL OR err_detail = '' THEN '' ELSE err_detail || ' ' END
+                  || pg_catalog.format('The attach stopped at its %s step and was undone.', step);
+    IF err_hint IS NULL OR err_hint = '' THEN
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail, HINT = err_hint;
 END
 $$;
 
@@ -1068,15 +1111,14 @@ BEGIN
     EXECUTE format('DROP INDEX IF EXISTS %I.workflow_events_entity_creation_unique',
                    (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = log));
     IF a.replaced_index IS NOT NULL THEN
-        -- A concurrent attach that did not finish kept the table's own
-        -- index under another name: it gets its name back, unbuilt.
+        -- An undone concurrent attach rebuilt it concurrently already.
         IF to_regclass(format('%I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                                          WHERE c.oid = log),
-                              workflow_ext.index_base(log) || '_wfx_replaced')) IS NOT NULL THEN
+                              workflow_ext.index_base(log) || '_wfx_restore')) IS NOT NULL THEN
             EXECUTE format('ALTER INDEX %I.%I RENAME TO workflow_events_entity_creation_unique',
                            (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                              WHERE c.oid = log),
-                           workflow_ext.index_base(log) || '_wfx_replaced');
+                           workflow_ext.index_base(log) || '_wfx_restore');
         ELSE
             EXECUTE a.replaced_index;
         END IF;

@@ -50,6 +50,8 @@ REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_begin(regclass, boolean)
 REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_finish(regclass, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_undo(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.in_transaction_block() FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.hold_interrupts() FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.resume_interrupts() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.start_top_level(oid, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.top_level_finished(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.stop_top_level(integer) FROM PUBLIC;

@@ -105,9 +105,18 @@ fn stop_top_level(ticket: i32) {
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn workflow_ext_top_level_worker(_arg: pg_sys::Datum) {
-    // SAFETY: called once, at the worker's start; the default SIGTERM
-    // handler (bgworker_die) ends it, SIGINT cancels the statement.
-    unsafe { pg_sys::BackgroundWorkerUnblockSignals() };
+    // SAFETY: called once, at the worker's start. SIGTERM (the caller
+    // stopping it) is taken at the next interrupt check, as in a client
+    // backend (die), never inside the signal handler: bgworker_die, the
+    // default, would exit holding whatever lock the build held. SIGINT
+    // cancels the statement.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(on_sigterm));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
     let extra = BackgroundWorker::get_extra();
     let mut parts = extra.split(' ');
     let mut oid = || {
@@ -134,6 +143,18 @@ pub extern "C-unwind" fn workflow_ext_top_level_worker(_arg: pg_sys::Datum) {
         CString::new(statement).unwrap_or_else(|_| internal!("statement with a NUL byte"));
     // SAFETY: a connected worker outside any transaction.
     unsafe { run_top_level(&statement) };
+}
+
+/// SIGTERM, as PostgreSQL's `die` marks it: the worker ends at its next
+/// interrupt check, releasing its locks on the way out.
+unsafe extern "C-unwind" fn on_sigterm(_signal: std::ffi::c_int) {
+    // SAFETY: what die() does: flags read at CHECK_FOR_INTERRUPTS, and the
+    // latch, whose setting is safe in a signal handler.
+    unsafe {
+        pg_sys::InterruptPending = 1;
+        pg_sys::ProcDiePending = 1;
+        pg_sys::SetLatch(pg_sys::MyLatch);
+    }
 }
 
 /// Runs one utility statement as a client's simple query would: its own

@@ -129,3 +129,26 @@ fn in_transaction_block() -> bool {
     // SAFETY: reads the transaction state.
     unsafe { pg_sys::IsTransactionBlock() }
 }
+
+/// Holds off query cancels and terminations from the end of one step of
+/// `attach_concurrently` to the start of the next, across the COMMIT and
+/// the entry into the next step's exception block, where PL/pgSQL cannot
+/// catch them: a cancel that lands there is taken at the next step's first
+/// statement instead, where the procedure undoes the attach. An ERROR
+/// resets the hold-off (elog.c), so none can leak.
+#[pgrx::pg_extern(sql = false)] // declared in sql/attach.sql
+fn hold_interrupts() {
+    // SAFETY: the backend's own counter, as HOLD_INTERRUPTS() does.
+    unsafe { pg_sys::InterruptHoldoffCount += 1 }
+}
+
+/// Ends [`hold_interrupts`]; a pending cancel is taken at the next check.
+#[pgrx::pg_extern(sql = false)] // declared in sql/attach.sql
+fn resume_interrupts() {
+    // SAFETY: as RESUME_INTERRUPTS(), never below zero.
+    unsafe {
+        if pg_sys::InterruptHoldoffCount > 0 {
+            pg_sys::InterruptHoldoffCount -= 1;
+        }
+    }
+}
