@@ -316,6 +316,35 @@ BEGIN
 END
 $$;
 
+-- Refuses to attach `log` when scan() finds anomalies in its rows, unless
+-- `accept_existing`: 55000 naming the worst five runs. attach and
+-- attach_concurrently's audit. Internal.
+CREATE FUNCTION workflow_ext.refuse_anomalies(log regclass, accept_existing boolean) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad_runs bigint;
+    worst text;
+BEGIN
+    IF accept_existing THEN
+        RETURN;
+    END IF;
+    SELECT count(*), string_agg(format('run "%s" (%s anomalies, first: %s at %s)',
+                                       s.run_id, s.anomalies, s.first_anomaly, s.first_seq), ', ')
+                     FILTER (WHERE s.rank <= 5)
+      INTO bad_runs, worst
+      FROM (SELECT sc.*, row_number() OVER (ORDER BY sc.anomalies DESC, sc.run_id) AS rank
+              FROM workflow_ext.scan(log) sc) s;
+    IF bad_runs > 0 THEN
+        RAISE EXCEPTION '"%" has anomalies', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('%s run(s) with anomalies; the worst: %s.', bad_runs, worst),
+                  HINT = format('Inspect them with workflow_ext.replay(run_id, %L), or pass accept_existing => true '
+                                'to protect only new rows.', log::text);
+    END IF;
+END
+$$;
+
 -- Puts the extension's guarantees on an existing event table (the DevKit's
 -- workflow.workflow_events, or any table with id, run_id, type and
 -- correlation_id columns): audits the rows already there, numbers them in
@@ -376,19 +405,7 @@ BEGIN
       FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0 AND NOT a.attisdropped;
 
     -- The audit: scan() replays every run with the writer's rules.
-    SELECT count(*), string_agg(format('run "%s" (%s anomalies, first: %s at %s)',
-                                       s.run_id, s.anomalies, s.first_anomaly, s.first_seq), ', ')
-                     FILTER (WHERE s.rank <= 5)
-      INTO bad_runs, worst
-      FROM (SELECT sc.*, row_number() OVER (ORDER BY sc.anomalies DESC, sc.run_id) AS rank
-              FROM workflow_ext.scan(log) sc) s;
-    IF bad_runs > 0 AND NOT accept_existing THEN
-        RAISE EXCEPTION '"%" has anomalies', log
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = format('%s run(s) with anomalies; the worst: %s.', bad_runs, worst),
-                  HINT = format('Inspect them with workflow_ext.replay(run_id, %L), or pass accept_existing => true '
-                                'to protect only new rows.', log::text);
-    END IF;
+    PERFORM workflow_ext.refuse_anomalies(log, accept_existing);
 
     -- An accepted past may hold what the creation index cannot: say which.
     SELECT d.creations, d.first INTO bad_runs, worst FROM workflow_ext.duplicate_creations(log) d;
@@ -510,15 +527,16 @@ $$;
 --   1. the extension's creation index, built concurrently by a background
 --      worker (src/pg/background.rs) under a temporary name;
 --   2. a short ACCESS EXCLUSIVE step (attach_concurrently_begin): the seq
---      column (a catalog change), the creation indexes swapped by name,
+--      column (a catalog change), the table's own creation index dropped
+--      (its definition kept) and the extension's renamed into its place,
 --      the triggers installed in their *adopting* form, the registration;
 --      from here every new row is validated and numbered;
---   3. the seq indexes, built concurrently;
---   4. every existing run adopted (adopt_runs), in batches that commit;
+--   3. every existing run adopted (adopt_runs), in batches that commit;
 --      a writer's first append to a run not adopted yet adopts it itself;
+--   4. the seq indexes, built concurrently (after the numbering, whose
+--      UPDATE would otherwise add an entry to each for every row);
 --   5. the audit (scan), then a short ACCESS EXCLUSIVE step
---      (attach_concurrently_finish): the triggers in their final form,
---      the table's own creation index dropped.
+--      (attach_concurrently_finish): the trigger in its final form.
 -- A failed or cancelled attach undoes every step (attach_concurrently_undo).
 
 -- Takes `log`'s ACCESS EXCLUSIVE lock for one of attach's short steps,
@@ -819,7 +837,7 @@ CREATE PROCEDURE workflow_ext.attach_concurrently(log regclass, accept_existing 
     LANGUAGE plpgsql
 AS $$
 DECLARE
-    steps constant text[] := ARRAY['creation', 'begin', 'run_seq', 'entity_seq', 'adopt', 'audit', 'finish'];
+    steps constant text[] := ARRAY['creation', 'begin', 'adopt', 'run_seq', 'entity_seq', 'audit', 'finish'];
     i integer := 1;
     step text;
     in_step boolean := false;
@@ -834,8 +852,6 @@ DECLARE
     started timestamptz := pg_catalog.clock_timestamp();
     phase_started timestamptz;
     reported timestamptz := pg_catalog.clock_timestamp();
-    bad_runs bigint;
-    worst text;
     err_state text;
     err_message text;
     err_detail text;
@@ -911,19 +927,7 @@ BEGIN
                                   DETAIL = 'A writer whose snapshot predates the attach appended to a run being numbered.',
                                   HINT = 'Call attach_concurrently again.';
                     END IF;
-                    SELECT count(*), pg_catalog.string_agg(pg_catalog.format('run "%s" (%s anomalies, first: %s at %s)',
-                                                   s.run_id, s.anomalies, s.first_anomaly, s.first_seq), ', ')
-                                     FILTER (WHERE s.rank <= 5)
-                      INTO bad_runs, worst
-                      FROM (SELECT sc.*, pg_catalog.row_number() OVER (ORDER BY sc.anomalies DESC, sc.run_id) AS rank
-                              FROM workflow_ext.scan(log) sc) s;
-                    IF bad_runs > 0 AND NOT accept_existing THEN
-                        RAISE EXCEPTION '"%" has anomalies', log
-                            USING ERRCODE = 'object_not_in_prerequisite_state',
-                                  DETAIL = pg_catalog.format('%s run(s) with anomalies; the worst: %s.', bad_runs, worst),
-                                  HINT = pg_catalog.format('Inspect them with workflow_ext.replay(run_id, %L), or pass '
-                                                           'accept_existing => true to protect only new rows.', log::text);
-                    END IF;
+                    PERFORM workflow_ext.refuse_anomalies(log, accept_existing);
                     step_done := true;
                 ELSE
                     PERFORM workflow_ext.attach_concurrently_finish(log, numbered);

@@ -146,9 +146,5 @@ fn hold_interrupts() {
 #[pgrx::pg_extern(sql = false)] // declared in sql/attach.sql
 fn resume_interrupts() {
     // SAFETY: as RESUME_INTERRUPTS(), never below zero.
-    unsafe {
-        if pg_sys::InterruptHoldoffCount > 0 {
-            pg_sys::InterruptHoldoffCount -= 1;
-        }
-    }
+    unsafe { pg_sys::InterruptHoldoffCount = pg_sys::InterruptHoldoffCount.saturating_sub(1) }
 }

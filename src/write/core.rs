@@ -487,7 +487,12 @@ pub(crate) struct Adopting {
 /// statement the attach's own batches run), unless that was done. Under
 /// REPEATABLE READ or SERIALIZABLE a snapshot taken before the attach began
 /// would miss existing rows: such a transaction gets 40001 and retries.
-fn adopt_run(client: &mut SpiClient<'_>, log: pg_sys::Oid, run_id: &str, adopting: Adopting) -> WfResult<()> {
+fn adopt_run(
+    client: &mut SpiClient<'_>,
+    log: pg_sys::Oid,
+    run_id: &str,
+    adopting: Adopting,
+) -> WfResult<()> {
     // SAFETY: the transaction's snapshot, inside the transaction.
     if uses_transaction_snapshot()
         && unsafe { pg_sys::XidInMVCCSnapshot(adopting.began, pg_sys::GetTransactionSnapshot()) }

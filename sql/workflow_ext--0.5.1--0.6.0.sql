@@ -1,0 +1,888 @@
+-- workflow_ext 0.5.1 -> 0.6.0 (ALTER EXTENSION workflow_ext UPDATE).
+--
+-- attach_concurrently: attach a table without stopping its writers (the
+-- steps are in sql/attach.sql). attach builds its indexes from the one
+-- source attach_concurrently also uses (attach_statement), seeds its run
+-- rows with seed_runs, and detach gives a creation index an undone
+-- concurrent attach rebuilt its name back.
+
+-- The base of the names of the indexes attach adds to `log`: the table's
+-- name, cut to whole characters so that every suffix fits in 63 bytes.
+-- Internal.
+CREATE FUNCTION workflow_ext.index_base(log regclass) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    base text;
+BEGIN
+    SELECT c.relname INTO base FROM pg_class c WHERE c.oid = log;
+    WHILE octet_length(base) > 40 LOOP
+        base := left(base, -1);
+    END LOOP;
+    RETURN base;
+END
+$$;
+
+-- The DDL attach runs on `log`, one step at a time, plain or CONCURRENTLY
+-- (attach_concurrently has a background worker run those at the top level:
+-- src/pg/background.rs): the one source of the extension's indexes on an
+-- attached table.
+--   creation    the creation index: one run_created per run (NULLS NOT
+--               DISTINCT), one step/wait/hook creation and one keyed
+--               attr_set per run and correlation id, named
+--               workflow_events_entity_creation_unique (the name the
+--               DevKit's world-postgres maps to EntityConflictError);
+--               built concurrently under <base>_wfx_creation, renamed when
+--               the triggers go in;
+--   run_seq     (run_id, seq), unique: the dense seq;
+--   entity_seq  an entity's last event in one backward index step (the
+--               trigger's read);
+--   restore     the table's own creation index, which a concurrent attach
+--               dropped, rebuilt when the attach is undone;
+--   drop:<oid>  DROP INDEX CONCURRENTLY of one of those, left invalid by a
+--               failed concurrent build.
+-- Internal (not executable by PUBLIC).
+CREATE FUNCTION workflow_ext.attach_statement(log regclass, step text, online boolean) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    base text := workflow_ext.index_base(log);
+    how text := '';
+    idx regclass;
+    def text;
+BEGIN
+    IF online THEN
+        how := 'CONCURRENTLY ';
+    END IF;
+    CASE
+    WHEN step = 'creation' THEN
+        RETURN format('CREATE UNIQUE INDEX %s%I ON %s (run_id, correlation_id, type) NULLS NOT DISTINCT '
+                      'WHERE type IN (''run_created'', ''step_created'', ''wait_created'', ''hook_created'') '
+                      'OR (type = ''attr_set'' AND correlation_id IS NOT NULL)',
+                      how, CASE WHEN online THEN base || '_wfx_creation'
+                                ELSE 'workflow_events_entity_creation_unique' END, log);
+    WHEN step = 'run_seq' THEN
+        RETURN format('CREATE UNIQUE INDEX %s%I ON %s (run_id, seq)', how, base || '_wfx_run_seq', log);
+    WHEN step = 'entity_seq' THEN
+        RETURN format('CREATE INDEX %s%I ON %s (run_id, correlation_id, seq) WHERE correlation_id IS NOT NULL',
+                      how, base || '_wfx_entity_seq', log);
+    WHEN step = 'restore' THEN
+        -- The table's own creation index an interrupted concurrent attach
+        -- dropped, rebuilt from its definition under <base>_wfx_restore
+        -- (detach gives it its name back).
+        SELECT l.replaced_index INTO def FROM workflow_ext.logs l WHERE l.relation = log;
+        IF def IS NULL OR position('CREATE UNIQUE INDEX workflow_events_entity_creation_unique ON ' IN def) <> 1 THEN
+            RAISE EXCEPTION 'no creation index of "%" to restore', log USING ERRCODE = 'undefined_object';
+        END IF;
+        RETURN format('CREATE UNIQUE INDEX %s%I ON ', how, base || '_wfx_restore')
+               || substr(def, length('CREATE UNIQUE INDEX workflow_events_entity_creation_unique ON ') + 1);
+    WHEN step LIKE 'drop:%' THEN
+        -- Only an index of this table with one of the names above.
+        SELECT i.indexrelid INTO idx
+          FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indexrelid = substr(step, 6)::oid AND i.indrelid = log
+           AND c.relname IN (base || '_wfx_creation', base || '_wfx_run_seq', base || '_wfx_entity_seq',
+                             base || '_wfx_restore');
+        IF idx IS NULL THEN
+            RAISE EXCEPTION 'no index of attach to drop: %', step USING ERRCODE = 'undefined_object';
+        END IF;
+        RETURN format('DROP INDEX %s%s', how, idx);
+    ELSE
+        RAISE EXCEPTION 'unknown attach step "%"', step USING ERRCODE = 'invalid_parameter_value';
+    END CASE;
+END
+$$;
+
+-- Builds the extension's creation index on `log` (attach_statement's
+-- `creation`) and returns its definition. Internal.
+CREATE OR REPLACE FUNCTION workflow_ext.create_creation_index(log regclass) RETURNS text
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    idx regclass;
+BEGIN
+    EXECUTE workflow_ext.attach_statement(log, 'creation', false);
+    SELECT i.indexrelid INTO idx
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = log AND c.relname = 'workflow_events_entity_creation_unique';
+    RETURN pg_get_indexdef(idx);
+END
+$$;
+
+-- The run rows of `log`'s runs `run_ids` (NULL: every run), from their
+-- numbered events: state as the writer's rules leave it, next seq, and
+-- the run's clocks from its events (created_at, if the table has one), so
+-- that monitoring tells the age and idle time of runs older than the
+-- attach: the first event's time, the last one's, and for a finished run
+-- the last one's as its end. A timestamp without time zone (the DevKit's,
+-- written by now() in UTC sessions) is read as UTC, never in this
+-- session's TimeZone. A run without run_created gets no row (its events
+-- are orphans: attach_dry_run). Reads only columns whose types
+-- check_log_columns admitted. Internal.
+CREATE FUNCTION workflow_ext.seed_runs(log regclass, run_ids text[]) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    clock text;
+BEGIN
+    SELECT CASE a.atttypid WHEN 'timestamp'::regtype THEN '(%s(created_at) AT TIME ZONE ''UTC'')'
+                           ELSE '%s(created_at)' END
+      INTO clock
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'created_at' AND a.attnum > 0 AND NOT a.attisdropped;
+    EXECUTE format(
+        'INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, created_at, finished_at, last_event_at) '
+        'SELECT $1, r.run_id, r.state, r.last_seq, coalesce(r.first_at, now()), '
+        '       CASE WHEN r.state IN (''completed'', ''failed'', ''cancelled'') THEN coalesce(r.last_at, now()) END, '
+        '       coalesce(r.last_at, now()) '
+        '  FROM (SELECT run_id::text AS run_id, workflow_ext.run_state(array_agg(type::text ORDER BY seq)) AS state, '
+        '               max(seq) AS last_seq, %s AS first_at, %s AS last_at FROM %s '
+        '         WHERE %s GROUP BY run_id) r '
+        ' WHERE r.state IS NOT NULL',
+        coalesce(format(clock, 'min'), 'NULL::timestamptz'), coalesce(format(clock, 'max'), 'NULL::timestamptz'), log,
+        CASE WHEN run_ids IS NULL THEN 'run_id IS NOT NULL' ELSE 'run_id::text = ANY ($2)' END)
+        USING log, run_ids;
+END
+$$;
+
+-- Refuses to attach `log` when scan() finds anomalies in its rows, unless
+-- `accept_existing`: 55000 naming the worst five runs. attach and
+-- attach_concurrently's audit. Internal.
+CREATE FUNCTION workflow_ext.refuse_anomalies(log regclass, accept_existing boolean) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad_runs bigint;
+    worst text;
+BEGIN
+    IF accept_existing THEN
+        RETURN;
+    END IF;
+    SELECT count(*), string_agg(format('run "%s" (%s anomalies, first: %s at %s)',
+                                       s.run_id, s.anomalies, s.first_anomaly, s.first_seq), ', ')
+                     FILTER (WHERE s.rank <= 5)
+      INTO bad_runs, worst
+      FROM (SELECT sc.*, row_number() OVER (ORDER BY sc.anomalies DESC, sc.run_id) AS rank
+              FROM workflow_ext.scan(log) sc) s;
+    IF bad_runs > 0 THEN
+        RAISE EXCEPTION '"%" has anomalies', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('%s run(s) with anomalies; the worst: %s.', bad_runs, worst),
+                  HINT = format('Inspect them with workflow_ext.replay(run_id, %L), or pass accept_existing => true '
+                                'to protect only new rows.', log::text);
+    END IF;
+END
+$$;
+
+-- Puts the extension's guarantees on an existing event table (the DevKit's
+-- workflow.workflow_events, or any table with id, run_id, type and
+-- correlation_id columns): audits the rows already there, numbers them in
+-- replay order into a seq column, replaces the table's own creation index
+-- by the extension's, and installs the validating and append-only triggers.
+-- Returns the number of existing rows numbered (0 when already attached:
+-- attaching again only restores a creation index a migration replaced).
+--
+-- SECURITY INVOKER: the DDL runs with the caller's rights (the caller must
+-- own the table), and the registration writes workflow_ext.logs and runs,
+-- which only their owner may write; so attach needs a superuser (or the
+-- extension owner) and is not executable by PUBLIC (finalize.sql). Nothing
+-- the table's owner chose runs with those rights: check_log refuses what
+-- would (other triggers, rules, inheritance, column types), and the
+-- statements that write the table run as its owner.
+CREATE OR REPLACE FUNCTION workflow_ext.attach(log regclass, accept_existing boolean DEFAULT false)
+RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel_name name;
+    rel_schema oid;
+    index_base text;
+    seq_type regtype;
+    bad_runs bigint;
+    worst text;
+    numbered bigint := 0;
+    own_index record;
+    replaced text;
+    added text[] := '{}';
+    seq_added boolean := false;
+    def text;
+    owner_role oid;
+    run_index oid;
+    grant_usage boolean;
+    grant_execute boolean;
+BEGIN
+    IF log IS NULL OR accept_existing IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Names by OID, never parsed again: any legal identifier works.
+    SELECT c.relname, c.relnamespace INTO rel_name, rel_schema FROM pg_class c WHERE c.oid = log;
+    IF rel_name IS NULL THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', log::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    -- Nothing is written between the audit and the trigger.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+
+    IF EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log) THEN
+        PERFORM workflow_ext.keep_creation_index_of(log);
+        RETURN 0;
+    END IF;
+    -- Before anything reads the table: what may be attached, and the
+    -- column types (no cast, operator or trigger of the owner's runs here).
+    PERFORM workflow_ext.check_log(log, attaching => true);
+    SELECT a.atttypid::regtype INTO seq_type
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0 AND NOT a.attisdropped;
+
+    -- The audit: scan() replays every run with the writer's rules.
+    PERFORM workflow_ext.refuse_anomalies(log, accept_existing);
+
+    -- An accepted past may hold what the creation index cannot: say which.
+    SELECT d.creations, d.first INTO bad_runs, worst FROM workflow_ext.duplicate_creations(log) d;
+    IF bad_runs > 0 THEN
+        RAISE EXCEPTION 'cannot attach "%": it holds duplicate creations', log
+            USING ERRCODE = 'unique_violation',
+                  DETAIL = format('%s creation(s) stored more than once: %s.', bad_runs, worst),
+                  HINT = 'The creation index allows one of each. Delete the later copies (as world-postgres''s '
+                         'migration 0010 does: it keeps the first), then attach again.';
+    END IF;
+
+    -- A dense seq per run, in replay order (the DevKit's: by id, ULIDs sort
+    -- by bytes); kept in a seq column the table may already have. The
+    -- statements that write the table run as its owner (execute_as_owner):
+    -- its constraints, index expressions and generated columns are code the
+    -- owner chose.
+    IF seq_type IS NULL THEN
+        PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ADD COLUMN seq bigint', log));
+        -- Numbered by a table rewrite that computes each row's seq
+        -- (seq_in_run, src/features/attach.rs): every row written once and
+        -- the indexes rebuilt in bulk. It reads each run's ids from an
+        -- index on run_id, and in READ COMMITTED sees what the rewrite sees;
+        -- without those, an UPDATE numbers the rows (a second version of
+        -- each row and an entry in every index: several times slower).
+        SELECT i.indexrelid INTO run_index
+          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
+               JOIN pg_attribute a ON a.attrelid = log AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = log AND a.attname = 'run_id' AND am.amname = 'btree'
+           AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indisvalid AND i.indisready
+         ORDER BY i.indnatts, i.indexrelid LIMIT 1;
+        IF current_setting('transaction_isolation') = 'read committed' AND run_index IS NOT NULL THEN
+            -- The rewrite runs as the table's owner, who may lack the
+            -- schema and the function: granted for this statement only
+            -- (and rolled back with it on any error).
+            SELECT c.relowner INTO owner_role FROM pg_class c WHERE c.oid = log;
+            grant_usage := NOT has_schema_privilege(owner_role, 'workflow_ext', 'USAGE');
+            grant_execute := NOT has_function_privilege(owner_role,
+                'workflow_ext.seq_in_run(oid, oid, bigint, text, text)', 'EXECUTE');
+            IF grant_usage THEN
+                EXECUTE format('GRANT USAGE ON SCHEMA workflow_ext TO %s', owner_role::regrole);
+            END IF;
+            IF grant_execute THEN
+                EXECUTE format('GRANT EXECUTE ON FUNCTION workflow_ext.seq_in_run(oid, oid, bigint, text, text) TO %s',
+                               owner_role::regrole);
+            END IF;
+            PERFORM workflow_ext.execute_as_owner(log, format(
+                'ALTER TABLE %s ALTER COLUMN seq TYPE bigint USING workflow_ext.seq_in_run(%s, %s, %s, '
+                'run_id::pg_catalog.text, id::pg_catalog.text)',
+                log, log::oid, run_index, (random() * 9e18)::bigint));
+            IF grant_usage THEN
+                EXECUTE format('REVOKE USAGE ON SCHEMA workflow_ext FROM %s', owner_role::regrole);
+            END IF;
+            IF grant_execute THEN
+                EXECUTE format('REVOKE EXECUTE ON FUNCTION workflow_ext.seq_in_run(oid, oid, bigint, text, text) FROM %s',
+                               owner_role::regrole);
+            END IF;
+            EXECUTE format('SELECT count(*) FROM %s', log) INTO numbered;
+        ELSE
+            numbered := workflow_ext.execute_as_owner(log, format(
+                'UPDATE %1$s t SET seq = o.n FROM (SELECT ctid AS row_id, row_number() OVER '
+                '(PARTITION BY run_id ORDER BY id::text COLLATE "C") AS n FROM %1$s) o WHERE t.ctid = o.row_id', log));
+        END IF;
+        -- Not NOT NULL: the trigger stamps every row, and a table left
+        -- without it (DROP EXTENSION … CASCADE drops the trigger) must stay
+        -- writable by a package that does not know seq.
+        seq_added := true;
+    END IF;
+    index_base := workflow_ext.index_base(log);
+    EXECUTE workflow_ext.attach_statement(log, 'run_seq', false);
+    added := added || format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel_schema),
+                             index_base || '_wfx_run_seq');
+    EXECUTE workflow_ext.attach_statement(log, 'entity_seq', false);
+    added := added || format('%I.%I', (SELECT nspname FROM pg_namespace WHERE oid = rel_schema),
+                             index_base || '_wfx_entity_seq');
+
+    -- The table's own creation index of that name (the DevKit's, without
+    -- run_created) gives way to the extension's, a superset; detach puts it
+    -- back.
+    SELECT i.indexrelid::regclass AS idx, i.indrelid INTO own_index
+      FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+     WHERE c.relname = 'workflow_events_entity_creation_unique' AND c.relnamespace = rel_schema;
+    IF own_index.idx IS NOT NULL AND own_index.indrelid <> log THEN
+        RAISE EXCEPTION 'index "workflow_events_entity_creation_unique" of schema "%" belongs to another table',
+                        (SELECT nspname FROM pg_namespace WHERE oid = rel_schema)
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Attach tables of one schema one at a time: the index name is per schema.';
+    END IF;
+    IF own_index.idx IS NOT NULL THEN
+        replaced := pg_get_indexdef(own_index.idx);
+        EXECUTE format('DROP INDEX %s', own_index.idx);
+    END IF;
+    def := workflow_ext.create_creation_index(log);
+
+    PERFORM workflow_ext.seed_runs(log, NULL);
+
+    EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_before_insert()', log);
+    -- Row-level, so a package migration's clean-up DELETE that finds no
+    -- duplicate (the log has none now) still runs.
+    EXECUTE format('CREATE TRIGGER workflow_ext_append_only BEFORE UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_refuse_change()', log);
+    EXECUTE format('CREATE TRIGGER workflow_ext_no_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION workflow_ext.events_refuse_change()', log);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER workflow_ext_validate_insert, '
+                   'ENABLE ALWAYS TRIGGER workflow_ext_append_only, ENABLE ALWAYS TRIGGER workflow_ext_no_truncate', log);
+
+    -- Registered last: from here on the DDL watcher guards the table.
+    INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
+                                   creation_index, added_indexes)
+    VALUES (log, accept_existing, seq_added, numbered, replaced, def, added);
+    RETURN numbered;
+END
+$$;
+
+-- Takes `log`'s ACCESS EXCLUSIVE lock for one of attach's short steps,
+-- waiting at most lock_timeout each time (500 ms when it is 0) and trying
+-- up to 20 times: writers queue behind a waiting ACCESS EXCLUSIVE request,
+-- so a long wait would stop them. Internal.
+CREATE FUNCTION workflow_ext.lock_for_attach(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tries constant integer := 20;
+BEGIN
+    IF current_setting('lock_timeout') IN ('0', '0ms') THEN
+        PERFORM set_config('lock_timeout', '500ms', true);
+    END IF;
+    FOR attempt IN 1..tries LOOP
+        BEGIN
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+            RETURN;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = tries THEN
+                RAISE EXCEPTION 'could not lock "%" for attach', log
+                    USING ERRCODE = 'lock_not_available',
+                          DETAIL = format('%s attempts each waited lock_timeout (%s) behind other transactions.',
+                                          tries, current_setting('lock_timeout')),
+                          HINT = 'Long transactions on the table hold it; try again when they have ended.';
+            END IF;
+            RAISE NOTICE 'attach of %: waiting for the table lock (attempt % of %)', log, attempt, tries;
+            PERFORM pg_sleep(0.05 * attempt);
+        END;
+    END LOOP;
+END
+$$;
+
+-- Numbers the existing rows (seq NULL) of `log`'s runs `run_ids` (NULL:
+-- the rows without a run id) in replay order, as the table's owner
+-- (src/features/attach.rs). Internal.
+CREATE FUNCTION workflow_ext.number_runs(log regclass, run_ids text[]) RETURNS bigint
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'number_runs_wrapper';
+
+-- Adopts `log`'s runs `run_ids` during a concurrent attach: takes each
+-- run's lock by inserting its run row (as the write path does for a new
+-- run; a run that has a row already was adopted, or created since, and is
+-- left alone), numbers its existing rows and seeds its run row from them.
+-- Called by attach_concurrently for every run and by the trigger for a
+-- run its writer reaches first. Returns the rows numbered. Internal.
+CREATE FUNCTION workflow_ext.adopt_runs(log regclass, run_ids text[]) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    adopted text[];
+    numbered bigint;
+BEGIN
+    WITH placed AS (
+        INSERT INTO workflow_ext.runs (log, run_id, state, last_seq)
+        SELECT adopt_runs.log, r, 'pending', 0 FROM unnest(run_ids) r WHERE r IS NOT NULL
+            ON CONFLICT ON CONSTRAINT runs_pkey DO NOTHING RETURNING runs.run_id)
+    SELECT array_agg(p.run_id) INTO adopted FROM placed p;
+    IF adopted IS NULL THEN
+        RETURN 0;
+    END IF;
+    numbered := workflow_ext.number_runs(log, adopted);
+    -- The placeholder rows give way to the seeded ones (same transaction:
+    -- the lock stays).
+    DELETE FROM workflow_ext.runs r WHERE r.log = adopt_runs.log AND r.run_id = ANY (adopted);
+    PERFORM workflow_ext.seed_runs(log, adopted);
+    RETURN numbered;
+END
+$$;
+
+-- Up to `how_many` distinct run ids of `log` after `after` (NULL: from the
+-- first), in the order of its index on run_id, one index probe each.
+-- Internal.
+CREATE FUNCTION workflow_ext.run_ids_after(log regclass, after text, how_many integer) RETURNS text[]
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ids text[];
+BEGIN
+    EXECUTE format(
+        'WITH RECURSIVE r(run_id) AS ('
+        '    (SELECT run_id FROM %1$s WHERE %2$s ORDER BY run_id LIMIT 1) '
+        '  UNION ALL '
+        '    SELECT (SELECT t.run_id FROM %1$s t WHERE t.run_id > r.run_id ORDER BY t.run_id LIMIT 1) '
+        '      FROM r WHERE r.run_id IS NOT NULL) '
+        'SELECT array_agg(x.run_id::text ORDER BY x.run_id) '
+        '  FROM (SELECT r.run_id FROM r WHERE r.run_id IS NOT NULL LIMIT $2) x',
+        log, CASE WHEN after IS NULL THEN 'run_id IS NOT NULL' ELSE 'run_id > $1' END)
+        INTO ids USING after, how_many;
+    RETURN ids;
+END
+$$;
+
+-- Whether `log` has a valid index of attach's `step` (under the name the
+-- concurrent build gives it). Internal.
+CREATE FUNCTION workflow_ext.attach_index_valid(log regclass, step text) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(bool_or(i.indisvalid AND i.indisready), false)
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = log AND c.relname = workflow_ext.index_base(log) || '_wfx_' || step
+$$;
+
+-- What attach_concurrently checks before it touches anything, under
+-- ACCESS SHARE: what attach checks, and an index on run_id (each run's
+-- rows are read through it). Internal.
+CREATE FUNCTION workflow_ext.attach_concurrently_check(log regclass, accept_existing boolean) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF log IS NULL OR accept_existing IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF workflow_ext.in_transaction_block() THEN
+        RAISE EXCEPTION 'attach_concurrently cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'CALL it on its own: it commits between its steps, as CREATE INDEX CONCURRENTLY does.';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', log);
+    IF EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log) THEN
+        RAISE EXCEPTION '"%" is attached already', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'A concurrent attach that was interrupted is undone by workflow_ext.detach; then call it again.';
+    END IF;
+    PERFORM workflow_ext.check_log(log, attaching => true);
+    IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0
+                                            AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION '"%" has a seq column already', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A concurrent attach numbers the rows into a seq column it adds.',
+                  HINT = 'Use workflow_ext.attach, which keeps an existing seq column.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
+                              JOIN pg_attribute a ON a.attrelid = log AND a.attnum = i.indkey[0]
+                    WHERE i.indrelid = log AND a.attname = 'run_id' AND am.amname = 'btree'
+                      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indisvalid) THEN
+        RAISE EXCEPTION '"%" has no index on run_id', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A concurrent attach reads each run''s rows through a btree index whose first column is run_id.',
+                  HINT = format('CREATE INDEX CONCURRENTLY ON %s (run_id), then call it again.', log);
+    END IF;
+    IF EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = log)
+                                        AND c.relname IN (workflow_ext.index_base(log) || '_wfx_creation',
+                                                          workflow_ext.index_base(log) || '_wfx_restore')) THEN
+        RAISE EXCEPTION 'an interrupted attach of "%" left its indexes behind', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'workflow_ext.detach undoes it; then call attach_concurrently again.';
+    END IF;
+END
+$$;
+
+-- Step 2 (module comment above): under a short ACCESS EXCLUSIVE lock, the
+-- seq column, the creation index swapped in, the triggers in their
+-- adopting form (their arguments: 'adopting' and this transaction's id, by
+-- which a REPEATABLE READ writer tells whether its snapshot saw the rows
+-- being adopted), the registration. Internal.
+CREATE FUNCTION workflow_ext.attach_concurrently_begin(log regclass, accept_existing boolean) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    base text := workflow_ext.index_base(log);
+    schema_name name := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.oid = log);
+    own_index record;
+    replaced text;
+BEGIN
+    PERFORM workflow_ext.lock_for_attach(log);
+    -- Again under the lock: nothing changed since the check.
+    IF EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log) THEN
+        RAISE EXCEPTION '"%" is attached already', log USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    PERFORM workflow_ext.check_log(log, attaching => true);
+    PERFORM workflow_ext.execute_as_owner(log, format('ALTER TABLE %s ADD COLUMN seq bigint', log));
+    SELECT i.indexrelid::regclass AS idx, i.indrelid INTO own_index
+      FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid
+     WHERE c.relname = 'workflow_events_entity_creation_unique'
+       AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = log);
+    IF own_index.idx IS NOT NULL AND own_index.indrelid <> log THEN
+        RAISE EXCEPTION 'index "workflow_events_entity_creation_unique" of schema "%" belongs to another table',
+                        schema_name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Attach tables of one schema one at a time: the index name is per schema.';
+    END IF;
+    -- The table's own index goes (its definition kept for detach; an
+    -- undo rebuilds it concurrently): a second unique index on the same
+    -- keys would answer a duplicate with its own name, which the package
+    -- does not map.
+    IF own_index.idx IS NOT NULL THEN
+        replaced := pg_get_indexdef(own_index.idx);
+        EXECUTE format('DROP INDEX %s', own_index.idx);
+    END IF;
+    EXECUTE format('ALTER INDEX %I.%I RENAME TO workflow_events_entity_creation_unique',
+                   schema_name, base || '_wfx_creation');
+    EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_before_insert(''adopting'', %L)',
+                   log, (txid_current() % 4294967296)::text);
+    EXECUTE format('CREATE TRIGGER workflow_ext_append_only BEFORE UPDATE OR DELETE ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_refuse_change()', log);
+    EXECUTE format('CREATE TRIGGER workflow_ext_no_truncate BEFORE TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION workflow_ext.events_refuse_change()', log);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER workflow_ext_validate_insert, '
+                   'ENABLE ALWAYS TRIGGER workflow_ext_append_only, ENABLE ALWAYS TRIGGER workflow_ext_no_truncate', log);
+    INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
+                                   creation_index, added_indexes)
+    VALUES (log, accept_existing, true, 0, replaced,
+            pg_get_indexdef(format('%I.workflow_events_entity_creation_unique', schema_name)::regclass),
+            ARRAY[format('%I.%I', schema_name, base || '_wfx_run_seq'),
+                  format('%I.%I', schema_name, base || '_wfx_entity_seq')]);
+END
+$$;
+
+-- Step 5: after the audit, under a short ACCESS EXCLUSIVE lock, the
+-- validating trigger in its final form (no adopting). Internal.
+CREATE FUNCTION workflow_ext.attach_concurrently_finish(log regclass, numbered bigint) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a workflow_ext.logs;
+BEGIN
+    PERFORM workflow_ext.lock_for_attach(log);
+    -- Unregistered for the few statements that swap the trigger (the DDL
+    -- watcher refuses dropping it from a registered log).
+    DELETE FROM workflow_ext.logs l WHERE l.relation = log RETURNING * INTO a;
+    IF a.relation IS NULL THEN
+        RAISE EXCEPTION '"%" was detached during its attach', log USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    EXECUTE format('DROP TRIGGER workflow_ext_validate_insert ON %s', log);
+    EXECUTE format('CREATE TRIGGER workflow_ext_validate_insert BEFORE INSERT ON %s '
+                   'FOR EACH ROW EXECUTE FUNCTION workflow_ext.events_before_insert()', log);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER workflow_ext_validate_insert', log);
+    a.numbered := numbered;
+    INSERT INTO workflow_ext.logs SELECT a.*;
+    PERFORM workflow_ext.check_log(log, attaching => false);
+END
+$$;
+
+-- Undoes an interrupted or failed concurrent attach of `log` (also what
+-- detach does for one): under a short ACCESS EXCLUSIVE lock, whatever of
+-- it exists goes: triggers, seq column, run rows, registration, the
+-- indexes it built (valid or not), and the table's own creation index gets
+-- its name back. Internal.
+CREATE FUNCTION workflow_ext.attach_concurrently_undo(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    base text := workflow_ext.index_base(log);
+    schema_name name := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.oid = log);
+BEGIN
+    PERFORM workflow_ext.lock_for_attach(log);
+    IF EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log) THEN
+        PERFORM workflow_ext.detach(log);
+    END IF;
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I', schema_name, base || '_wfx_creation');
+END
+$$;
+
+-- Whether this call runs inside a transaction block (BEGIN … COMMIT),
+-- where a procedure cannot commit. Internal.
+CREATE FUNCTION workflow_ext.in_transaction_block() RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'in_transaction_block_wrapper';
+
+-- attach_concurrently holds cancels off across each COMMIT and the entry
+-- into the next step's exception block (src/pg/transaction.rs). Internal.
+CREATE FUNCTION workflow_ext.hold_interrupts() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'hold_interrupts_wrapper';
+
+CREATE FUNCTION workflow_ext.resume_interrupts() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'resume_interrupts_wrapper';
+
+-- Background workers that run one of attach_statement's steps at the top
+-- level (src/pg/background.rs): start one, poll it, stop it. Internal.
+CREATE FUNCTION workflow_ext.start_top_level(log oid, step text) RETURNS integer
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'start_top_level_wrapper';
+
+CREATE FUNCTION workflow_ext.top_level_finished(ticket integer) RETURNS boolean
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'top_level_finished_wrapper';
+
+CREATE FUNCTION workflow_ext.stop_top_level(ticket integer) RETURNS void
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'stop_top_level_wrapper';
+
+-- attach, without stopping the table's writers: the steps of the module
+-- comment above, each committed; writers wait only for the two short
+-- locked steps (lock_for_attach). Progress is reported in NOTICEs (phase,
+-- rows numbered, rows/s). Not in a transaction block. A failure or a
+-- cancel undoes everything (attach_concurrently_undo) and raises; if the
+-- session dies instead, the table stays protected in its adopting form
+-- and workflow_ext.detach undoes it. Like attach, for a superuser or the
+-- extension owner (not executable by PUBLIC). Procedures with a SET
+-- clause cannot commit, so this one qualifies every name; each step is a
+-- function with its own search_path.
+CREATE PROCEDURE workflow_ext.attach_concurrently(log regclass, accept_existing boolean DEFAULT false)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    steps constant text[] := ARRAY['creation', 'begin', 'adopt', 'run_seq', 'entity_seq', 'audit', 'finish'];
+    i integer := 1;
+    step text;
+    in_step boolean := false;
+    step_done boolean := false;
+    ticket integer;
+    began boolean := false;
+    attached boolean := false;
+    failed boolean := false;
+    batch text[];
+    after text;
+    numbered bigint := 0;
+    started timestamptz := pg_catalog.clock_timestamp();
+    phase_started timestamptz;
+    reported timestamptz := pg_catalog.clock_timestamp();
+    err_state text;
+    err_message text;
+    err_detail text;
+    err_hint text;
+BEGIN
+    PERFORM workflow_ext.attach_concurrently_check(log, accept_existing);
+    COMMIT;
+    -- One iteration, one transaction: all its work in one block, so that
+    -- an error or a cancel anywhere in it is caught (and the attach
+    -- undone); only the COMMITs are outside, with interrupts held off.
+    LOOP
+        BEGIN
+            PERFORM workflow_ext.resume_interrupts();
+            IF i > pg_catalog.array_length(steps, 1) THEN
+                attached := true;
+                RAISE NOTICE 'attach of %: attached, % existing rows numbered in % s', log, numbered,
+                    pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - started)::numeric, 3);
+            ELSE
+                step := steps[i];
+                IF NOT in_step THEN
+                    in_step := true;
+                    phase_started := pg_catalog.clock_timestamp();
+                    RAISE NOTICE 'attach of %: %', log, CASE step
+                        WHEN 'creation' THEN 'building the creation index concurrently'
+                        WHEN 'begin' THEN 'installing the triggers (short lock)'
+                        WHEN 'run_seq' THEN 'building the (run_id, seq) index concurrently'
+                        WHEN 'entity_seq' THEN 'building the entity index concurrently'
+                        WHEN 'adopt' THEN 'numbering the existing rows'
+                        WHEN 'audit' THEN 'auditing every run'
+                        ELSE 'finishing (short lock)' END;
+                    IF step IN ('creation', 'run_seq', 'entity_seq') THEN
+                        -- Started now, it waits for this transaction to end.
+                        ticket := workflow_ext.start_top_level(log, step);
+                    END IF;
+                ELSIF step IN ('creation', 'run_seq', 'entity_seq') THEN
+                    IF workflow_ext.top_level_finished(ticket) THEN
+                        ticket := NULL;
+                        IF NOT workflow_ext.attach_index_valid(log, step) THEN
+                            RAISE EXCEPTION 'could not build the % index of "%" concurrently', step, log
+                                USING ERRCODE = 'object_not_in_prerequisite_state',
+                                      DETAIL = 'The background worker that built it stopped without finishing it; '
+                                               'the server log has its error.',
+                                      HINT = 'Correct what the server log names (attach_dry_run lists duplicate '
+                                             'creations), then call attach_concurrently again.';
+                        END IF;
+                        step_done := true;
+                    ELSE
+                        PERFORM pg_catalog.pg_sleep(0.05);
+                    END IF;
+                ELSIF step = 'begin' THEN
+                    PERFORM workflow_ext.attach_concurrently_begin(log, accept_existing);
+                    began := true;
+                    step_done := true;
+                ELSIF step = 'adopt' THEN
+                    batch := workflow_ext.run_ids_after(log, after, 200);
+                    IF batch IS NOT NULL THEN
+                        numbered := numbered + workflow_ext.adopt_runs(log, batch);
+                        after := batch[pg_catalog.array_upper(batch, 1)];
+                    ELSE
+                        -- Rows without a run id: a closed set (the trigger refuses new ones).
+                        numbered := numbered + workflow_ext.number_runs(log, NULL);
+                        step_done := true;
+                    END IF;
+                    IF pg_catalog.clock_timestamp() - reported > interval '2 seconds' THEN
+                        reported := pg_catalog.clock_timestamp();
+                        RAISE NOTICE 'attach of %: % rows numbered, % rows/s', log, numbered,
+                            pg_catalog.round(numbered / greatest(extract(epoch FROM reported - phase_started), 0.001));
+                    END IF;
+                ELSIF step = 'audit' THEN
+                    IF EXISTS (SELECT FROM workflow_ext.unnumbered_rows(log)) THEN
+                        RAISE EXCEPTION 'rows of "%" were left unnumbered', log
+                            USING ERRCODE = 'serialization_failure',
+                                  DETAIL = 'A writer whose snapshot predates the attach appended to a run being numbered.',
+                                  HINT = 'Call attach_concurrently again.';
+                    END IF;
+                    PERFORM workflow_ext.refuse_anomalies(log, accept_existing);
+                    step_done := true;
+                ELSE
+                    PERFORM workflow_ext.attach_concurrently_finish(log, numbered);
+                    step_done := true;
+                END IF;
+                IF step_done THEN
+                    RAISE NOTICE 'attach of %: % done in % s', log, step,
+                        pg_catalog.round(extract(epoch FROM pg_catalog.clock_timestamp() - phase_started)::numeric, 3);
+                    i := i + 1;
+                    in_step := false;
+                    step_done := false;
+                END IF;
+            END IF;
+            -- Until the next iteration's first statement (src/pg/transaction.rs).
+            PERFORM workflow_ext.hold_interrupts();
+        EXCEPTION WHEN query_canceled OR OTHERS THEN
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
+            failed := true;
+        END;
+        EXIT WHEN failed OR attached;
+        COMMIT;
+    END LOOP;
+    IF attached THEN
+        PERFORM workflow_ext.resume_interrupts();
+        RETURN;
+    END IF;
+    ROLLBACK;
+    -- A worker still building is stopped; its build is left invalid.
+    IF ticket IS NOT NULL THEN
+        PERFORM workflow_ext.stop_top_level(ticket);
+        WHILE NOT workflow_ext.top_level_finished(ticket) LOOP
+            COMMIT;
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END LOOP;
+    END IF;
+    COMMIT;
+    -- The table's own creation index, dropped by the begin step, is rebuilt
+    -- concurrently first (if that fails, detach rebuilds it under the lock).
+    IF began AND EXISTS (SELECT FROM workflow_ext.logs l WHERE l.relation = log AND l.replaced_index IS NOT NULL) THEN
+        RAISE NOTICE 'attach of %: undoing; rebuilding the table''s own creation index concurrently', log;
+        ticket := workflow_ext.start_top_level(log, 'restore');
+        COMMIT;
+        WHILE NOT workflow_ext.top_level_finished(ticket) LOOP
+            COMMIT;
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END LOOP;
+        COMMIT;
+    END IF;
+    PERFORM workflow_ext.attach_concurrently_undo(log);
+    COMMIT;
+    err_detail := CASE WHEN err_detail IS NULL OR err_detail = '' THEN '' ELSE err_detail || ' ' END
+                  || pg_catalog.format('The attach stopped at its %s step and was undone.', step);
+    IF err_hint IS NULL OR err_hint = '' THEN
+        RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_message, DETAIL = err_detail, HINT = err_hint;
+END
+$$;
+
+-- Rows of `log` without a seq (an attach in progress numbers them); at
+-- most one. Internal.
+CREATE FUNCTION workflow_ext.unnumbered_rows(log regclass) RETURNS SETOF integer
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE format('SELECT 1 FROM %s WHERE seq IS NULL LIMIT 1', log);
+END
+$$;
+
+-- Removes what attach added, except the rows: the triggers, the indexes,
+-- the seq column it added, the run rows; the table's own creation index is
+-- put back as it was (or none, if it had none). SECURITY INVOKER and not
+-- executable by PUBLIC, like attach.
+CREATE OR REPLACE FUNCTION workflow_ext.detach(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a workflow_ext.logs;
+    idx text;
+BEGIN
+    IF log IS NULL THEN
+        RAISE EXCEPTION 'log must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF log = 'workflow_ext.events'::regclass THEN
+        RAISE EXCEPTION 'cannot detach workflow_ext.events'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The extension''s own log is always protected.';
+    END IF;
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+    -- First, so the DDL watcher no longer guards the table.
+    DELETE FROM workflow_ext.logs l WHERE l.relation = log RETURNING * INTO a;
+    IF a.relation IS NULL THEN
+        RAISE EXCEPTION '"%" is not attached', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'workflow_ext.attached_logs lists the attached tables.';
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS workflow_ext_validate_insert ON %1$s; '
+                   'DROP TRIGGER IF EXISTS workflow_ext_append_only ON %1$s; '
+                   'DROP TRIGGER IF EXISTS workflow_ext_no_truncate ON %1$s', log);
+    EXECUTE format('DROP INDEX IF EXISTS %I.workflow_events_entity_creation_unique',
+                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = log));
+    IF a.replaced_index IS NOT NULL THEN
+        -- An undone concurrent attach rebuilt it concurrently already.
+        IF to_regclass(format('%I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                         WHERE c.oid = log),
+                              workflow_ext.index_base(log) || '_wfx_restore')) IS NOT NULL THEN
+            EXECUTE format('ALTER INDEX %I.%I RENAME TO workflow_events_entity_creation_unique',
+                           (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE c.oid = log),
+                           workflow_ext.index_base(log) || '_wfx_restore');
+        ELSE
+            EXECUTE a.replaced_index;
+        END IF;
+    END IF;
+    FOREACH idx IN ARRAY a.added_indexes LOOP
+        EXECUTE format('DROP INDEX IF EXISTS %s', idx);
+    END LOOP;
+    IF a.seq_added THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN seq', log);
+    END IF;
+    DELETE FROM workflow_ext.runs r WHERE r.log = detach.log;
+END
+$$;
+
+REVOKE ALL ON PROCEDURE workflow_ext.attach_concurrently(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.index_base(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_statement(regclass, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.seed_runs(regclass, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.refuse_anomalies(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.lock_for_attach(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.number_runs(regclass, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.adopt_runs(regclass, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.run_ids_after(regclass, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_index_valid(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_check(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_begin(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_finish(regclass, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.attach_concurrently_undo(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.in_transaction_block() FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.hold_interrupts() FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.resume_interrupts() FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.start_top_level(oid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.top_level_finished(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.stop_top_level(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.unnumbered_rows(regclass) FROM PUBLIC;
