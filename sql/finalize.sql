@@ -41,6 +41,7 @@ REVOKE ALL ON FUNCTION workflow_ext.index_base(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.attach_statement(regclass, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.seed_runs(regclass, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.refuse_anomalies(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.refuse_duplicate_creations(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.lock_for_attach(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.number_runs(regclass, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.adopt_runs(regclass, text[]) FROM PUBLIC;

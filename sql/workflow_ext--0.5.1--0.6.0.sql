@@ -173,6 +173,27 @@ BEGIN
 END
 $$;
 
+-- Refuses to attach `log` when it holds creations the creation index
+-- cannot hold (duplicate_creations): 23505 naming the first five. attach
+-- and attach_concurrently. Internal.
+CREATE FUNCTION workflow_ext.refuse_duplicate_creations(log regclass) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    creations bigint;
+    first text;
+BEGIN
+    SELECT d.creations, d.first INTO creations, first FROM workflow_ext.duplicate_creations(log) d;
+    IF creations > 0 THEN
+        RAISE EXCEPTION 'cannot attach "%": it holds duplicate creations', log
+            USING ERRCODE = 'unique_violation',
+                  DETAIL = format('%s creation(s) stored more than once: %s.', creations, first),
+                  HINT = 'The creation index allows one of each. Delete the later copies (as world-postgres''s '
+                         'migration 0010 does: it keeps the first), then attach again.';
+    END IF;
+END
+$$;
+
 -- Puts the extension's guarantees on an existing event table (the DevKit's
 -- workflow.workflow_events, or any table with id, run_id, type and
 -- correlation_id columns): audits the rows already there, numbers them in
@@ -197,8 +218,6 @@ DECLARE
     rel_schema oid;
     index_base text;
     seq_type regtype;
-    bad_runs bigint;
-    worst text;
     numbered bigint := 0;
     own_index record;
     replaced text;
@@ -236,14 +255,7 @@ BEGIN
     PERFORM workflow_ext.refuse_anomalies(log, accept_existing);
 
     -- An accepted past may hold what the creation index cannot: say which.
-    SELECT d.creations, d.first INTO bad_runs, worst FROM workflow_ext.duplicate_creations(log) d;
-    IF bad_runs > 0 THEN
-        RAISE EXCEPTION 'cannot attach "%": it holds duplicate creations', log
-            USING ERRCODE = 'unique_violation',
-                  DETAIL = format('%s creation(s) stored more than once: %s.', bad_runs, worst),
-                  HINT = 'The creation index allows one of each. Delete the later copies (as world-postgres''s '
-                         'migration 0010 does: it keeps the first), then attach again.';
-    END IF;
+    PERFORM workflow_ext.refuse_duplicate_creations(log);
 
     -- A dense seq per run, in replay order (the DevKit's: by id, ULIDs sort
     -- by bytes); kept in a seq column the table may already have. The
@@ -451,8 +463,9 @@ AS $$
 $$;
 
 -- What attach_concurrently checks before it touches anything, under
--- ACCESS SHARE: what attach checks, and an index on run_id (each run's
--- rows are read through it). Internal.
+-- ACCESS SHARE: what attach checks (the audit and the duplicate creations
+-- included), and an index on run_id (each run's rows are read through it).
+-- Internal.
 CREATE FUNCTION workflow_ext.attach_concurrently_check(log regclass, accept_existing boolean) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
@@ -489,6 +502,10 @@ BEGIN
                   DETAIL = 'A concurrent attach reads each run''s rows through a btree index whose first column is run_id.',
                   HINT = format('CREATE INDEX CONCURRENTLY ON %s (run_id), then call it again.', log);
     END IF;
+    -- Refused before anything changes, as attach refuses (the audit after
+    -- the numbering covers the rows written meanwhile).
+    PERFORM workflow_ext.refuse_anomalies(log, accept_existing);
+    PERFORM workflow_ext.refuse_duplicate_creations(log);
     IF EXISTS (SELECT FROM pg_class c WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = log)
                                         AND c.relname IN (workflow_ext.index_base(log) || '_wfx_creation',
                                                           workflow_ext.index_base(log) || '_wfx_restore')) THEN
@@ -870,6 +887,7 @@ REVOKE ALL ON FUNCTION workflow_ext.index_base(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.attach_statement(regclass, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.seed_runs(regclass, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.refuse_anomalies(regclass, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.refuse_duplicate_creations(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.lock_for_attach(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.number_runs(regclass, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.adopt_runs(regclass, text[]) FROM PUBLIC;

@@ -106,6 +106,9 @@ FIXTURES = [
     """CREATE TABLE workflow.workflow_events (
          id varchar PRIMARY KEY, type varchar NOT NULL, correlation_id varchar,
          created_at timestamp NOT NULL DEFAULT now(), run_id varchar NOT NULL, payload jsonb)""",
+    # Its index on run_id, as the package makes it (attach_concurrently reads
+    # each run's rows through it).
+    """CREATE INDEX workflow_events_run_id_index ON workflow.workflow_events (run_id)""",
     """INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) VALUES
          ('wevt_B01', 'wrun_01KRPCM1', 'run_created', NULL),
          ('wevt_B02', 'wrun_01KRPCM1', 'run_started', NULL),

@@ -37,7 +37,9 @@ AMBIGUOUS = {"NULL_VALUE_NOT_ALLOWED": "22004"}
 
 def sqlstate(condition):
     """A condition name's SQLSTATE, from psycopg's table of PostgreSQL's."""
-    name = condition.upper()
+    # pgrx spells 40001 ERRCODE_T_R_SERIALIZATION_FAILURE (PostgreSQL's
+    # class "transaction rollback"); psycopg names it without the prefix.
+    name = condition.upper().removeprefix("T_R_")
     return AMBIGUOUS.get(name) or psycopg.errors.lookup(name).sqlstate
 
 

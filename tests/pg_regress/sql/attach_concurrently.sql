@@ -44,7 +44,7 @@ CREATE TABLE online.has_seq (id text, run_id text, type text, correlation_id tex
 CREATE INDEX ON online.has_seq (run_id);
 CALL workflow_ext.attach_concurrently('online.has_seq');
 
--- The orphan is an anomaly: refused at the audit, every step undone.
+-- The orphan is an anomaly: refused before anything changes, as attach refuses.
 CALL workflow_ext.attach_concurrently('online.workflow_events');
 SELECT count(*) AS differences FROM ((TABLE online_shape EXCEPT TABLE with_index)
                                      UNION ALL (TABLE with_index EXCEPT TABLE online_shape)) d;
