@@ -20,6 +20,12 @@
 //       start instant, ms since the epoch), then fires every call of the plan
 //       ({"calls": [{"kind", "entity", "runId", "data"}]}) at once and records
 //       each outcome.
+//   node driver.mjs load <versionDir> <dbname> <template.json> <barrierDir> <worker>
+//       One writer of the package's workload: builds its World, writes
+//       <barrierDir>/ready.<worker>, then until <barrierDir>/stop exists
+//       mints a run and makes the template's calls on it in order
+//       ({"calls": [{"data"}]}), each awaited and timed. Reports the calls,
+//       the longest one (ms) and every failure.
 //
 // Prints ONE JSON line on stdout. Every failure of a call is recorded, not
 // thrown: {outcome: "ok" | "conflict" (EntityConflictError) | "other", name,
@@ -200,8 +206,41 @@ async function cmdRace([planFile, barrierDir, worker]) {
   out({ ok: true, version: pkgVersion, worker: Number(worker), pid: process.pid, startedAt, records });
 }
 
+async function cmdLoad([templateFile, barrierDir, worker]) {
+  const template = JSON.parse(fs.readFileSync(templateFile, 'utf8'));
+  const world = makeWorld();
+  let calls = 0;
+  let longest = 0;
+  const failures = [];
+  try {
+    await Promise.all(Array.from({ length: 4 }, () => world.events.list({ runId: 'wrun_warmup', pagination: { limit: 1 } })));
+    const datas = template.calls.map((c) => resolveData(c.data, world));
+    fs.writeFileSync(path.join(barrierDir, `ready.${worker}`), String(process.pid));
+    const stopFile = path.join(barrierDir, 'stop');
+    while (!fs.existsSync(stopFile)) {
+      const runId = `wrun_${ulid()}`;
+      for (const template of datas) {
+        // Entity ids are the package's per database (its workflow_steps
+        // key): one per run.
+        const data = template.correlationId ? { ...template, correlationId: `${template.correlationId}_${runId}` } : template;
+        const r = await createOne(world, runId, data);
+        calls += 1;
+        longest = Math.max(longest, r.ms);
+        if (r.outcome !== 'ok') {
+          if (failures.length < 20) failures.push({ runId, eventType: data.eventType, ...r });
+          break;
+        }
+      }
+    }
+  } finally {
+    await world.close().catch(() => {});
+  }
+  out({ ok: true, version: pkgVersion, worker: Number(worker), calls, longestMs: longest, failures });
+}
+
 try {
   if (cmd === 'calls') await cmdCalls(rest);
+  else if (cmd === 'load') await cmdLoad(rest);
   else if (cmd === 'race') await cmdRace(rest);
   else throw new Error(`unknown command ${cmd}`);
 } catch (e) {

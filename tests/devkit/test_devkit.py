@@ -820,3 +820,104 @@ def test_detach_after_package_upgrade_restores_the_new_index(version, devkit_db,
     assert ("attr_set", False) in after["covered"], f"detach restored 4.3.7's index: {after['predicate']}"
     assert ("run_created", True) not in after["covered"] and not after["nulls_not_distinct"], after
     figure(f"{version} + 5.0 migrations 0011-0014, detach: the package's 5.0 index is back: {after['predicate']}")
+
+
+# --- online attach under the package's own writers -----------------------------
+
+# Existing events for the online attach (WFX_DEVKIT_ONLINE_EVENTS): runs of 26
+# events each (created, started, 8 steps through their lifecycle).
+ONLINE_EVENTS = int(os.environ.get("WFX_DEVKIT_ONLINE_EVENTS", "2000000"))
+ONLINE_STEPS = 8
+
+# The history, in the package's row shape: ids that sort before every id
+# the package mints now (older ULIDs do), old timestamps.
+ONLINE_HISTORY = """
+INSERT INTO workflow.workflow_events (id, type, correlation_id, created_at, run_id, spec_version)
+SELECT 'wevt_00' || lpad(r::text, 8, '0') || lpad(e.pos::text, 3, '0'), e.type, e.corr,
+       timestamp '2026-01-01' + make_interval(secs => r + e.pos), 'wrun_00' || lpad(r::text, 8, '0'), 2
+  FROM generate_series(1, %(runs)s) r,
+       LATERAL (SELECT 1 AS pos, 'run_created' AS type, NULL AS corr
+                UNION ALL SELECT 2, 'run_started', NULL
+                UNION ALL SELECT 3 + 3 * (s - 1) + k, (ARRAY['step_created', 'step_started', 'step_completed'])[k + 1],
+                                 'step_' || s
+                            FROM generate_series(1, %(steps)s) s, generate_series(0, 2) k) e
+"""
+
+
+def load_writers(version, dbname, workdir, barrier):
+    """PROCESSES Node processes writing the package's workload (driver.mjs
+    load) until <barrier>/stop exists; returns once all are writing."""
+    template = [{"data": ev(version, t, c)} for t, c in
+                [("run_created", None), ("run_started", None), ("step_created", "s1"), ("step_started", "s1"),
+                 ("step_completed", "s1"), ("run_completed", None)]]
+    path = os.path.join(barrier, "template.json")
+    with open(path, "w") as f:
+        json.dump({"calls": template}, f)
+    procs = [subprocess.Popen(["node", DRIVER, "load", os.path.join(HERE, version), dbname, path, barrier, str(i)],
+                              cwd=workdir, env=node_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(PROCESSES)]
+    deadline = time.monotonic() + NODE_TIMEOUT_S
+    while sum(os.path.exists(os.path.join(barrier, f"ready.{i}")) for i in range(PROCESSES)) < PROCESSES:
+        dead = [p for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            o, e = (dead[0].communicate() if dead else ("", "not ready in time"))
+            raise AssertionError(f"a writer did not start\n{o[-2000:]}\n{e[-2000:]}")
+        time.sleep(0.05)
+    return procs
+
+
+def stop_writers(procs, barrier):
+    open(os.path.join(barrier, "stop"), "w").close()
+    outs = []
+    for p in procs:
+        o, e = p.communicate(timeout=NODE_TIMEOUT_S)
+        j = last_json(o)
+        if p.returncode != 0 or not j or not j.get("ok"):
+            raise AssertionError(f"a writer exited {p.returncode}\nstdout: {o[-3000:]}\nstderr: {e[-3000:]}")
+        outs.append(j)
+    return outs
+
+
+@pytest.mark.parametrize("version", ["v4"], indirect=True)
+def test_online_attach_under_the_package(version, devkit_db, workdir):
+    """attach_concurrently of a DevKit table of ONLINE_EVENTS existing events
+    while PROCESSES Node processes run the package's workload through its
+    World: no error reaches the package, no call of it waits 1 s, and the
+    table ends attached with every run dense and its past in replay order."""
+    runs = ONLINE_EVENTS // (2 + 3 * ONLINE_STEPS)
+    with connect(devkit_db) as conn:
+        conn.execute(ONLINE_HISTORY % {"runs": runs, "steps": ONLINE_STEPS})
+        conn.execute(f"ANALYZE {EVENTS}")
+        existing = event_count(conn)
+    barrier = tempfile.mkdtemp(prefix="online_", dir=workdir)
+    procs = load_writers(version, devkit_db, workdir, barrier)
+    try:
+        time.sleep(2)
+        with connect(devkit_db) as conn:
+            conn.execute("SET client_min_messages = warning")
+            started = time.monotonic()
+            conn.execute(f"CALL workflow_ext.attach_concurrently('{EVENTS}')")
+            took = time.monotonic() - started
+        time.sleep(2)
+    finally:
+        outs = stop_writers(procs, barrier)
+    failures = [f for o in outs for f in o["failures"]]
+    longest = max(o["longestMs"] for o in outs)
+    writes = sum(o["calls"] for o in outs)
+    figure(f"{version} attach_concurrently of {existing:,} package events under {PROCESSES} package writers: "
+           f"{took:.1f} s, {existing / took:,.0f} events/s; {writes:,} world.events.create calls, "
+           f"longest {longest} ms, {len(failures)} failed")
+    assert not failures, f"the package saw errors: {json.dumps(failures[:5], indent=1)}"
+    assert longest < 1000, f"a package call waited {longest} ms"
+    with connect(devkit_db) as conn:
+        one = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+        assert EVENTS in attached_logs(conn)
+        assert one(f"SELECT count(*) FROM {EVENTS} WHERE seq IS NULL") == 0
+        assert one(f"SELECT count(*) FROM (SELECT run_id, count(*) AS n, max(seq) AS top FROM {EVENTS} "
+                   "GROUP BY run_id) r WHERE n <> top") == 0, "runs whose seqs are not 1..n"
+        assert one(f"SELECT count(*) FROM (SELECT seq, row_number() OVER (PARTITION BY run_id ORDER BY id COLLATE \"C\") AS n "
+                   f"FROM {EVENTS} WHERE run_id LIKE 'wrun\\_00%') x WHERE seq <> n") == 0, "the past out of replay order"
+        assert one(f"SELECT count(*) FROM workflow_ext.scan('{EVENTS}'::regclass)") == 0
+        assert one(f"SELECT count(*) FROM {EVENTS}") >= existing + writes - len(failures)
