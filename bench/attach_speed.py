@@ -8,7 +8,10 @@ filled with N events of complete runs (run_created, run_started, S steps of
 created/started/completed, run_completed), copied three times (one copy
 attached; one rewritten by hand with a computed column, no numbering: the
 floor of attach's own rewrite; one numbered by hand with an UPDATE, as attach
-did before 0.5.1), and each is timed. Run from the repository:
+did before 0.5.1 and as attach_concurrently does, the floor of the online
+attach; one attached with attach_concurrently, without writers: the
+writers' side is tests/concurrency/test_online_attach.py and tests/devkit),
+and each is timed. Run from the repository:
 
     python3 bench/attach_speed.py [--events 200000] [--steps 8]
 
@@ -92,7 +95,11 @@ def main():
         c.execute("INSERT INTO workflow.floor_events SELECT * FROM workflow.workflow_events")
         c.execute("CREATE TABLE workflow.rewrite_events (LIKE workflow.workflow_events INCLUDING ALL)")
         c.execute("INSERT INTO workflow.rewrite_events SELECT * FROM workflow.workflow_events")
-        c.execute("VACUUM ANALYZE workflow.floor_events, workflow.rewrite_events")
+        # Its own schema: the creation index's name is per schema.
+        c.execute("CREATE SCHEMA online")
+        c.execute("CREATE TABLE online.workflow_events (LIKE workflow.workflow_events INCLUDING ALL)")
+        c.execute("INSERT INTO online.workflow_events SELECT * FROM workflow.workflow_events")
+        c.execute("VACUUM ANALYZE workflow.floor_events, workflow.rewrite_events, online.workflow_events")
         c.execute("SET max_parallel_maintenance_workers = 0")  # same for both
         print(f"{n:,} events, {a.steps} steps per run", flush=True)
 
@@ -118,9 +125,14 @@ def main():
                    "(PARTITION BY run_id ORDER BY id::text COLLATE \"C\") AS n FROM workflow.floor_events) o "
                    "WHERE t.ctid = o.row_id", n)
         f += index_builds(c, "floor_events", n)
+        print("attach_concurrently() whole (no writers; its NOTICEs give the steps):")
+        c.execute("SET client_min_messages = warning")
+        online = timed(c, "attach_concurrently()", "CALL workflow_ext.attach_concurrently('online.workflow_events')", n)
         print(f"attach() {whole:.2f} s = {n / whole:,.0f} events/s; by hand: rewrite {rewrite:.2f} s = "
               f"{n / rewrite:,.0f} events/s, UPDATE {f:.2f} s = {n / f:,.0f} events/s; "
-              f"ratio attach/rewrite {whole / rewrite:.2f}; dry run {total:.2f} s")
+              f"ratio attach/rewrite {whole / rewrite:.2f}; dry run {total:.2f} s; "
+              f"attach_concurrently() {online:.2f} s = {n / online:,.0f} events/s, "
+              f"ratio to the UPDATE by hand {f / online:.2f}")
 
 
 if __name__ == "__main__":

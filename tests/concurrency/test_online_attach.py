@@ -257,3 +257,40 @@ def test_cancelled_online_attach_leaves_the_table_as_it_was(db, step):
         conn.execute("SET client_min_messages = warning")
         conn.execute("CALL workflow_ext.attach_concurrently('workflow.workflow_events')")
     check_attached(db)
+
+
+def test_repeatable_read_writer_older_than_the_attach_retries(db):
+    """A REPEATABLE READ writer whose snapshot was taken before the attach
+    installed its triggers cannot see every existing row of a run it would
+    adopt: it gets 40001 (and retries), instead of numbering the run from a
+    past it cannot see. A writer with a newer snapshot adopts the run: its
+    row follows the run's past. The steps are driven one by one here
+    (the procedure runs them in order)."""
+    make_table(db)
+    with harness.connect(db) as admin, harness.connect(db, autocommit=False) as old, \
+            harness.connect(db, autocommit=False) as new:
+        admin.execute("SET client_min_messages = warning")
+        admin.execute(admin.execute("SELECT workflow_ext.attach_statement('workflow.workflow_events', 'creation', true)")
+                      .fetchone()[0])
+        old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        old.execute("SELECT count(*) FROM workflow_ext.logs").fetchone()  # its snapshot, before the triggers
+        # A row the package commits after that snapshot, before the triggers:
+        # part of the past, invisible to the old writer.
+        admin.execute(INSERT, ("wevt_x_between", "wrun_000008", "between_step", "step_created"))
+        admin.execute("SELECT workflow_ext.attach_concurrently_begin('workflow.workflow_events', false)")
+        new.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        new.execute(INSERT, ("wevt_x_new", "wrun_000007", "late_step", "step_created"))
+        new.commit()
+        outcome = harness.call(old, INSERT, ("wevt_x_old", "wrun_000008", "late_step", "step_created"))
+        old.rollback()
+        assert outcome.sqlstate == "40001", outcome
+        # The run is adopted whole by the next adopter (here the procedure's
+        # own statement): the row the old writer could not see is numbered.
+        admin.execute("SELECT workflow_ext.adopt_runs('workflow.workflow_events', ARRAY['wrun_000008'])")
+        unnumbered = admin.execute("SELECT count(*) FROM workflow.workflow_events WHERE run_id = 'wrun_000008' "
+                                   "AND seq IS NULL").fetchone()[0]
+        assert unnumbered == 0, "the old writer adopted the run from a past it could not see"
+        seqs = admin.execute("SELECT id, seq FROM workflow.workflow_events WHERE run_id = 'wrun_000007' "
+                             "ORDER BY seq").fetchall()
+        assert [s for _, s in seqs] == list(range(1, len(seqs) + 1)) and seqs[-1][0] == "wevt_x_new", seqs
+        admin.execute("SELECT workflow_ext.detach('workflow.workflow_events')")
