@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
@@ -921,3 +922,67 @@ def test_online_attach_under_the_package(version, devkit_db, workdir):
                    f"FROM {EVENTS} WHERE run_id LIKE 'wrun\\_00%') x WHERE seq <> n") == 0, "the past out of replay order"
         assert one(f"SELECT count(*) FROM workflow_ext.scan('{EVENTS}'::regclass)") == 0
         assert one(f"SELECT count(*) FROM {EVENTS}") >= existing + writes - len(failures)
+
+
+def table_shape(conn):
+    """What an attach may change on the package's table: columns, indexes
+    (predicates compared as predicate_shape does: a rebuilt index prints its
+    casts differently), triggers, registration, run rows."""
+    q = lambda sql: conn.execute(sql).fetchall()  # noqa: E731
+    return {
+        "columns": q(f"SELECT attname, atttypid::regtype::text, attnotnull FROM pg_attribute "
+                     f"WHERE attrelid = '{EVENTS}'::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"),
+        "indexes": q(f"SELECT c.relname, workflow_ext.predicate_shape(pg_get_indexdef(c.oid)), i.indisvalid "
+                     f"FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                     f"WHERE i.indrelid = '{EVENTS}'::regclass ORDER BY 1"),
+        "triggers": q(f"SELECT tgname FROM pg_trigger WHERE tgrelid = '{EVENTS}'::regclass AND NOT tgisinternal"),
+        "logs": q(f"SELECT count(*) FROM workflow_ext.logs WHERE relation = '{EVENTS}'::regclass"),
+        "runs": q(f"SELECT count(*) FROM workflow_ext.runs WHERE log = '{EVENTS}'::regclass"),
+    }
+
+
+@pytest.mark.parametrize("version", ["v5"], indirect=True)
+def test_cancelled_online_attach_under_the_package(version, devkit_db, workdir):
+    """attach_concurrently cancelled while it numbers the existing rows, with
+    the package writing: the package sees no error, and the table is left as
+    it was (its own creation index rebuilt under its name)."""
+    runs = max(1, ONLINE_EVENTS // 10 // (2 + 3 * ONLINE_STEPS))
+    with connect(devkit_db) as conn:
+        conn.execute(ONLINE_HISTORY % {"runs": runs, "steps": ONLINE_STEPS})
+        conn.execute(f"ANALYZE {EVENTS}")
+        before = table_shape(conn)
+    barrier = tempfile.mkdtemp(prefix="cancel_", dir=workdir)
+    procs = load_writers(version, devkit_db, workdir, barrier)
+    result = {}
+    try:
+        with connect(devkit_db) as attacher, connect(devkit_db) as watcher:
+            pid = attacher.execute("SELECT pg_backend_pid()").fetchone()[0]
+            seen = []
+            attacher.add_notice_handler(lambda d: seen.append(d.message_primary))
+
+            def run():
+                try:
+                    attacher.execute(f"CALL workflow_ext.attach_concurrently('{EVENTS}')")
+                except psycopg.Error as e:
+                    result["error"] = (e.sqlstate, e.diag.message_detail)
+
+            t = threading.Thread(target=run)
+            t.start()
+            deadline = time.monotonic() + NODE_TIMEOUT_S
+            while not any("numbering the existing rows" in m for m in seen) and t.is_alive() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.5)
+            watcher.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            t.join()
+    finally:
+        outs = stop_writers(procs, barrier)
+    failures = [f for o in outs for f in o["failures"]]
+    assert "error" in result, "the attach finished before the cancel"
+    assert result["error"][0] == "57014" and "was undone" in (result["error"][1] or ""), result
+    assert not failures, f"the package saw errors: {json.dumps(failures[:5], indent=1)}"
+    with connect(devkit_db) as conn:
+        after = table_shape(conn)
+    assert after == before, f"the cancelled attach left something behind: {before} -> {after}"
+    figure(f"{version} attach_concurrently cancelled while numbering, {sum(o['calls'] for o in outs):,} package calls "
+           f"meanwhile, longest {max(o['longestMs'] for o in outs)} ms: the table is as it was")
