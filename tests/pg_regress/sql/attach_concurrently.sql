@@ -69,5 +69,20 @@ CALL workflow_ext.attach_concurrently('online.workflow_events');
 SELECT workflow_ext.detach('online.workflow_events');
 SELECT count(*) AS differences FROM ((TABLE online_shape EXCEPT TABLE with_index)
                                      UNION ALL (TABLE with_index EXCEPT TABLE online_shape)) d;
+-- A session that died after the short locked step leaves the table protected
+-- in its adopting form (steps 1 and 2 here, by hand): a writer's first append
+-- to a run adopts it (the run's past numbered first), and detach undoes the
+-- rest.
+SELECT workflow_ext.attach_statement('online.workflow_events', 'creation', true) \gexec
+SELECT workflow_ext.attach_concurrently_begin('online.workflow_events', true);
+SELECT tgname, tgnargs FROM pg_trigger WHERE tgrelid = 'online.workflow_events'::regclass AND NOT tgisinternal
+ ORDER BY 1;
+INSERT INTO online.workflow_events (id, run_id, type, correlation_id) VALUES ('wevt_A06', 'wrun_a', 'step_completed', 'step_1');
+SELECT run_id, seq, id, type FROM online.workflow_events WHERE run_id = 'wrun_a' ORDER BY seq;
+SELECT count(*) FILTER (WHERE seq IS NULL) AS not_adopted_yet FROM online.workflow_events;
+CALL workflow_ext.attach_concurrently('online.workflow_events');
+SELECT workflow_ext.detach('online.workflow_events');
+SELECT count(*) AS differences FROM ((TABLE online_shape EXCEPT TABLE with_index)
+                                     UNION ALL (TABLE with_index EXCEPT TABLE online_shape)) d;
 DROP SCHEMA online CASCADE;
 RESET client_min_messages;
