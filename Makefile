@@ -1,6 +1,6 @@
 # workflow_ext: the two commands are `make demo` (the main job) and `make test`.
 .PHONY: setup install demo test lint test-pgrx test-regress test-upgrade test-docs test-concurrency \
-        test-migrators test-devkit test-replicas test-exporter test-package test-clients test-faults test-matrix psql stop clean bench bench-smoke package
+        test-migrators test-devkit test-replicas test-citus test-exporter test-package test-clients test-faults test-matrix psql stop clean bench bench-smoke package
 
 # The PostgreSQL to build against: scripts/pg.sh is the one place that names
 # it (`make demo PG=17`, `PG=17 make install` … pick another major: 15, the
@@ -42,6 +42,8 @@ test-devkit:      ## the real @workflow/world-postgres (4.1.1, 4.3.7, 5.0 beta) 
 	WFX_SUITES=devkit bash scripts/test.sh
 test-replicas:    ## a streaming standby, a logical subscriber, pg_dump/pg_restore (clusters of its own)
 	WFX_SUITES=replicas bash scripts/test.sh
+test-citus:       ## a real Citus cluster (coordinator + 2 workers): distribute(), races, errors
+	WFX_SUITES=citus bash scripts/test.sh
 test-exporter:    ## prometheus-postgres-exporter with monitoring/workflow_ext_queries.yaml, scraped
 	WFX_SUITES=exporter bash scripts/test.sh
 test-package:     ## scripts/package.sh 15, then the .deb installed with dpkg -i without the source build

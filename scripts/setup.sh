@@ -13,6 +13,7 @@
 #     `cargo pgrx init` always gets 15 and every fetched major at once (it
 #     rewrites ~/.pgrx/config.toml with exactly the majors it is given).
 #     WFX_PG_FETCH="16 17 18" (default: every pinned major) limits the fetch.
+#   - Citus 13.2.2 built into PostgreSQL 15 for tests/citus (scripts/citus.sh).
 # Which PostgreSQL: scripts/pg.sh (PG=15 default).
 set -euo pipefail
 . "$(dirname "$0")/pg.sh"
@@ -96,6 +97,10 @@ if [ -n "$need_init" ]; then
   echo "setup: cargo pgrx init ${init_args[*]}"
   cargo pgrx init "${init_args[@]}"
 fi
+
+# Citus 13.2.2 for tests/citus, built into PostgreSQL 15 from
+# ../shared/vendor (or its upstream archive): scripts/citus.sh, idempotent.
+PG=15 bash "$ROOT/scripts/citus.sh"
 
 # Client libraries used by the tests and examples, from their registries.
 if [ -f "$(dirname "$0")/../tests/requirements.txt" ]; then

@@ -28,9 +28,12 @@
 #  14. package:                   scripts/package.sh 15 (a release build) and
 #                                 tests/package: the .deb installed with dpkg -i where
 #                                 the source build was moved aside; port 54370
+#  15. citus:                     tests/citus (a real Citus 13.2 cluster of its own:
+#                                 a coordinator and two workers, ports 54380-54389;
+#                                 Citus built by scripts/citus.sh; PostgreSQL 15 only)
 # Pick suites with WFX_SUITES="lint pgrx regress security upgrade docs concurrency migrators devkit
-# replicas exporter package clients faults bench" (default: all, in that order; on 16-18 all
-# but replicas, exporter, package and faults).
+# replicas citus exporter package clients faults bench" (default: all, in that order; on 16-18 all
+# but replicas, citus, exporter, package and faults).
 #
 # Majors:
 #   scripts/test.sh                       one major: PG (scripts/pg.sh, default 15),
@@ -175,6 +178,10 @@ replicas() {
   pytest_suite tests/replicas
 }
 
+citus() {
+  bash scripts/citus.sh && pytest_suite tests/citus
+}
+
 exporter() {
   pytest_suite tests/exporter
 }
@@ -203,11 +210,11 @@ run_major() {
   [ -z "$1" ] || export PG="$1"
   . scripts/pg.sh   # PG_MAJOR, PG_BIN, PG_CONFIG, PG_PGXS
   if [ "$PG_MAJOR" = 15 ]; then
-    SUITES="${2:-lint pgrx regress security upgrade docs concurrency migrators devkit replicas exporter package clients faults bench}"
+    SUITES="${2:-lint pgrx regress security upgrade docs concurrency migrators devkit replicas citus exporter package clients faults bench}"
   else
     SUITES="${2:-lint pgrx regress security upgrade docs concurrency migrators devkit clients bench}"
     for s in $SUITES; do
-      if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = exporter ] || [ "$s" = package ]; then
+      if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = citus ] || [ "$s" = exporter ] || [ "$s" = package ]; then
         # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
         echo "test.sh: the $s suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
         exit 2
@@ -246,6 +253,7 @@ run_major() {
       devkit) install_extension; run_suite "the DevKit's world-postgres on an attached table (pytest + node)" devkit ;;
       clients) install_extension; run_suite "client examples" clients ;;
       replicas) install_extension; run_suite "replicas and backup (pytest)" replicas ;;
+      citus) install_extension; run_suite "Citus: a coordinator and two workers (pytest)" citus ;;
       exporter) install_extension; run_suite "Prometheus exporter scraped (pytest)" exporter ;;
       package) install_extension; run_suite "Debian package built and installed (pytest)" package ;;
       faults) install_extension; run_suite "faults (pytest)" faults ;;

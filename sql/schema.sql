@@ -76,6 +76,23 @@ CREATE INDEX runs_active ON workflow_ext.runs (log, created_at)
     WHERE finished_at IS NULL;
 
 -- Fan-in barriers: one row per join, one per distinct arrived member.
+-- The run rows of logs that Citus distributes (workflow_ext.distribute(),
+-- sql/citus.sql): the same columns as runs, keyed by the logical log's
+-- name (an OID differs per node and does not survive a shard move) and
+-- distributed by run_id, co-located with the logs, so a run's row and its
+-- events are on one node and move together. The trigger writes the shard
+-- of it next to the log's shard (src/pg/citus.rs). Empty without Citus.
+CREATE TABLE workflow_ext.distributed_runs (
+    run_id        text        NOT NULL,
+    log           text        NOT NULL,  -- the log, as regclass prints it qualified
+    state         text        NOT NULL,
+    last_seq      bigint      NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    last_event_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT distributed_runs_pkey PRIMARY KEY (run_id, log)
+) WITH (fillfactor = 80);
+
 CREATE TABLE workflow_ext.joins (
     run_id     text        NOT NULL,
     join_key   text        NOT NULL,

@@ -138,6 +138,11 @@ pub enum WfError {
     /// A concurrent attach could not start its background worker
     /// (max_worker_processes reached). 53000.
     NoBackgroundWorker,
+    /// An append to a shard of a log that Citus distributes without
+    /// `workflow_ext.distributed_runs` co-located (distributed by hand, not
+    /// by `workflow_ext.distribute()`): its run rows would have no home
+    /// that moves with the run. 55000.
+    DistributedWithoutRuns { log: String },
 }
 
 /// What a [`WfError`] says: PostgreSQL's four parts of an error.
@@ -323,6 +328,15 @@ impl WfError {
             )
             .detail("Every background worker slot (max_worker_processes) is in use.")
             .hint("Try again when a worker has finished, or raise max_worker_processes (needs a restart)."),
+            WfError::DistributedWithoutRuns { log } => Report::new(
+                C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("log {log} is distributed without its run table"),
+            )
+            .detail(format!(
+                "Citus distributes {log}, but workflow_ext.distributed_runs is not co-located with it, \
+                 so the runs' locks and states would not move with their events."
+            ))
+            .hint("Distribute a log with workflow_ext.distribute(), which places the run table with it."),
             WfError::NegativeInterval => {
                 Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "older_than must not be negative")
             }

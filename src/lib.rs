@@ -20,7 +20,7 @@
 //! SQL objects live in `sql/`: `schema.sql` runs first (types, tables,
 //! indexes), then `functions.sql` (signatures), `attach.sql` (attach,
 //! detach, the DDL watcher), `monitoring.sql` (metrics, stuck_runs),
-//! `access.sql` (grant_access), `finalize.sql` last (triggers, privileges).
+//! `access.sql` (grant_access), `citus.sql` (distribute), `finalize.sql` last (triggers, privileges).
 //! Released install scripts and upgrade scripts are kept there too
 //! (`workflow_ext--<old>.sql`, `workflow_ext--<old>--<new>.sql`).
 
@@ -58,6 +58,7 @@ extension_sql_file!(
     name = "access",
     requires = ["monitoring"]
 );
+extension_sql_file!("../sql/citus.sql", name = "citus", requires = ["access"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
@@ -72,6 +73,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::payload::register_gucs();
     pg::counters::init();
     write::run_cache::register();
+    pg::citus::register_error_hook();
 }
 
 /// Required by `cargo pgrx test`.

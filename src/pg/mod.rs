@@ -1,4 +1,5 @@
 //! The backend: unsafe FFI and PostgreSQL plumbing the layers above share.
+//! - [`citus`]: where a shard of a distributed log keeps its run rows.
 //! - [`counters`]: the write path's counters, in shared memory.
 //! - [`payload`]: the jsonb payload, checked without conversion.
 //! - [`log_shape`]: the columns a log or source must have, and their types,
@@ -12,6 +13,7 @@
 //!   transaction's isolation and read-only checks.
 
 pub mod background;
+pub mod citus;
 pub mod counters;
 pub mod index_scan;
 pub mod log_scan;

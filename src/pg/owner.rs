@@ -64,18 +64,31 @@ fn execute_as_owner(log: Option<pg_sys::Oid>, statement: Option<&str>) -> i64 {
 }
 
 /// `schema.name` of a relation, quoted as needed (regclass output without
-/// the search_path: always qualified).
+/// the search_path: always qualified); its OID when it is gone.
 pub(crate) fn relation_name(rel: pg_sys::Oid) -> String {
-    or_internal!(
-        Spi::get_one_with_args::<String>(
-            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
-                    OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
-                 ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-              WHERE c.oid OPERATOR(pg_catalog.=) $1",
-            &[rel.into()],
-        ),
-        "relation name"
-    )
-    .unwrap_or_else(|| rel.to_u32().to_string())
+    qualified_name(rel).unwrap_or_else(|| rel.to_u32().to_string())
+}
+
+/// `schema.name`, each part quoted as needed, from the syscache (Citus
+/// hides its shards from queries on `pg_class` in client backends, not
+/// from the cache); None when the relation is gone.
+pub(crate) fn qualified_name(rel: pg_sys::Oid) -> Option<String> {
+    // SAFETY: syscache lookups, each NULL when the object is gone; the
+    // strings are palloc'd and copied out at once.
+    unsafe {
+        let name = pg_sys::get_rel_name(rel);
+        if name.is_null() {
+            return None;
+        }
+        let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(rel));
+        if nsp.is_null() {
+            return None;
+        }
+        let quote = |s: *const std::ffi::c_char| {
+            std::ffi::CStr::from_ptr(pg_sys::quote_identifier(s))
+                .to_string_lossy()
+                .into_owned()
+        };
+        Some(format!("{}.{}", quote(nsp), quote(name)))
+    }
 }

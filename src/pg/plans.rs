@@ -28,6 +28,17 @@ pub fn type_list<T: std::fmt::Display>(types: impl IntoIterator<Item = T>) -> St
     format!("'{{{}}}'", names.join(","))
 }
 
+/// `s` as an SQL string literal (PostgreSQL's quote_literal: quotes
+/// doubled, and E'' with doubled backslashes when it has any).
+pub fn quote_literal(s: &str) -> String {
+    let body = s.replace('\'', "''");
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
 pub const INT8: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8OID);
 pub const TEXTARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTARRAYOID);
 pub const JSONBARRAY: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::JSONBARRAYOID);

@@ -146,6 +146,11 @@ impl EventType {
         EventType::HookCreated,
     ];
 
+    /// The creation index's name: a duplicate's 23505 names it, and the
+    /// DevKit's world-postgres maps exactly that name to its benign
+    /// "already exists" error.
+    pub const CREATION_INDEX: &'static str = "workflow_events_entity_creation_unique";
+
     /// What the creation index `workflow_events_entity_creation_unique`
     /// makes unique: the suspensions, then the keyed `attr_set`.
     pub const UNIQUE_CREATIONS: [EventType; 5] = [

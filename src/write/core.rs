@@ -24,6 +24,7 @@
 //! Either way the log's uniqueness is enforced by the index, not by timing.
 
 use crate::errors::{internal, or_internal, WfError, WfResult};
+use crate::pg::citus::{self, ShardOfLog};
 use crate::pg::counters;
 use crate::pg::index_scan::{newest_in_own_log, own_log_and_index};
 use crate::pg::plans::{self, required, EQ, PLUS, TEXT};
@@ -50,6 +51,9 @@ pub(crate) struct LogPlans {
     pub(crate) oid: pg_sys::Oid,
     /// Written for runs keyed by (log, run_id) ([`plans::runs_keyed_by_log`]).
     keyed: bool,
+    /// Where the run rows live when this is a shard of a distributed log
+    /// ([`crate::pg::citus`]); None: `workflow_ext.runs`, keyed by OID.
+    pub(crate) shard: Option<ShardOfLog>,
     insert_run: OwnedPreparedStatement,
     bump: OwnedPreparedStatement,
     /// The bump, returning also what this statement's snapshot says of the
@@ -86,23 +90,34 @@ fn entity_last_sql(log: &str, kind: EntityKind, alias: &str) -> String {
 /// and qualified) is `log`. The run rows of every log live in
 /// `workflow_ext.runs`, keyed by (log, run_id) when `keyed` (else by run_id
 /// alone: a database not yet updated to 0.3.0, whose one log is
-/// `workflow_ext.events`).
-fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) -> LogPlans {
-    let oid = rel.to_u32();
+/// `workflow_ext.events`); those of a shard of a distributed log in the
+/// co-located shard of `workflow_ext.distributed_runs`, keyed by the
+/// logical log's name ([`crate::pg::citus`]).
+fn build_log_plans(
+    c: &SpiClient<'_>,
+    rel: pg_sys::Oid,
+    log: &str,
+    keyed: bool,
+    shard: Option<ShardOfLog>,
+) -> LogPlans {
+    let (runs, log_value) = match &shard {
+        Some(s) => (s.runs_shard.clone(), plans::quote_literal(&s.log_name)),
+        None => (
+            "workflow_ext.runs".to_owned(),
+            format!("'{}'::pg_catalog.regclass", rel.to_u32()),
+        ),
+    };
+    let keyed = keyed || shard.is_some();
     // The condition naming this log's run rows, for a table alias ("" or "r.").
     let key = |alias: &str| {
         if keyed {
-            format!("{alias}log {EQ} '{oid}'::pg_catalog.regclass AND")
+            format!("{alias}log {EQ} {log_value} AND")
         } else {
             String::new()
         }
     };
     let (log_col, log_val, conflict) = if keyed {
-        (
-            "log, ",
-            format!("'{oid}'::pg_catalog.regclass, "),
-            "log, run_id",
-        )
+        ("log, ", format!("{log_value}, "), "log, run_id")
     } else {
         ("", String::new(), "run_id")
     };
@@ -119,10 +134,11 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         relnamespace: pg_sys::InvalidOid,
         oid: rel,
         keyed,
+        shard,
         insert_run: plans::keep(
             c,
             &format!(
-                "INSERT INTO workflow_ext.runs ({log_col}run_id, state, last_seq) \
+                "INSERT INTO {runs} ({log_col}run_id, state, last_seq) \
                  VALUES ({log_val}$1, 'pending', 1) \
                  ON CONFLICT ({conflict}) DO NOTHING RETURNING last_seq"
             ),
@@ -131,7 +147,7 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         bump: plans::keep(
             c,
             &format!(
-                "UPDATE workflow_ext.runs SET last_seq = last_seq {PLUS} 1{touch} WHERE {key} run_id {EQ} $1 \
+                "UPDATE {runs} SET last_seq = last_seq {PLUS} 1{touch} WHERE {key} run_id {EQ} $1 \
                  RETURNING state, last_seq"
             ),
             &[TEXT],
@@ -140,10 +156,10 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
             plans::keep(
                 c,
                 &format!(
-                    "UPDATE workflow_ext.runs r SET last_seq = r.last_seq {PLUS} 1{touch} \
+                    "UPDATE {runs} r SET last_seq = r.last_seq {PLUS} 1{touch} \
                      WHERE {r_key} r.run_id {EQ} $1 \
                      RETURNING r.state, r.last_seq, \
-                       (SELECT s.last_seq FROM workflow_ext.runs s WHERE {s_key} s.run_id {EQ} $1), ({})",
+                       (SELECT s.last_seq FROM {runs} s WHERE {s_key} s.run_id {EQ} $1), ({})",
                     entity_last_sql(log, kind, "e.")
                 ),
                 &[TEXT, TEXT],
@@ -151,7 +167,8 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
         }),
         entity_last: EntityKind::ENTITIES
             .map(|kind| plans::keep(c, &entity_last_sql(log, kind, ""), &[TEXT, TEXT])),
-        find_creation: EventType::UNIQUE_CREATIONS.map(|t| plans::keep(c, &creation_probe::find_creation_sql(log, t), &[TEXT, TEXT])),
+        find_creation: EventType::UNIQUE_CREATIONS
+            .map(|t| plans::keep(c, &creation_probe::find_creation_sql(log, t), &[TEXT, TEXT])),
     }
 }
 
@@ -160,7 +177,10 @@ fn build_log_plans(c: &SpiClient<'_>, rel: pg_sys::Oid, log: &str, keyed: bool) 
 ///
 /// # Safety
 /// `rel` is the trigger's open relation.
-pub(crate) unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) -> Rc<LogPlans> {
+pub(crate) unsafe fn log_plans(
+    client: &SpiClient<'_>,
+    rel: pg_sys::Relation,
+) -> WfResult<Rc<LogPlans>> {
     // SAFETY: an open relation has its pg_class row in rd_rel.
     let (oid, relname, relnamespace) = unsafe {
         let form = (*rel).rd_rel;
@@ -173,39 +193,39 @@ pub(crate) unsafe fn log_plans(client: &SpiClient<'_>, rel: pg_sys::Relation) ->
     let keyed = plans::runs_keyed_by_log();
     let cached = LOG_PLANS.with(|m| m.borrow().get(&oid).cloned());
     if let Some(p) = cached {
-        if p.keyed == keyed
+        if p.keyed == (keyed || p.shard.is_some())
             && p.relnamespace == relnamespace
             && p.relname.as_bytes() == relname.to_bytes()
         {
-            return p;
+            return Ok(p);
         }
     }
     // Always schema-qualified: regclass output leaves the schema out when
     // the table is visible on the current search_path, which the trigger
     // does not pin, so an unqualified name could later resolve to a
     // look-alike table (or view) earlier on a caller's path.
-    let log: String = or_internal!(
-        client.select(
-            "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
-                    OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
-               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-              WHERE c.oid OPERATOR(pg_catalog.=) $1",
-            Some(1),
-            &[oid.into()]
-        ),
-        "log name"
-    )
-    .first()
-    .get(1)
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| internal!("relation {} has no name", oid.to_u32()));
-    let mut plans = build_log_plans(client, oid, &log, keyed);
+    let log = crate::pg::owner::qualified_name(oid)
+        .unwrap_or_else(|| internal!("relation {} has no name", oid.to_u32()));
+    let shard = citus::shard_of_log(client, relname, relnamespace)?;
+    let mut plans = build_log_plans(client, oid, &log, keyed, shard);
     plans.relname = relname.to_string_lossy().into_owned();
     plans.relnamespace = relnamespace;
     let plans = Rc::new(plans);
     LOG_PLANS.with(|m| m.borrow_mut().insert(oid, Rc::clone(&plans)));
-    plans
+    Ok(plans)
+}
+
+/// Where the run rows of log `oid` are kept, when this backend's trigger
+/// found it to be a shard of a distributed log: (the run table's shard,
+/// the key as an SQL literal). None: `workflow_ext.runs`.
+pub(crate) fn shard_runs(oid: pg_sys::Oid) -> Option<(String, String)> {
+    LOG_PLANS.with(|m| {
+        m.borrow().get(&oid).and_then(|p| {
+            p.shard
+                .as_ref()
+                .map(|s| (s.runs_shard.clone(), plans::quote_literal(&s.log_name)))
+        })
+    })
 }
 
 /// The entity (kind slot, correlation id) an event is about; None for
@@ -428,7 +448,7 @@ fn decide(
             // The owner of an attached table can drop its creation index (a
             // package migration drops and recreates it): without it the row
             // would be stored twice, so refuse it ourselves.
-            if !creation_index_intact(client, plans.oid) {
+            if !creation_index_intact(client, plans) {
                 return Err(WfError::CreationIndexMissing {
                     log: crate::pg::owner::relation_name(plans.oid),
                 });
@@ -444,7 +464,11 @@ fn decide(
 /// log always has it: only the extension's owner can drop it. A database
 /// whose SQL predates the function (before ALTER EXTENSION UPDATE) is not
 /// asked.
-fn creation_index_intact(client: &mut SpiClient<'_>, log: pg_sys::Oid) -> bool {
+fn creation_index_intact(client: &mut SpiClient<'_>, plans: &LogPlans) -> bool {
+    if let Some(shard) = &plans.shard {
+        return shard.has_creation_index();
+    }
+    let log = plans.oid;
     let asked = or_internal!(
         client.update(
             "SELECT CASE WHEN $1 OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass::pg_catalog.oid \

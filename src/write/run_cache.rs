@@ -178,7 +178,7 @@ pub(crate) fn transaction_ended() {
 pub(crate) fn settle() {
     let (changed, writer) = CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        let mut changed: Vec<(pg_sys::Oid, String, Entry)> = Vec::new();
+        let mut changed: Vec<Changed> = Vec::new();
         for (log, runs) in c.runs.drain() {
             for (run_id, e) in runs {
                 if e.now != e.stored {
@@ -216,59 +216,124 @@ fn runs_table_exists() -> bool {
 /// and last_event_at. A row whose last_seq is no longer the one this
 /// transaction wrote was replaced by another statement of the same
 /// transaction (detach and attach again) and is left as that one wrote it.
-fn write_back(changed: &[(pg_sys::Oid, String, Entry)], writer: pg_sys::Oid) {
-    let keyed = plans::runs_keyed_by_log();
-    let logs: Vec<i64> = changed
-        .iter()
-        .map(|(l, ..)| i64::from(l.to_u32()))
-        .collect();
-    let run_ids: Vec<&str> = changed.iter().map(|(_, r, _)| r.as_str()).collect();
-    let seqs: Vec<i64> = changed.iter().map(|(.., e)| e.now.last_seq).collect();
-    let states: Vec<&str> = changed.iter().map(|(.., e)| e.now.state.as_str()).collect();
-    let terminal: Vec<bool> = changed
-        .iter()
-        .map(|(.., e)| e.now.state.is_terminal())
-        .collect();
-    let stored: Vec<i64> = changed.iter().map(|(.., e)| e.stored.last_seq).collect();
+/// The runs of a shard of a distributed log are in the run table's
+/// co-located shard ([`crate::pg::citus`]): one UPDATE per such shard.
+fn write_back(changed: &[Changed], writer: pg_sys::Oid) {
+    let mut local: Vec<&Changed> = Vec::new();
+    // (the run table's shard, the log's key) → its changed runs
+    let mut sharded: HashMap<(String, String), Vec<&Changed>> = HashMap::new();
+    for c in changed {
+        match crate::write::core::shard_runs(c.0) {
+            Some(home) => sharded.entry(home).or_default().push(c),
+            None => local.push(c),
+        }
+    }
     as_role(writer, || {
         Spi::connect_mut(|client| {
-            WRITE_BACK.with(|w| {
-                let mut w = w.borrow_mut();
-                let plan = w[usize::from(keyed)].get_or_insert_with(|| {
-                    let (key, touch) = if keyed {
-                        (
-                            format!("r.log {EQ} u.log::pg_catalog.oid::pg_catalog.regclass AND"),
-                            ", last_event_at = pg_catalog.now()",
-                        )
-                    } else {
-                        (String::new(), "")
-                    };
-                    plans::keep(
-                        client,
-                        &format!(
-                            "UPDATE workflow_ext.runs r SET last_seq = u.seq, state = u.state, \
-                             finished_at = CASE WHEN u.terminal \
-                                           THEN coalesce(r.finished_at, pg_catalog.now()) END{touch} \
-                             FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
-                                             pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.text[]), \
-                                             pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.int8[])) \
-                                  u(log, run_id, seq, state, terminal, stored) \
-                             WHERE {key} r.run_id {EQ} u.run_id AND r.last_seq {EQ} u.stored"
-                        ),
-                        &[INT8ARRAY, TEXTARRAY, INT8ARRAY, TEXTARRAY, BOOLARRAY, INT8ARRAY],
-                    )
-                });
-                let args = [
-                    logs.into(),
-                    run_ids.into(),
-                    seqs.into(),
-                    states.into(),
-                    terminal.into(),
-                    stored.into(),
-                ];
-                or_internal!(client.update(&*plan, None, &args), "write back runs");
-            })
+            if !local.is_empty() {
+                write_back_local(client, &local);
+            }
+            for ((table, key), rows) in &sharded {
+                let sql = format!(
+                    "UPDATE {table} r SET last_seq = u.seq, state = u.state, \
+                     finished_at = CASE WHEN u.terminal \
+                                   THEN coalesce(r.finished_at, pg_catalog.now()) END, \
+                     last_event_at = pg_catalog.now() \
+                     FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.int8[]), \
+                                     pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.bool[]), \
+                                     pg_catalog.unnest($5::pg_catalog.int8[])) \
+                          u(run_id, seq, state, terminal, stored) \
+                     WHERE r.log {EQ} {key} AND r.run_id {EQ} u.run_id AND r.last_seq {EQ} u.stored"
+                );
+                let args = columns(rows);
+                or_internal!(
+                    client.update(
+                        &sql,
+                        None,
+                        &[
+                            args.1.into(),
+                            args.2.into(),
+                            args.3.into(),
+                            args.4.into(),
+                            args.5.into()
+                        ]
+                    ),
+                    "write back shard runs"
+                );
+            }
         })
+    });
+}
+
+/// A run whose row the write-back updates: (log, run_id, entry).
+type Changed = (pg_sys::Oid, String, Entry);
+
+type Columns<'a> = (
+    Vec<i64>,
+    Vec<&'a str>,
+    Vec<i64>,
+    Vec<&'a str>,
+    Vec<bool>,
+    Vec<i64>,
+);
+
+/// The write-back's arrays: log, run_id, seq, state, terminal, stored seq.
+fn columns<'a>(changed: &[&'a Changed]) -> Columns<'a> {
+    (
+        changed
+            .iter()
+            .map(|(l, ..)| i64::from(l.to_u32()))
+            .collect(),
+        changed.iter().map(|(_, r, _)| r.as_str()).collect(),
+        changed.iter().map(|(.., e)| e.now.last_seq).collect(),
+        changed.iter().map(|(.., e)| e.now.state.as_str()).collect(),
+        changed
+            .iter()
+            .map(|(.., e)| e.now.state.is_terminal())
+            .collect(),
+        changed.iter().map(|(.., e)| e.stored.last_seq).collect(),
+    )
+}
+
+/// The write-back of the runs in `workflow_ext.runs`, a kept plan.
+fn write_back_local(client: &mut pgrx::spi::SpiClient<'_>, changed: &[&Changed]) {
+    let keyed = plans::runs_keyed_by_log();
+    let (logs, run_ids, seqs, states, terminal, stored) = columns(changed);
+    WRITE_BACK.with(|w| {
+        let mut w = w.borrow_mut();
+        let plan = w[usize::from(keyed)].get_or_insert_with(|| {
+            let (key, touch) = if keyed {
+                (
+                    format!("r.log {EQ} u.log::pg_catalog.oid::pg_catalog.regclass AND"),
+                    ", last_event_at = pg_catalog.now()",
+                )
+            } else {
+                (String::new(), "")
+            };
+            plans::keep(
+                client,
+                &format!(
+                    "UPDATE workflow_ext.runs r SET last_seq = u.seq, state = u.state, \
+                     finished_at = CASE WHEN u.terminal \
+                                   THEN coalesce(r.finished_at, pg_catalog.now()) END{touch} \
+                     FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                                     pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                                     pg_catalog.unnest($5::pg_catalog.bool[]), pg_catalog.unnest($6::pg_catalog.int8[])) \
+                          u(log, run_id, seq, state, terminal, stored) \
+                     WHERE {key} r.run_id {EQ} u.run_id AND r.last_seq {EQ} u.stored"
+                ),
+                &[INT8ARRAY, TEXTARRAY, INT8ARRAY, TEXTARRAY, BOOLARRAY, INT8ARRAY],
+            )
+        });
+        let args = [
+            logs.into(),
+            run_ids.into(),
+            seqs.into(),
+            states.into(),
+            terminal.into(),
+            stored.into(),
+        ];
+        or_internal!(client.update(&*plan, None, &args), "write back runs");
     });
 }
 

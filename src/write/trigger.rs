@@ -49,6 +49,13 @@ fn trigger_table(trigger: &PgTrigger<'_>) -> String {
 fn events_before_insert<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
+    // Citus moving or splitting a shard of a distributed log: the rows it
+    // replays were admitted and numbered on the old shard, with the run
+    // rows that come along in the co-located shard; they are copies, not
+    // appends (src/pg/citus.rs).
+    if crate::pg::citus::in_shard_transfer() {
+        return Ok(trigger.new().map(|row| row.into_owned()));
+    }
     let data = trigger.trigger_data();
     let tuple = data.tg_trigtuple;
     // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
@@ -102,7 +109,7 @@ fn events_before_insert<'a>(
             Some(seq) => seq,
             None => Spi::connect_mut(|client| {
                 // SAFETY: the trigger's relation is open for the whole call.
-                let plans = unsafe { log_plans(client, rel) };
+                let plans = unsafe { log_plans(client, rel) }?;
                 lock_and_decide(client, &plans, &addr, adopting)
             })?,
         };

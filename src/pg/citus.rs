@@ -1,0 +1,306 @@
+//! Citus: what the write path needs to know when the trigger fires on a
+//! shard of a distributed log, on the worker that holds it.
+//!
+//! `workflow_ext.distribute()` (sql/citus.sql) distributes a log by
+//! `run_id` together with `workflow_ext.distributed_runs`, co-located, so a
+//! run's events and its run row are always on one node. There the trigger
+//! fires on the log's shard (`<log>_<shardid>`), and writes the run row in
+//! the run table's shard with the same hash range, addressed by name: a
+//! plain local statement, no distributed query from inside a shard. The
+//! run row is keyed by the *logical* log's name, which is the same on every
+//! node and survives shard moves (an OID is neither: it differs per node,
+//! and Citus copies shards in binary).
+//!
+//! The facts come from Citus's own catalog (`pg_dist_shard`, owned by the
+//! superuser), never from the log's owner, and are read once per shard and
+//! backend (the trigger keeps its plans).
+
+use crate::errors::{or_internal, WfError, WfResult};
+use crate::rules::lifecycle::EventType;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::ffi::CStr;
+
+/// Where the run rows of a shard of a distributed log live.
+pub(crate) struct ShardOfLog {
+    /// The logical log, schema-qualified and quoted: the run rows' key.
+    pub(crate) log_name: String,
+    /// The co-located shard of `workflow_ext.distributed_runs`,
+    /// schema-qualified.
+    pub(crate) runs_shard: String,
+    /// This shard's id, and its schema.
+    pub(crate) shard_id: i64,
+    pub(crate) namespace: pg_sys::Oid,
+}
+
+impl ShardOfLog {
+    /// Whether the shard has its copy of the extension's creation index,
+    /// valid (Citus names it `<index>_<shardid>`). Syscache lookups: a
+    /// client backend on a worker does not see shards in `pg_class`.
+    pub(crate) fn has_creation_index(&self) -> bool {
+        let name =
+            std::ffi::CString::new(format!("{}_{}", EventType::CREATION_INDEX, self.shard_id))
+                .unwrap_or_default();
+        // SAFETY: syscache lookups by name and OID.
+        unsafe {
+            let index = pg_sys::get_relname_relid(name.as_ptr(), self.namespace);
+            index != pg_sys::InvalidOid
+                && pg_sys::get_rel_relkind(index) == pg_sys::RELKIND_INDEX as std::ffi::c_char
+                && pg_sys::get_index_isvalid(index)
+        }
+    }
+}
+
+/// Whether Citus is installed in this database (a syscache lookup).
+pub(crate) fn installed() -> bool {
+    // SAFETY: a catalog lookup by name; InvalidOid when missing.
+    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// When the relation named `relname` in schema `nsp` is a shard of a
+/// Citus-distributed table on this node, where its run rows live. `Ok(None)`:
+/// not a shard (no Citus, or an ordinary table). An error: a shard of a log
+/// distributed without `workflow_ext.distribute()`, whose run rows would
+/// have no home that moves with it.
+pub(crate) fn shard_of_log(
+    client: &SpiClient<'_>,
+    relname: &CStr,
+    nsp: pg_sys::Oid,
+) -> WfResult<Option<ShardOfLog>> {
+    if !installed() {
+        return Ok(None);
+    }
+    // A shard is named `<table>_<shardid>` (Citus's shard_name()).
+    let Some(shard_id) = relname
+        .to_str()
+        .ok()
+        .and_then(|n| n.rsplit_once('_'))
+        .and_then(|(_, id)| id.parse::<i64>().ok())
+    else {
+        return Ok(None);
+    };
+    let row = or_internal!(
+        client.select(
+            // The run table's shard of the same hash range, only when the
+            // two are co-located (same shard count, moved together).
+            "SELECT s.logicalrelid::pg_catalog.oid, \
+                    (SELECT r.shardid FROM pg_catalog.pg_dist_shard r \
+                       JOIN pg_catalog.pg_dist_partition pr \
+                         ON pr.logicalrelid OPERATOR(pg_catalog.=) r.logicalrelid \
+                       JOIN pg_catalog.pg_dist_partition pl \
+                         ON pl.logicalrelid OPERATOR(pg_catalog.=) s.logicalrelid \
+                      WHERE r.logicalrelid OPERATOR(pg_catalog.=) \
+                            pg_catalog.to_regclass('workflow_ext.distributed_runs') \
+                        AND pr.colocationid OPERATOR(pg_catalog.=) pl.colocationid \
+                        AND r.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue) \
+               FROM pg_catalog.pg_dist_shard s \
+              WHERE s.shardid OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[shard_id.into()],
+        ),
+        "citus shard"
+    );
+    if row.is_empty() {
+        return Ok(None);
+    }
+    let row = row.first();
+    let logical: pg_sys::Oid = or_internal!(row.get(1), "citus shard").unwrap_or_default();
+    let runs_shard: Option<i64> = or_internal!(row.get(2), "citus shard");
+    // The name must be the logical table's plus this shard id, in its
+    // schema: else `rel` is a table that only looks like a shard.
+    // SAFETY: syscache lookups.
+    let is_the_shard = unsafe {
+        let name = pg_sys::get_rel_name(logical);
+        !name.is_null()
+            && pg_sys::get_rel_namespace(logical) == nsp
+            && format!("{}_{shard_id}", CStr::from_ptr(name).to_string_lossy()).as_bytes()
+                == relname.to_bytes()
+    };
+    if !is_the_shard {
+        return Ok(None);
+    }
+    let log_name = crate::pg::owner::qualified_name(logical)
+        .unwrap_or_else(|| crate::errors::internal!("relation {} has no name", logical.to_u32()));
+    match runs_shard {
+        Some(id) => Ok(Some(ShardOfLog {
+            log_name,
+            runs_shard: format!("workflow_ext.distributed_runs_{id}"),
+            shard_id,
+            namespace: nsp,
+        })),
+        None => Err(WfError::DistributedWithoutRuns { log: log_name }),
+    }
+}
+
+thread_local! {
+    /// Whether this backend is Citus's apply worker for a shard move or
+    /// split (it never changes for a process): asked once.
+    static SHARD_TRANSFER: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether this backend is the logical-replication apply worker of a Citus
+/// shard move or split, replaying on the new shard rows that the old one
+/// already admitted and numbered. Citus names those subscriptions
+/// `citus_shard_move_subscription_…` / `citus_shard_split_subscription_…`
+/// (multi_logical_replication.c); creating a subscription takes a
+/// superuser (PostgreSQL 15) or pg_create_subscription (16 on).
+pub(crate) fn in_shard_transfer() -> bool {
+    // SAFETY: a read of the backend's kind.
+    if !unsafe { pg_sys::IsLogicalWorker() } {
+        return false;
+    }
+    if let Some(known) = SHARD_TRANSFER.with(|c| c.get()) {
+        return known;
+    }
+    let known = subscription_name().is_some_and(|name| {
+        name.starts_with("citus_shard_move_subscription_")
+            || name.starts_with("citus_shard_split_subscription_")
+    });
+    SHARD_TRANSFER.with(|c| c.set(Some(known)));
+    known
+}
+
+/// The subscription this logical-replication worker applies: its OID is
+/// the last number of the worker's name ("logical replication … worker
+/// for subscription <oid>[ sync <relid>]").
+fn subscription_name() -> Option<String> {
+    // SAFETY: the worker's own registration entry, set for its lifetime.
+    let worker = unsafe {
+        let entry = pg_sys::MyBgworkerEntry;
+        if entry.is_null() {
+            return None;
+        }
+        CStr::from_ptr((*entry).bgw_name.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    let oid: u32 = worker
+        .split_once("for subscription ")?
+        .1
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    or_internal!(
+        Spi::get_one_with_args::<String>(
+            "SELECT subname::pg_catalog.text FROM pg_catalog.pg_subscription \
+              WHERE oid OPERATOR(pg_catalog.=) $1",
+            &[pg_sys::Oid::from(oid).into()],
+        ),
+        "subscription name"
+    )
+}
+
+/// A duplicate creation on a shard fails with the shard's index name
+/// (`workflow_events_entity_creation_unique_102008`), and when Citus
+/// re-raises a worker's error on the node the client is connected to it
+/// keeps the SQLSTATE, message and DETAIL but drops the constraint name.
+/// Clients that tell a benign "already exists" by that name (the DevKit's
+/// world-postgres) would see a raw 23505. So the error is given back the
+/// name a single node reports: the logical index in both the message and
+/// the constraint field. None: not such an error.
+pub(crate) fn logical_creation_conflict(message: &str, constraint: Option<&str>) -> Option<String> {
+    let named = message
+        .strip_prefix("duplicate key value violates unique constraint \"")?
+        .strip_suffix('"')?;
+    let suffix = named.strip_prefix(EventType::CREATION_INDEX)?;
+    let matches = match suffix.strip_prefix('_') {
+        // The shard's index: raised here, or re-raised without the name.
+        Some(id) => {
+            !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && constraint.is_none_or(|c| c == named)
+        }
+        // Named already (by the worker's own hook), the name dropped on
+        // the way.
+        None => suffix.is_empty() && constraint.is_none(),
+    };
+    matches.then(|| {
+        format!(
+            "duplicate key value violates unique constraint \"{}\"",
+            EventType::CREATION_INDEX
+        )
+    })
+}
+
+static mut PREVIOUS_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
+
+/// Installs [`name_creation_conflicts`] (from `_PG_init`). It sees the
+/// errors this backend reports, so it must be loaded where clients connect:
+/// `shared_preload_libraries` on every node of a Citus cluster.
+pub(crate) fn register_error_hook() {
+    // SAFETY: _PG_init runs once per backend, before any error is reported;
+    // the previous hook is kept and called.
+    unsafe {
+        PREVIOUS_EMIT_LOG_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(name_creation_conflicts);
+    }
+}
+
+/// emit_log_hook: see [`logical_creation_conflict`]. Runs while an error is
+/// being reported: no catalog access, no allocation but in the error's own
+/// memory context, nothing that can raise.
+unsafe extern "C-unwind" fn name_creation_conflicts(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes the error being reported; its strings are
+    // NUL-terminated or NULL, and belong to assoc_context.
+    unsafe {
+        if !edata.is_null()
+            && (*edata).sqlerrcode == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION as i32
+            && !(*edata).message.is_null()
+        {
+            let message = CStr::from_ptr((*edata).message).to_str().ok();
+            let constraint = if (*edata).constraint_name.is_null() {
+                None
+            } else {
+                CStr::from_ptr((*edata).constraint_name).to_str().ok()
+            };
+            if let Some(fixed) = message.and_then(|m| logical_creation_conflict(m, constraint)) {
+                if let Ok(fixed) = std::ffi::CString::new(fixed) {
+                    let ctx = (*edata).assoc_context;
+                    (*edata).message = pg_sys::MemoryContextStrdup(ctx, fixed.as_ptr());
+                    (*edata).constraint_name = pg_sys::MemoryContextStrdup(
+                        ctx,
+                        c"workflow_events_entity_creation_unique".as_ptr(), // EventType::CREATION_INDEX
+                    );
+                }
+            }
+        }
+        if let Some(previous) = PREVIOUS_EMIT_LOG_HOOK {
+            previous(edata);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logical_creation_conflict as fix;
+
+    #[test]
+    fn a_shard_creation_conflict_gets_the_logical_name() {
+        let single = "duplicate key value violates unique constraint \"workflow_events_entity_creation_unique\"";
+        let shard = "duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_102022\"";
+        // Re-raised by Citus (no constraint), or raised on the shard's node.
+        assert_eq!(fix(shard, None).as_deref(), Some(single));
+        assert_eq!(
+            fix(shard, Some("workflow_events_entity_creation_unique_102022")).as_deref(),
+            Some(single)
+        );
+        // Named by the worker, the name dropped by Citus on the way back.
+        assert_eq!(fix(single, None).as_deref(), Some(single));
+        // Anything else is left alone.
+        assert_eq!(
+            fix(single, Some("workflow_events_entity_creation_unique")),
+            None
+        );
+        assert_eq!(fix(shard, Some("other")), None);
+        assert_eq!(
+            fix(
+                "duplicate key value violates unique constraint \"events_pkey_102010\"",
+                None
+            ),
+            None
+        );
+        assert_eq!(fix("duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_\"", None), None);
+        assert_eq!(fix("duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_12a\"", None), None);
+    }
+}

@@ -1,0 +1,147 @@
+"""workflow_ext.distribute() on a real Citus cluster (a coordinator and two
+workers, conftest.py): the own log distributed by run_id with its run rows
+co-located, every per-run guarantee kept on the worker that holds the run,
+whether a client goes through the coordinator or straight to a worker."""
+import threading
+
+import psycopg
+import pytest
+
+from conftest import DB
+
+
+def run_ids(prefix, n):
+    return [f"{prefix}{i:03d}" for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def distributed(citus):
+    citus.sql("SELECT workflow_ext.distribute()")
+    return citus
+
+
+def test_distribute_places_the_log_and_its_run_rows_together(distributed):
+    rows = distributed.sql(
+        "SELECT logicalrelid::text, partmethod, colocationid FROM pg_dist_partition "
+        "WHERE logicalrelid IN ('workflow_ext.events'::regclass, 'workflow_ext.distributed_runs'::regclass) "
+        "ORDER BY 1")
+    assert [r[:2] for r in rows] == [("workflow_ext.distributed_runs", "h"), ("workflow_ext.events", "h")]
+    assert rows[0][2] == rows[1][2], "the log and the run table must be co-located"
+    # Shards on both workers.
+    nodes = distributed.sql(
+        "SELECT DISTINCT nodeport FROM pg_dist_shard JOIN pg_dist_shard_placement USING (shardid) "
+        "WHERE logicalrelid = 'workflow_ext.events'::regclass")
+    assert sorted(p for (p,) in nodes) == sorted(w.port for w in distributed.workers)
+    # Again: nothing to do.
+    distributed.sql("SELECT workflow_ext.distribute()")
+
+
+def test_appends_through_the_coordinator_and_on_workers(distributed):
+    """Creation, a step's lifecycle and a late event, by function, INSERT and
+    COPY, through the coordinator and directly on a worker."""
+    for node in distributed.nodes:
+        run = f"plain_{node.name}"
+        with distributed.connect(node) as c:
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (run,))
+            again = c.execute(
+                "SELECT * FROM workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (run,)).fetchone()
+            assert again[1:] == (1, False)
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (run,))
+            c.execute("INSERT INTO workflow_ext.events (run_id, correlation_id, type) "
+                      "VALUES (%s, 's1', 'step_created')", (run,))
+            with c.cursor().copy("COPY workflow_ext.events (run_id, correlation_id, type) FROM STDIN") as cp:
+                cp.write_row((run, "s1", "step_started"))
+                cp.write_row((run, "s1", "step_completed"))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_completed')", (run,))
+            # A late event, three ways: refused each time, nothing written.
+            # 55000, except a COPY: Citus copies into a distributed table
+            # itself, from any node, and re-raises the shard's error with its
+            # message and DETAIL but not its SQLSTATE (multi_copy.c,
+            # ReportCopyError), so it arrives as XX000.
+            copy_error = psycopg.errors.InternalError_
+            for late, error in (
+                (lambda: c.execute("SELECT workflow_ext.append_event(%s, 's4', 'step_created')", (run,)),
+                 psycopg.errors.ObjectNotInPrerequisiteState),
+                (lambda: c.execute("INSERT INTO workflow_ext.events (run_id, correlation_id, type) "
+                                   "VALUES (%s, 's2', 'step_created')", (run,)),
+                 psycopg.errors.ObjectNotInPrerequisiteState),
+                (lambda: copy_rows(c, [(run, "s3", "step_created")]), copy_error),
+            ):
+                with pytest.raises(error) as e:
+                    late()
+                assert e.value.diag.message_primary.endswith("the run is already completed")
+                assert e.value.diag.message_detail == "anomaly: event_after_run_terminal; run state: completed"
+            seqs = c.execute("SELECT seq, type::text FROM workflow_ext.events WHERE run_id = %s ORDER BY seq",
+                             (run,)).fetchall()
+            assert seqs == [(1, "run_created"), (2, "run_started"), (3, "step_created"), (4, "step_started"),
+                            (5, "step_completed"), (6, "run_completed")], node.name
+
+
+def copy_rows(c, rows):
+    with c.cursor().copy("COPY workflow_ext.events (run_id, correlation_id, type) FROM STDIN") as cp:
+        for r in rows:
+            cp.write_row(r)
+
+
+def test_duplicate_creation_names_the_creation_index(distributed):
+    """23505 on a duplicate step creation, with the index's name, through the
+    coordinator and on a worker: the DevKit maps conflicts by that name."""
+    distributed.sql("SELECT workflow_ext.append_suspension_event('dup', NULL, 'run_created')")
+    distributed.sql("SELECT workflow_ext.append_event('dup', NULL, 'run_started')")
+    distributed.sql("INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('dup', 's', 'step_created')")
+    for node in distributed.nodes:
+        with distributed.connect(node) as c, pytest.raises(psycopg.errors.UniqueViolation) as e:
+            c.execute("INSERT INTO workflow_ext.events (run_id, correlation_id, type) VALUES ('dup', 's', 'step_created')")
+        assert e.value.diag.constraint_name == "workflow_events_entity_creation_unique", node.name
+        assert e.value.diag.message_primary == (
+            'duplicate key value violates unique constraint "workflow_events_entity_creation_unique"')
+
+
+def test_racing_clients_through_coordinator_and_workers(distributed):
+    """16 clients, spread over the coordinator and both workers, race every
+    step creation of 20 runs and then their completions: one row per key,
+    every racer told the winner's id, seqs dense, steps in lifecycle order."""
+    runs = run_ids("race", 20)
+    with distributed.connect() as c:
+        for r in runs:
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (r,))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (r,))
+    steps = [f"step{i}" for i in range(5)]
+    answers, failures = {}, []
+    lock = threading.Lock()
+    barrier = threading.Barrier(16)
+
+    def racer(k):
+        node = distributed.nodes[k % 3]
+        try:
+            with psycopg.connect(node.conninfo(DB), autocommit=True) as c:
+                barrier.wait()
+                for r in runs:
+                    for s in steps:
+                        eid, seq, _ = c.execute(
+                            "SELECT * FROM workflow_ext.append_suspension_event(%s, %s, 'step_created')",
+                            (r, s)).fetchone()
+                        with lock:
+                            answers.setdefault((r, s), set()).add((eid, seq))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=racer, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not failures, failures[:3]
+    assert all(len(v) == 1 for v in answers.values()), "a racer was told another creation"
+    rows = distributed.sql(
+        "SELECT run_id, count(*), count(DISTINCT correlation_id) FILTER (WHERE type = 'step_created'), "
+        "       count(*) FILTER (WHERE type = 'step_created'), min(seq), max(seq) "
+        "FROM workflow_ext.events WHERE run_id LIKE 'race%%' GROUP BY run_id ORDER BY run_id")
+    assert len(rows) == 20
+    for run_id, n, distinct_steps, step_rows, lo, hi in rows:
+        assert (distinct_steps, step_rows) == (5, 5), run_id
+        assert (lo, hi) == (1, n), f"{run_id}: seqs not dense"
+    stored = dict(((r, s), (eid, seq)) for r, s, eid, seq in distributed.sql(
+        "SELECT run_id, correlation_id, id, seq FROM workflow_ext.events "
+        "WHERE run_id LIKE 'race%%' AND type = 'step_created'"))
+    assert {k: next(iter(v)) for k, v in answers.items()} == stored
