@@ -76,3 +76,25 @@ BEGIN
     DELETE FROM workflow_ext.runs r WHERE r.log = distribute.log;
 END;
 $$;
+
+-- scan() of the shards of `log` this node holds: scan() of a distributed
+-- log runs it on every node at once (src/pg/citus.rs) and merges what they
+-- report. SECURITY INVOKER: it reads only what scan() lets the caller read.
+CREATE FUNCTION workflow_ext.scan_local_shards(log regclass, since timestamptz)
+RETURNS TABLE (run_id text, events bigint, anomalies bigint, first_seq bigint, first_anomaly text, first_detail text)
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    shard regclass;
+BEGIN
+    FOR shard IN
+        SELECT shard_name(s.logicalrelid, s.shardid, false)::regclass
+          FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid)
+         WHERE s.logicalrelid = log
+           AND p.groupid = (SELECT g.groupid FROM pg_dist_local_group g)
+         ORDER BY s.shardid
+    LOOP
+        RETURN QUERY SELECT * FROM workflow_ext.scan(shard, since);
+    END LOOP;
+END;
+$$;

@@ -158,7 +158,7 @@ fn scan(
     let Some(source) = source else {
         raise!(WfError::NullArgument { arg: "source" })
     };
-    let mut out: Vec<(Option<String>, i64, i64, i64, String, String)> = Vec::new();
+    let mut out: Vec<crate::pg::citus::ScanRow> = Vec::new();
     Spi::connect(|client| {
         let src = or_raise!(inspect(client, source));
         if since.is_some() && !src.has_created_at {
@@ -166,6 +166,13 @@ fn scan(
                 source: src.name.clone(),
                 missing: vec!["created_at"]
             });
+        }
+        // A log Citus distributes: each node scans its shards.
+        if src.distributed {
+            out = or_raise!(crate::pg::citus::scan_on_every_node(
+                client, &src.name, since
+            ));
+            return;
         }
         let filter = if since.is_some() {
             format!(

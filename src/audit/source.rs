@@ -24,6 +24,9 @@ pub(super) struct Source {
     /// enum's OID and named from these labels, instead of going through the
     /// enum's output and text's input twice per row.
     pub(super) enum_labels: Option<Vec<(pg_sys::Oid, String)>>,
+    /// Citus distributes it: its rows are in shards on the workers, read
+    /// through Citus's planner (never straight from the local table).
+    pub(super) distributed: bool,
 }
 
 /// The catalog reads every call makes, prepared once per backend: they are
@@ -113,6 +116,7 @@ pub(super) fn inspect(client: &SpiClient<'_>, oid: pg_sys::Oid) -> WfResult<Sour
         .collect()
     });
     Ok(Source {
+        distributed: crate::pg::citus::is_distributed(client, oid),
         enum_labels,
         has_seq: has("seq"),
         has_created_at: has("created_at"),

@@ -72,7 +72,7 @@ pub(super) fn stream(
     let mut nulls = [true; 6];
     let mut scratch = PgMemoryContexts::new("workflow_ext audit batch");
     // The own log, read straight from its primary key (src/pg/log_scan.rs).
-    let scan = match (direct, &src.enum_labels) {
+    let scan = match (direct.filter(|_| !src.distributed), &src.enum_labels) {
         // SAFETY: in the function's transaction, with its snapshot.
         (Some(run), Some(labels)) => unsafe { OwnLogScan::open(run) }.map(|scan| {
             let hook = labels

@@ -132,6 +132,94 @@ pub(crate) fn shard_of_log(
     }
 }
 
+/// Whether Citus distributes relation `rel` (its metadata, on this node:
+/// the coordinator's, or a worker's synced copy). Its rows are then in
+/// shards on the workers, not in the relation itself.
+pub(crate) fn is_distributed(client: &SpiClient<'_>, rel: pg_sys::Oid) -> bool {
+    installed()
+        && or_internal!(
+            client.select(
+                "SELECT 1 FROM pg_catalog.pg_dist_partition \
+                  WHERE logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass",
+                Some(1),
+                &[rel.into()],
+            ),
+            "citus table"
+        )
+        .first()
+        .get::<i32>(1)
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// `scan()` of a distributed log: every node scans the shards it holds
+/// (`workflow_ext.scan_local_shards`, in parallel through Citus's
+/// `run_command_on_all_nodes`), and the runs they report come back here,
+/// ordered by run id. A run is whole in one shard, so each is audited
+/// whole; a node that fails fails the scan.
+pub(crate) type ScanRow = (Option<String>, i64, i64, i64, String, String);
+
+pub(crate) fn scan_on_every_node(
+    client: &SpiClient<'_>,
+    log: &str,
+    since: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> WfResult<Vec<ScanRow>> {
+    let nodes = or_internal!(
+        client.select(
+            "SELECT n.success, \
+                    (SELECT d.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) d.nodeport \
+                       FROM pg_catalog.pg_dist_node d WHERE d.nodeid OPERATOR(pg_catalog.=) n.nodeid), \
+                    n.result \
+               FROM pg_catalog.run_command_on_all_nodes(pg_catalog.format( \
+                    'SELECT COALESCE(pg_catalog.json_agg(f), ''[]'') \
+                       FROM workflow_ext.scan_local_shards(%L::pg_catalog.regclass, %L::pg_catalog.timestamptz) f', \
+                    $1::pg_catalog.text, $2::pg_catalog.timestamptz)) n",
+            None,
+            &[log.into(), since.into()],
+        ),
+        "scan on every node"
+    );
+    let mut results: Vec<String> = Vec::new();
+    for row in nodes {
+        let ok: bool = or_internal!(row.get(1), "node result").unwrap_or(false);
+        let node: String = or_internal!(row.get(2), "node").unwrap_or_default();
+        let result: String = or_internal!(row.get(3), "node result").unwrap_or_default();
+        if !ok {
+            return Err(WfError::NodeScanFailed {
+                node,
+                error: result,
+            });
+        }
+        results.push(result);
+    }
+    let rows = or_internal!(
+        client.select(
+            "SELECT x.run_id, x.events, x.anomalies, x.first_seq, x.first_anomaly, x.first_detail \
+               FROM pg_catalog.unnest($1::pg_catalog.text[]) r, \
+                    pg_catalog.json_to_recordset(r::pg_catalog.json) \
+                      AS x(run_id text, events bigint, anomalies bigint, first_seq bigint, \
+                           first_anomaly text, first_detail text) \
+              ORDER BY x.run_id COLLATE \"C\" NULLS LAST",
+            None,
+            &[results.into()],
+        ),
+        "scan results"
+    );
+    Ok(rows
+        .map(|r| {
+            (
+                r.get::<String>(1).ok().flatten(),
+                r.get::<i64>(2).ok().flatten().unwrap_or(0),
+                r.get::<i64>(3).ok().flatten().unwrap_or(0),
+                r.get::<i64>(4).ok().flatten().unwrap_or(0),
+                r.get::<String>(5).ok().flatten().unwrap_or_default(),
+                r.get::<String>(6).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
 thread_local! {
     /// Whether this backend is Citus's apply worker for a shard move or
     /// split (it never changes for a process): asked once.

@@ -184,14 +184,19 @@ fn build_plans(c: &SpiClient<'_>) -> BatchPlans {
         ),
         insert: plans::keep(
             c,
+            // Inside a CTE: Citus counts the rows an INSERT … SELECT into a
+            // distributed log sent, not those it returned (an ON CONFLICT
+            // skip), which SPI refuses as inconsistent; the outer SELECT
+            // counts what it returns.
             &format!(
-                "INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
+                "WITH i AS (INSERT INTO workflow_ext.events (run_id, correlation_id, type, payload) \
                  SELECT $1, u.c, u.t::workflow_ext.event_type, u.p \
                    FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[]), \
                                    pg_catalog.unnest($4::pg_catalog.jsonb[])) WITH ORDINALITY u(c, t, p, n) \
                   ORDER BY u.n \
                  ON CONFLICT (run_id, correlation_id, type) WHERE type {EQ} ANY ({creation_types}) DO NOTHING \
-                 RETURNING correlation_id, type::pg_catalog.text, id, seq"
+                 RETURNING correlation_id, type::pg_catalog.text, id, seq) \
+                 SELECT i.correlation_id, i.type, i.id, i.seq FROM i"
             ),
             &[TEXT, TEXTARRAY, TEXTARRAY, plans::JSONBARRAY],
         ),

@@ -145,3 +145,98 @@ def test_racing_clients_through_coordinator_and_workers(distributed):
         "SELECT run_id, correlation_id, id, seq FROM workflow_ext.events "
         "WHERE run_id LIKE 'race%%' AND type = 'step_created'"))
     assert {k: next(iter(v)) for k, v in answers.items()} == stored
+
+
+def shard_of(f, log, run_id):
+    """(shard name, the worker holding it) of `run_id` in distributed `log`."""
+    shard, port = f.sql(
+        "SELECT shard_name(%s::regclass, s.shardid, false), p.nodeport FROM pg_dist_shard_placement p "
+        "JOIN pg_dist_shard s USING (shardid) "
+        "WHERE s.shardid = get_shard_id_for_distribution_column(%s::regclass, %s::text)", (log, log, run_id))[0]
+    return shard, next(w for w in f.workers if w.port == port)
+
+
+def test_scan_and_replay_read_the_shards(distributed):
+    """The audit of a distributed log reads every shard: the own log (an
+    anomaly planted past the trigger on one shard) and a DevKit-shaped
+    distributed table that is not attached, 40 runs, every 4th broken."""
+    f = distributed
+    f.sql("SELECT workflow_ext.append_suspension_event('planted', NULL, 'run_created')")
+    f.sql("SELECT workflow_ext.append_event('planted', NULL, 'run_started')")
+    shard, worker = shard_of(f, "workflow_ext.events", "planted")
+    with f.connect(worker) as c:
+        c.execute("SET citus.enable_manual_changes_to_shards = on")
+        trigger = "events_validate_insert_" + shard.rsplit("_", 1)[1]   # Citus's name on the shard
+        c.execute(f"ALTER TABLE {shard} DISABLE TRIGGER {trigger}")
+        c.execute(f"INSERT INTO {shard} (id, run_id, seq, type, correlation_id) "
+                  "VALUES ('wevt_planted', 'planted', 3, 'step_completed', 'ghost')")
+        c.execute(f"ALTER TABLE {shard} ENABLE ALWAYS TRIGGER {trigger}")
+    found = f.sql("SELECT run_id, first_seq, first_anomaly FROM workflow_ext.scan() WHERE run_id = 'planted'")
+    assert found == [("planted", 3, "missing_creation")]
+    assert f.sql("SELECT seq, anomaly FROM workflow_ext.replay('planted')") == [(3, "missing_creation")]
+    # Every run of the own log is audited: the clean ones have no row, and
+    # the number of runs scan read equals the log's.
+    assert f.sql("SELECT count(*) FROM workflow_ext.scan()") == [(1,)]
+
+    f.sql("CREATE TABLE devlog (id varchar PRIMARY KEY, run_id varchar NOT NULL, type varchar NOT NULL, "
+          "correlation_id varchar, created_at timestamp NOT NULL DEFAULT now(), payload jsonb)")
+    f.sql("ALTER TABLE devlog DROP CONSTRAINT devlog_pkey, ADD PRIMARY KEY (run_id, id)")
+    f.sql("SELECT create_distributed_table('devlog', 'run_id')")
+    with f.connect() as c:
+        for r in range(40):
+            run = f"wrun_{r:02d}"
+            c.execute("INSERT INTO devlog (id, run_id, type, correlation_id) VALUES "
+                      "(%s, %s, 'run_created', NULL), (%s, %s, 'run_started', NULL)",
+                      (f"wevt_{r:02d}a", run, f"wevt_{r:02d}b", run))
+            if r % 4 == 0:   # a step that completes without being created
+                c.execute("INSERT INTO devlog (id, run_id, type, correlation_id) VALUES (%s, %s, 'step_completed', 's')",
+                          (f"wevt_{r:02d}c", run))
+    found = f.sql("SELECT run_id, events, first_anomaly FROM workflow_ext.scan('devlog')")
+    assert found == [(f"wrun_{r:02d}", 3, "missing_creation") for r in range(0, 40, 4)]
+    assert f.sql("SELECT anomaly FROM workflow_ext.replay('wrun_08', 'devlog')") == [("missing_creation",)]
+    assert f.sql("SELECT count(*) FROM workflow_ext.replay('wrun_09', 'devlog')") == [(0,)]
+
+
+def test_racing_batches(distributed):
+    """append_suspension_events raced by 12 clients over the three nodes, each
+    batch overlapping the others' keys (new and stored ones in one call): one
+    row per key, every caller told the stored creation, seqs dense."""
+    f = distributed
+    runs = run_ids("batch", 6)
+    with f.connect() as c:
+        for r in runs:
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (r,))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (r,))
+    answers, failures = {}, []
+    lock = threading.Lock()
+    barrier = threading.Barrier(12)
+
+    def racer(k):
+        try:
+            with psycopg.connect(f.nodes[k % 3].conninfo(DB), autocommit=True) as c:
+                barrier.wait()
+                for r in runs:
+                    for b in range(4):
+                        steps = [f"s{(b * 3 + k + j) % 16}" for j in range(5)]
+                        for corr, eid, seq, _ in c.execute(
+                                "SELECT * FROM workflow_ext.append_suspension_events(%s, %s, %s)",
+                                (r, steps, ["step_created"] * 5)).fetchall():
+                            with lock:
+                                answers.setdefault((r, corr), set()).add((eid, seq))
+        except Exception as e:  # noqa: BLE001 (reported below)
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=racer, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not failures, failures[:3]
+    assert all(len(v) == 1 for v in answers.values()), "a caller was told another creation"
+    stored = {(r, s): (eid, seq) for r, s, eid, seq in f.sql(
+        "SELECT run_id, correlation_id, id, seq FROM workflow_ext.events "
+        "WHERE run_id LIKE 'batch%%' AND type = 'step_created'")}
+    assert {k: next(iter(v)) for k, v in answers.items()} == stored
+    for run_id, n, lo, hi in f.sql("SELECT run_id, count(*), min(seq), max(seq) FROM workflow_ext.events "
+                                   "WHERE run_id LIKE 'batch%%' GROUP BY run_id"):
+        assert (lo, hi) == (1, n), run_id

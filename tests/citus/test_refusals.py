@@ -1,0 +1,42 @@
+"""What distribute() refuses, and an append to a log Citus distributes
+without the extension's run table: each with its SQLSTATE, nothing changed."""
+import psycopg
+import pytest
+
+
+def test_refusals(citus):
+    f = citus
+    # On a worker: the coordinator distributes.
+    with f.connect(f.workers[0]) as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+        c.execute("SELECT workflow_ext.distribute()")
+    assert e.value.diag.message_primary == "a log is distributed from the Citus coordinator"
+    # A table that is not a protected log.
+    f.sql("CREATE TABLE plain (id text, run_id text, type text, correlation_id text)")
+    with f.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        c.execute("SELECT workflow_ext.distribute('plain')")
+    # A log with events: Citus would copy them into the shards as appends.
+    f.sql("SELECT workflow_ext.append_suspension_event('early', NULL, 'run_created')")
+    with f.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+        c.execute("SELECT workflow_ext.distribute()")
+    assert e.value.diag.message_primary == "workflow_ext.events has events"
+    assert f.sql("SELECT count(*) FROM pg_dist_partition") == [(0,)]
+
+
+def test_a_log_distributed_by_hand_refuses_appends(citus):
+    """Distributed without distributed_runs co-located, a run's row would not
+    move with its events: every append is refused (55000), nothing written,
+    and distribute() says how to recover."""
+    f = citus
+    with f.connect() as c:
+        c.execute("SET citus.enable_unsafe_triggers = on")
+        c.execute("ALTER TABLE workflow_ext.events DROP CONSTRAINT events_id_key, "
+                  "ADD CONSTRAINT events_id_key UNIQUE (run_id, id)")
+        c.execute("SELECT create_distributed_table('workflow_ext.events', 'run_id', colocate_with => 'none')")
+    for node in f.nodes:
+        with f.connect(node) as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+            c.execute("SELECT workflow_ext.append_suspension_event('byhand', NULL, 'run_created')")
+        assert e.value.diag.message_primary == "log workflow_ext.events is distributed without its run table"
+    with f.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+        c.execute("SELECT workflow_ext.distribute()")
+    assert e.value.diag.message_hint.startswith("Undistribute it")
+    assert f.sql("SELECT count(*) FROM workflow_ext.events WHERE run_id = 'byhand'") == [(0,)]
