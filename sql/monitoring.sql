@@ -26,17 +26,33 @@ CREATE FUNCTION workflow_ext.active_entities_of(types text[], correlation_ids te
 CREATE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')
 RETURNS TABLE (log text, runs_pending bigint, runs_running bigint, runs_idle bigint,
                oldest_active_run_seconds double precision, events_inserted bigint)
-    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    -- The run rows of a log Citus distributes are in distributed_runs, keyed
+    -- by the log's name (sql/citus.sql; empty without Citus). PL/pgSQL, not
+    -- SQL: Citus plans no distributed query with an SQL function's parameter.
+    RETURN QUERY
+    WITH spread AS (
+        SELECT d.log,
+               count(*) FILTER (WHERE d.state = 'pending') AS pending,
+               count(*) FILTER (WHERE d.state = 'running') AS running,
+               count(*) FILTER (WHERE d.last_event_at < now() - idle) AS idle_runs,
+               min(d.created_at) AS oldest
+          FROM workflow_ext.distributed_runs d
+         WHERE d.finished_at IS NULL
+         GROUP BY d.log)
     SELECT l.relation::text,
-           count(r.run_id) FILTER (WHERE r.state = 'pending'),
-           count(r.run_id) FILTER (WHERE r.state = 'running'),
-           count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle),
-           coalesce(extract(epoch FROM now() - min(r.created_at))::double precision, 0),
-           coalesce((SELECT s.n_tup_ins FROM pg_stat_all_tables s WHERE s.relid = l.relation), 0)
+           count(r.run_id) FILTER (WHERE r.state = 'pending') + coalesce(max(s.pending), 0),
+           count(r.run_id) FILTER (WHERE r.state = 'running') + coalesce(max(s.running), 0),
+           count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle) + coalesce(max(s.idle_runs), 0),
+           coalesce(extract(epoch FROM now() - least(min(r.created_at), min(s.oldest)))::double precision, 0),
+           coalesce((SELECT t.n_tup_ins FROM pg_stat_all_tables t WHERE t.relid = l.relation), 0)
       FROM workflow_ext.logs l
       LEFT JOIN workflow_ext.runs r ON r.log = l.relation AND r.finished_at IS NULL
-     GROUP BY l.relation
+      LEFT JOIN spread s ON s.log = l.relation::text
+     GROUP BY l.relation;
+END
 $$;
 
 -- The runs not finished and without an append for longer than `idle`, oldest
@@ -57,7 +73,12 @@ BEGIN
     FOR r IN SELECT x.log, x.run_id, x.state, x.last_event_at, x.last_seq
                FROM workflow_ext.runs x
               WHERE x.finished_at IS NULL AND x.last_event_at < now() - idle
-              ORDER BY x.last_event_at, x.log, x.run_id
+              UNION ALL
+             -- A log Citus distributes (sql/citus.sql): its run rows by name.
+             SELECT d.log::regclass, d.run_id, d.state, d.last_event_at, d.last_seq
+               FROM workflow_ext.distributed_runs d
+              WHERE d.finished_at IS NULL AND d.last_event_at < now() - idle
+              ORDER BY 4, 1, 2
     LOOP
         log := r.log::text;
         run_id := r.run_id;

@@ -1026,3 +1026,82 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+
+-- metrics() and stuck_runs() read the run rows of distributed logs too.
+CREATE OR REPLACE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, runs_pending bigint, runs_running bigint, runs_idle bigint,
+               oldest_active_run_seconds double precision, events_inserted bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The run rows of a log Citus distributes are in distributed_runs, keyed
+    -- by the log's name (sql/citus.sql; empty without Citus). PL/pgSQL, not
+    -- SQL: Citus plans no distributed query with an SQL function's parameter.
+    RETURN QUERY
+    WITH spread AS (
+        SELECT d.log,
+               count(*) FILTER (WHERE d.state = 'pending') AS pending,
+               count(*) FILTER (WHERE d.state = 'running') AS running,
+               count(*) FILTER (WHERE d.last_event_at < now() - idle) AS idle_runs,
+               min(d.created_at) AS oldest
+          FROM workflow_ext.distributed_runs d
+         WHERE d.finished_at IS NULL
+         GROUP BY d.log)
+    SELECT l.relation::text,
+           count(r.run_id) FILTER (WHERE r.state = 'pending') + coalesce(max(s.pending), 0),
+           count(r.run_id) FILTER (WHERE r.state = 'running') + coalesce(max(s.running), 0),
+           count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle) + coalesce(max(s.idle_runs), 0),
+           coalesce(extract(epoch FROM now() - least(min(r.created_at), min(s.oldest)))::double precision, 0),
+           coalesce((SELECT t.n_tup_ins FROM pg_stat_all_tables t WHERE t.relid = l.relation), 0)
+      FROM workflow_ext.logs l
+      LEFT JOIN workflow_ext.runs r ON r.log = l.relation AND r.finished_at IS NULL
+      LEFT JOIN spread s ON s.log = l.relation::text
+     GROUP BY l.relation;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION workflow_ext.stuck_runs(idle interval DEFAULT '1 hour')
+RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_type text,
+               last_event_at timestamptz, events bigint, active_entities text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    checked regclass[] := ARRAY['workflow_ext.events'::regclass];
+BEGIN
+    IF idle IS NULL THEN
+        RAISE EXCEPTION 'idle must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    FOR r IN SELECT x.log, x.run_id, x.state, x.last_event_at, x.last_seq
+               FROM workflow_ext.runs x
+              WHERE x.finished_at IS NULL AND x.last_event_at < now() - idle
+              UNION ALL
+             -- A log Citus distributes (sql/citus.sql): its run rows by name.
+             SELECT d.log::regclass, d.run_id, d.state, d.last_event_at, d.last_seq
+               FROM workflow_ext.distributed_runs d
+              WHERE d.finished_at IS NULL AND d.last_event_at < now() - idle
+              ORDER BY 4, 1, 2
+    LOOP
+        log := r.log::text;
+        run_id := r.run_id;
+        state := r.state;
+        idle_for := now() - r.last_event_at;
+        last_event_at := r.last_event_at;
+        events := r.last_seq;
+        -- What the log is decides which functions planning and running this
+        -- read call, as the extension's owner: PostgreSQL's only. Once per
+        -- log (the extension's own needs none).
+        IF r.log <> ALL (checked) THEN
+            PERFORM workflow_ext.check_log(r.log, attaching => false);
+            checked := checked || r.log;
+        END IF;
+        EXECUTE format(
+            'SELECT (array_agg(type::text ORDER BY seq DESC))[1], '
+            '       workflow_ext.active_entities_of(array_agg(type::text ORDER BY seq), '
+            '                                      array_agg(correlation_id::text ORDER BY seq)) '
+            '  FROM %s WHERE run_id = $1', r.log)
+            INTO last_event_type, active_entities USING r.run_id;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

@@ -240,3 +240,28 @@ def test_racing_batches(distributed):
     for run_id, n, lo, hi in f.sql("SELECT run_id, count(*), min(seq), max(seq) FROM workflow_ext.events "
                                    "WHERE run_id LIKE 'batch%%' GROUP BY run_id"):
         assert (lo, hi) == (1, n), run_id
+
+
+def test_metrics_and_stuck_runs_see_distributed_runs(distributed):
+    """Through the coordinator and on a worker: metrics() counts the active
+    runs of the distributed log (their rows are on the workers) and
+    stuck_runs() lists them with their last event, read from the shard."""
+    f = distributed
+    with f.connect() as c:
+        c.execute("SELECT workflow_ext.append_suspension_event('mon_pending', NULL, 'run_created')")
+        c.execute("SELECT workflow_ext.append_suspension_event('mon_running', NULL, 'run_created')")
+        c.execute("SELECT workflow_ext.append_event('mon_running', NULL, 'run_started')")
+        c.execute("SELECT workflow_ext.append_suspension_event('mon_running', 'st', 'step_created')")
+    expected = f.sql(
+        "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'running') "
+        "FROM workflow_ext.distributed_runs WHERE finished_at IS NULL")[0]
+    assert expected[0] >= 1 and expected[1] >= 2
+    for node in (f.coordinator, f.workers[0]):
+        got = f.sql("SELECT runs_pending, runs_running FROM workflow_ext.metrics() "
+                    "WHERE log = 'workflow_ext.events'", node=node)
+        assert got == [expected], node.name
+        stuck = dict((r, (s, t, a)) for r, s, t, a in f.sql(
+            "SELECT run_id, state, last_event_type, active_entities FROM workflow_ext.stuck_runs('0 seconds') "
+            "WHERE run_id LIKE 'mon_%%'", node=node))
+        assert stuck == {"mon_pending": ("pending", "run_created", []),
+                         "mon_running": ("running", "step_created", ["step st (pending)"])}, node.name

@@ -3,6 +3,11 @@ append through the coordinator: the run rows move with the runs' events
 (co-located), Citus's own replication of the moved rows is not taken for new
 appends, and nothing is lost, doubled or refused; appends to a moved run go
 on at its next seq."""
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 
 from load import Load
@@ -84,4 +89,41 @@ def test_shard_split_under_load(distributed):
     finally:
         load.finish()
     assert not load.failures, load.failures[:5]
+    load.check()
+
+
+def test_a_worker_killed_mid_load_loses_no_acknowledged_append(distributed):
+    """A worker killed (SIGKILL to the postmaster and every process of it, as
+    a crash of its machine would) while 8 writers append through the
+    coordinator, then restarted (crash recovery): appends to its runs fail meanwhile (the
+    writers are told), and every append that was acknowledged is stored once,
+    with the seq it was told; seqs stay dense (Citus's 2PC recovery settles
+    the transactions that were prepared when it died)."""
+    f = distributed
+    victim = f.workers[0]
+    load = Load(f, runs=24, prefix="kill_").start()
+    try:
+        load.wait_for(200)
+        with open(os.path.join(victim.data, "postmaster.pid")) as pid_file:
+            postmaster = int(pid_file.readline())
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        for pid in [postmaster, *map(int, children)]:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(2)
+        victim.start()
+        # Wait until the coordinator reaches it again, then let writers go on.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                f.sql("SELECT count(*) FROM workflow_ext.events WHERE run_id = ANY(%s)", (load.runs,))
+                break
+            except Exception:  # noqa: BLE001 (retried until the deadline)
+                assert time.monotonic() < deadline, "the worker did not come back"
+                time.sleep(0.5)
+        before = load.calls
+        load.wait_for(before + 200)
+    finally:
+        load.finish()
+    assert load.failures, "no append failed: the worker was not killed under load"
+    f.sql("SELECT recover_prepared_transactions()")
     load.check()
