@@ -98,3 +98,9 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- purge_runs() of the distributed own log on this node's shards:
+-- purge_runs() runs it on every node (src/features/retention.rs). Internal.
+CREATE FUNCTION workflow_ext.purge_local_shards(older_than interval) RETURNS bigint
+    LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'purge_local_shards_wrapper';

@@ -36,6 +36,7 @@ REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 -- it grants them to. The helpers are internal.
 REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE workflow_ext.attach_concurrently(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.index_base(regclass) FROM PUBLIC;

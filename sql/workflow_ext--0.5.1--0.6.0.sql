@@ -1025,7 +1025,14 @@ BEGIN
 END;
 $$;
 
+-- purge_runs() of the distributed own log on this node's shards:
+-- purge_runs() runs it on every node (src/features/retention.rs). Internal.
+CREATE FUNCTION workflow_ext.purge_local_shards(older_than interval) RETURNS bigint
+    LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'purge_local_shards_wrapper';
+
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
 
 -- metrics() and stuck_runs() read the run rows of distributed logs too.
 CREATE OR REPLACE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')

@@ -143,9 +143,13 @@ pub enum WfError {
     /// by `workflow_ext.distribute()`): its run rows would have no home
     /// that moves with the run. 55000.
     DistributedWithoutRuns { log: String },
-    /// `scan()` of a distributed log, failed on one of the Citus nodes
-    /// (its error in DETAIL). 58000.
-    NodeScanFailed { node: String, error: String },
+    /// `scan()` or `purge_runs()` of a distributed log (`what`), failed on
+    /// one of the Citus nodes (its error in DETAIL). 58000.
+    NodeFailed {
+        what: &'static str,
+        node: String,
+        error: String,
+    },
 }
 
 /// What a [`WfError`] says: PostgreSQL's four parts of an error.
@@ -340,12 +344,12 @@ impl WfError {
                  so the runs' locks and states would not move with their events."
             ))
             .hint("Distribute a log with workflow_ext.distribute(), which places the run table with it."),
-            WfError::NodeScanFailed { node, error } => Report::new(
+            WfError::NodeFailed { what, node, error } => Report::new(
                 C::ERRCODE_SYSTEM_ERROR,
-                format!("the scan failed on node {node}"),
+                format!("the {what} failed on node {node}"),
             )
             .detail(error.clone())
-            .hint("Each node scans the shards it holds: fix what the node reports and scan again."),
+            .hint("Each node works on the shards it holds: fix what the node reports and call it again."),
             WfError::NegativeInterval => {
                 Report::new(C::ERRCODE_INVALID_PARAMETER_VALUE, "older_than must not be negative")
             }

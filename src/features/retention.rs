@@ -101,6 +101,17 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
     } else {
         ""
     };
+    // SAFETY: catalog lookups by name.
+    let own_log = unsafe {
+        pg_sys::get_relname_relid(
+            c"events".as_ptr(),
+            pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), false),
+        )
+    };
+    // The own log distributed by Citus: each node purges its own shards.
+    if Spi::connect(|c| crate::pg::citus::is_distributed(c, own_log)) {
+        return Spi::connect_mut(|c| crate::pg::citus::purge_on_every_node(c, older_than));
+    }
     Spi::connect_mut(|c| {
         // Statement 1 locks the doomed runs; statement 2 (a new snapshot,
         // taken after the locks) sees every event committed to them before
@@ -186,4 +197,60 @@ mod tests {
             Spi::get_one::<i64>("SELECT count(*) FROM workflow_ext.runs WHERE run_id = 'done'");
         assert_eq!(runs, Ok(Some(0)));
     }
+}
+
+/// `purge_runs` on one Citus node (`crate::pg::citus::purge_on_every_node`
+/// calls it on each): every shard of the distributed own log this node
+/// holds, with its co-located run-row shard, purged as `purge_runs` purges
+/// one log (lock the finished runs, then delete their events, joins,
+/// tokens and rows). Returns the runs removed. Internal.
+#[pg_extern(sql = false)] // declared in sql/citus.sql
+fn purge_local_shards(older_than: Option<Interval>) -> i64 {
+    let Some(older_than) = older_than else {
+        raise!(WfError::NullArgument { arg: "older_than" })
+    };
+    crate::pg::transaction::refuse_if_read_only(c"purge_runs");
+    crate::write::run_cache::settle();
+    Spi::connect_mut(|c| {
+        let pairs = crate::pg::citus::local_shard_pairs(c);
+        let mut purged = 0i64;
+        for (log_shard, runs_shard) in pairs {
+            check_for_interrupts!();
+            let locked = or_internal!(
+                c.update(
+                    &format!(
+                        "SELECT coalesce(array_agg(run_id), '{{}}') FROM ( \
+                           SELECT run_id FROM {runs_shard} \
+                            WHERE log = 'workflow_ext.events' AND finished_at <= now() - $1 \
+                           FOR UPDATE SKIP LOCKED) d"
+                    ),
+                    None,
+                    &[older_than.into()],
+                ),
+                "purge lock"
+            );
+            let ids: Vec<String> =
+                or_internal!(locked.first().get(1), "purge runs").unwrap_or_default();
+            if ids.is_empty() {
+                continue;
+            }
+            let _guard = PurgeGuard::enter();
+            let deleted = or_internal!(
+                c.update(
+                    &format!(
+                        "WITH ev AS (DELETE FROM {log_shard} WHERE run_id = ANY($1)), \
+                              jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
+                              j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)), \
+                              ht AS (DELETE FROM workflow_ext.hook_tokens WHERE run_id = ANY($1)) \
+                         DELETE FROM {runs_shard} WHERE log = 'workflow_ext.events' AND run_id = ANY($1)"
+                    ),
+                    None,
+                    &[ids.into()],
+                ),
+                "purge delete"
+            );
+            purged = purged.saturating_add(deleted.len() as i64);
+        }
+        purged
+    })
 }

@@ -186,7 +186,8 @@ pub(crate) fn scan_on_every_node(
         let node: String = or_internal!(row.get(2), "node").unwrap_or_default();
         let result: String = or_internal!(row.get(3), "node result").unwrap_or_default();
         if !ok {
-            return Err(WfError::NodeScanFailed {
+            return Err(WfError::NodeFailed {
+                what: "scan",
                 node,
                 error: result,
             });
@@ -218,6 +219,79 @@ pub(crate) fn scan_on_every_node(
             )
         })
         .collect())
+}
+
+/// `purge_runs()` of the distributed own log: every node purges the shards
+/// it holds (`workflow_ext.purge_local_shards`, through
+/// `run_command_on_all_nodes`); returns the runs removed on all of them. A
+/// node that fails fails the purge (each node's purge is its own
+/// transaction: what the others removed stays removed, as a later
+/// `purge_runs` would have removed it).
+pub(crate) fn purge_on_every_node(
+    client: &mut SpiClient<'_>,
+    older_than: pgrx::datum::Interval,
+) -> i64 {
+    let nodes = or_internal!(
+        client.update(
+            "SELECT n.success, \
+                    (SELECT d.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) d.nodeport \
+                       FROM pg_catalog.pg_dist_node d WHERE d.nodeid OPERATOR(pg_catalog.=) n.nodeid), \
+                    n.result \
+               FROM pg_catalog.run_command_on_all_nodes(pg_catalog.format( \
+                    'SELECT workflow_ext.purge_local_shards(%L::pg_catalog.interval)', $1::pg_catalog.interval)) n",
+            None,
+            &[older_than.into()],
+        ),
+        "purge on every node"
+    );
+    let mut purged = 0i64;
+    for row in nodes {
+        let ok: bool = or_internal!(row.get(1), "node result").unwrap_or(false);
+        let node: String = or_internal!(row.get(2), "node").unwrap_or_default();
+        let result: String = or_internal!(row.get(3), "node result").unwrap_or_default();
+        if !ok {
+            crate::errors::raise!(WfError::NodeFailed {
+                what: "purge",
+                node,
+                error: result,
+            });
+        }
+        purged = purged.saturating_add(result.trim().parse::<i64>().unwrap_or(0));
+    }
+    purged
+}
+
+/// The shards of the distributed own log this node holds, each with the
+/// co-located shard of `workflow_ext.distributed_runs`, as qualified names
+/// (Citus's `shard_name`, of the extension's own tables).
+pub(crate) fn local_shard_pairs(client: &SpiClient<'_>) -> Vec<(String, String)> {
+    if !installed() {
+        return Vec::new();
+    }
+    or_internal!(
+        client.select(
+            "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid, false), \
+                    pg_catalog.shard_name(r.logicalrelid, r.shardid, false) \
+               FROM pg_catalog.pg_dist_shard s \
+               JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid \
+               JOIN pg_catalog.pg_dist_shard r \
+                 ON r.logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.distributed_runs'::pg_catalog.regclass \
+                AND r.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue \
+              WHERE s.logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass \
+                AND p.groupid OPERATOR(pg_catalog.=) (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) \
+              ORDER BY s.shardid",
+            None,
+            &[],
+        ),
+        "local shards"
+    )
+    .map(|r| {
+        (
+            r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            r.get::<String>(2).ok().flatten().unwrap_or_default(),
+        )
+    })
+    .collect()
 }
 
 thread_local! {

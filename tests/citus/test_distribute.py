@@ -265,3 +265,31 @@ def test_metrics_and_stuck_runs_see_distributed_runs(distributed):
             "WHERE run_id LIKE 'mon_%%'", node=node))
         assert stuck == {"mon_pending": ("pending", "run_created", []),
                          "mon_running": ("running", "step_created", ["step st (pending)"])}, node.name
+
+
+def test_purge_runs_purges_every_node(distributed):
+    """purge_runs() through the coordinator removes the finished runs of the
+    distributed log on every worker, whole (events and run rows), and
+    nothing else; a later append to a live run goes on at its next seq."""
+    f = distributed
+    with f.connect() as c:
+        for i in range(12):
+            run = f"purge{i:02d}"
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (run,))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (run,))
+            if i % 2 == 0:
+                c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_completed')", (run,))
+    on_workers = f.sql("SELECT count(DISTINCT p.nodeport) FROM unnest(%s::text[]) r "
+                       "JOIN pg_dist_shard_placement p ON p.shardid = "
+                       "get_shard_id_for_distribution_column('workflow_ext.events', r)",
+                       ([f"purge{i:02d}" for i in range(0, 12, 2)],))[0][0]
+    assert on_workers == 2, "the finished runs should be on both workers"
+    finished_elsewhere = f.sql("SELECT count(*) FROM workflow_ext.distributed_runs "
+                               "WHERE finished_at IS NOT NULL AND run_id NOT LIKE 'purge%%'")[0][0]
+    purged = f.sql("SELECT workflow_ext.purge_runs('0 seconds')")[0][0]
+    assert purged == 6 + finished_elsewhere
+    left = f.sql("SELECT run_id, count(*) FROM workflow_ext.events WHERE run_id LIKE 'purge%%' "
+                 "GROUP BY run_id ORDER BY run_id")
+    assert left == [(f"purge{i:02d}", 2) for i in range(1, 12, 2)]
+    assert f.sql("SELECT count(*) FROM workflow_ext.distributed_runs WHERE run_id LIKE 'purge%%'") == [(6,)]
+    assert f.sql("SELECT seq FROM workflow_ext.append_event('purge01', NULL, 'run_completed')") == [(3,)]
