@@ -4,9 +4,13 @@
 # does nothing when that version is installed already.
 #   bash scripts/citus.sh          build and install if missing
 #   bash scripts/citus.sh check    exit 0 when installed, 1 when not
-# The source: $WFX_CITUS_TARBALL, else ../shared/vendor/citus-13.2.2.tar.gz
-# next to the project (machines without internet), else the upstream release
-# archive (checked against its pinned sha256 either way).
+# The source, the first found of: $WFX_CITUS_TARBALL; ../shared/vendor/
+# citus-13.2.2.tar.gz next to the project (machines without internet); the
+# copy a previous build kept in ~/.cache/workflow_ext (a clone elsewhere on
+# this machine built it: CI's clean clone); the upstream release archive.
+# A local archive is checked against the vendored one's sha256 (GitHub's tag
+# archives are not byte-stable, so a download is checked by its contents:
+# the version in citus.control).
 # Citus is a test dependency (AGPL-3.0): built next to the extension, never
 # linked into it.
 set -euo pipefail
@@ -47,16 +51,25 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-tarball="${WFX_CITUS_TARBALL:-$ROOT/../shared/vendor/citus-$CITUS_VERSION.tar.gz}"
-if [ -f "$tarball" ]; then
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/workflow_ext/citus-$CITUS_VERSION.tar.gz"
+tarball=""
+for t in "${WFX_CITUS_TARBALL:-}" "$ROOT/../shared/vendor/citus-$CITUS_VERSION.tar.gz" "$cache"; do
+  if [ -n "$t" ] && [ -f "$t" ]; then tarball="$t"; break; fi
+done
+if [ -n "$tarball" ]; then
   echo "$VENDOR_SHA256  $tarball" | sha256sum -c --quiet -
+  if [ "$tarball" != "$cache" ]; then
+    mkdir -p "$(dirname "$cache")" && cp "$tarball" "$cache.tmp" && mv "$cache.tmp" "$cache"
+  fi
 else
-  echo "citus: $tarball not found; fetching $UPSTREAM_URL"
+  echo "citus: no local copy of Citus $CITUS_VERSION; fetching $UPSTREAM_URL"
   tarball="$work/citus.tar.gz"
   curl -fsSL -o "$tarball" "$UPSTREAM_URL"
 fi
 tar -xzf "$tarball" -C "$work"
 src="$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'citus-*' | head -1)"
+grep -q "default_version = '${CITUS_VERSION%.*}-" "$src/src/backend/distributed/citus.control" ||
+  { echo "citus: $tarball is not Citus $CITUS_VERSION" >&2; exit 1; }
 
 # PostgreSQL 15.20 exports have_createdb_privilege() from
 # commands/dbcommands.h; Citus 13.2.2 still defines a static copy for < 16,

@@ -30,10 +30,11 @@
 #                                 the source build was moved aside; port 54370
 #  15. citus:                     tests/citus (a real Citus 13.2 cluster of its own:
 #                                 a coordinator and two workers, ports 54380-54389;
-#                                 Citus built by scripts/citus.sh; PostgreSQL 15 only)
+#                                 Citus built by scripts/citus.sh; PostgreSQL 15-17:
+#                                 `make test` runs it on 15 and 17)
 # Pick suites with WFX_SUITES="lint pgrx regress security upgrade docs concurrency migrators devkit
 # replicas citus exporter package clients faults bench" (default: all, in that order; on 16-18 all
-# but replicas, citus, exporter, package and faults).
+# but replicas, citus, exporter, package and faults; citus runs on 16 and 17 when asked for).
 #
 # Majors:
 #   scripts/test.sh                       one major: PG (scripts/pg.sh, default 15),
@@ -214,6 +215,11 @@ run_major() {
   else
     SUITES="${2:-lint pgrx regress security upgrade docs concurrency migrators devkit clients bench}"
     for s in $SUITES; do
+      if [ "$s" = citus ]; then
+        [ "$PG_MAJOR" != 18 ] && continue
+        echo "test.sh: the citus suite runs on PostgreSQL 15 to 17 (Citus 13.2), not $PG_MAJOR" >&2
+        exit 2
+      fi
       if [ "$s" = faults ] || [ "$s" = replicas ] || [ "$s" = citus ] || [ "$s" = exporter ] || [ "$s" = package ]; then
         # Their clusters (faults: port 54317, .pgcluster-faults) are 15's.
         echo "test.sh: the $s suite runs on PostgreSQL 15 only (PG=$PG_MAJOR)" >&2
@@ -289,6 +295,9 @@ start=$SECONDS
 for m in $majors; do
   echo; echo "######## PostgreSQL $m"
   if [ "$m" = 15 ]; then suites="${WFX_SUITES:-}"
+  elif [ "$m" = 17 ]; then
+    # Citus 13.2 supports 15-17: its suite runs on the newest of them too.
+    suites="${WFX_MATRIX_SUITES:-lint pgrx regress security concurrency citus}"
   else suites="${WFX_MATRIX_SUITES:-lint pgrx regress security concurrency}"; fi
   # Not `if ! ( … )`: set -e is off in a condition, inside the subshell too.
   set +e
