@@ -305,10 +305,11 @@ thread_local! {
 /// already admitted and numbered. Citus names those subscriptions
 /// `citus_shard_move_subscription_…` / `citus_shard_split_subscription_…`
 /// (multi_logical_replication.c); creating a subscription takes a
-/// superuser (PostgreSQL 15) or pg_create_subscription (16 on).
+/// superuser (PostgreSQL 15) or pg_create_subscription (16 on), and a
+/// database without Citus never lets a row through (docs/security.md).
 pub(crate) fn in_shard_transfer() -> bool {
     // SAFETY: a read of the backend's kind.
-    if !unsafe { pg_sys::IsLogicalWorker() } {
+    if !unsafe { pg_sys::IsLogicalWorker() } || !installed() {
         return false;
     }
     if let Some(known) = SHARD_TRANSFER.with(|c| c.get()) {
