@@ -1118,6 +1118,17 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'The extension''s own log is always protected.';
     END IF;
+    -- A log Citus distributes (workflow_ext.distribute()): its shards and
+    -- run rows are on the workers.
+    -- (Nested: the inner statement is parsed only where Citus is installed.)
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = log) THEN
+            RAISE EXCEPTION 'cannot detach a distributed log'
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = format('Citus distributes %s.', log),
+                      HINT = 'Undistribute it first (Citus''s undistribute_table, which keeps its rows).';
+        END IF;
+    END IF;
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
     -- First, so the DDL watcher no longer guards the table.
     DELETE FROM workflow_ext.logs l WHERE l.relation = log RETURNING * INTO a;

@@ -3,17 +3,24 @@
 -- every per-run guarantee is kept on the node that holds the run
 -- (src/pg/citus.rs).
 
--- Distributes `log` by run_id with Citus, on the coordinator, together with
--- the run table (created distributed on first use, every log co-located with
--- it). Today: the extension's own log, while it is empty. Idempotent: a log
+-- Distributes `log` (the own log, or an attached table) by run_id with
+-- Citus, on the coordinator, together with its run table
+-- (workflow_ext.distributed_runs, or distributed_runs_varchar for a varchar
+-- run_id, distributed on first use, every log co-located with it), while
+-- the log is empty. A unique constraint without run_id is replaced by one
+-- that leads with it when it is the log's id alone (the own log's
+-- events_id_key, the DevKit's primary key), else refused. Idempotent: a log
 -- distributed by it already is left as it is.
 CREATE FUNCTION workflow_ext.distribute(log regclass DEFAULT 'workflow_ext.events')
 RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    run_table regclass;
     runs_group integer;
     log_group integer;
+    u record;
+    has_rows boolean;
 BEGIN
     IF log IS NULL THEN
         RAISE EXCEPTION 'log must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -30,20 +37,23 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Attach it first; workflow_ext.attached_logs lists the protected logs.';
     END IF;
-    IF log <> 'workflow_ext.events'::regclass THEN
-        RAISE EXCEPTION 'cannot distribute an attached table yet'
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = format('%s is attached; distribute() takes the extension''s own log, workflow_ext.events.', log);
-    END IF;
     IF NOT citus_is_coordinator() THEN
         RAISE EXCEPTION 'a log is distributed from the Citus coordinator'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Connect to the coordinator and call workflow_ext.distribute() there.';
     END IF;
+    SELECT CASE a.atttypid WHEN 'text'::regtype THEN 'workflow_ext.distributed_runs'::regclass
+                           WHEN 'varchar'::regtype THEN 'workflow_ext.distributed_runs_varchar'::regclass END
+      INTO run_table
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'run_id' AND NOT a.attisdropped;
+    IF run_table IS NULL THEN
+        RAISE EXCEPTION 'cannot distribute % by its run_id', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A distributed log''s run_id is text or varchar.';
+    END IF;
     -- Writers wait while the log and its run rows move.
-    LOCK TABLE workflow_ext.events, workflow_ext.distributed_runs IN ACCESS EXCLUSIVE MODE;
-    SELECT p.colocationid INTO runs_group FROM pg_dist_partition p
-     WHERE p.logicalrelid = 'workflow_ext.distributed_runs'::regclass;
+    EXECUTE format('LOCK TABLE %s, %s IN ACCESS EXCLUSIVE MODE', log, run_table);
+    SELECT p.colocationid INTO runs_group FROM pg_dist_partition p WHERE p.logicalrelid = run_table;
     SELECT p.colocationid INTO log_group FROM pg_dist_partition p WHERE p.logicalrelid = log;
     IF log_group IS NOT NULL THEN
         IF log_group = runs_group THEN
@@ -51,29 +61,44 @@ BEGIN
         END IF;
         RAISE EXCEPTION '% is distributed without its run table', log
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Citus distributes it, but not co-located with workflow_ext.distributed_runs.',
+                  DETAIL = format('Citus distributes it, but not co-located with %s.', run_table),
                   HINT = format('Undistribute it (SELECT undistribute_table(%L)), then call workflow_ext.distribute().', log::text);
     END IF;
-    IF EXISTS (SELECT FROM workflow_ext.events) THEN
+    -- Citus copies the rows of a table it distributes into the new shards,
+    -- whose triggers would take them for new appends.
+    EXECUTE format('SELECT EXISTS (SELECT FROM %s)', log) INTO has_rows;
+    IF has_rows THEN
         RAISE EXCEPTION '% has events', log
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'distribute() takes an empty log: Citus would copy existing rows into the shards as new appends.',
-                  HINT = 'Distribute the log before its first append.';
+                  HINT = 'Distribute the log before its first append (for an attached table: attach it empty, then distribute it).';
     END IF;
+    -- A distributed table's unique constraints must include run_id.
+    FOR u IN SELECT i.indexrelid::regclass AS index, c.conname, c.contype,
+                    (SELECT array_agg(a.attname::text ORDER BY k.n) FROM unnest(i.indkey) WITH ORDINALITY k(att, n)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.att) AS cols
+               FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+              WHERE i.indrelid = log AND i.indisunique
+                AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'run_id'
+                                   AND a.attnum = ANY (i.indkey::int2[]))
+    LOOP
+        IF u.cols = ARRAY['id'] AND u.contype IN ('p', 'u') THEN
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (run_id, id)',
+                           log, u.conname, u.conname, CASE u.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END);
+        ELSE
+            RAISE EXCEPTION 'cannot distribute %: its unique index % does not include run_id', log, u.index
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'Citus enforces a unique index of a distributed table only when it includes the distribution column.',
+                      HINT = 'Add run_id to the index (or drop it), then call workflow_ext.distribute() again.';
+        END IF;
+    END LOOP;
     -- Citus refuses triggers on a distributed table unless told; ours are
     -- the ones it may keep (they touch the co-located shards only).
     PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
-    -- A unique constraint of a distributed table must include the
-    -- distribution column: ids are unique per run (those the extension
-    -- makes are ULIDs, unique everywhere in practice).
-    ALTER TABLE workflow_ext.events DROP CONSTRAINT events_id_key,
-        ADD CONSTRAINT events_id_key UNIQUE (run_id, id);
     IF runs_group IS NULL THEN
-        PERFORM create_distributed_table('workflow_ext.distributed_runs', 'run_id', colocate_with => 'none');
+        PERFORM create_distributed_table(run_table, 'run_id', colocate_with => 'none');
     END IF;
-    PERFORM create_distributed_table(log, 'run_id', colocate_with => 'workflow_ext.distributed_runs');
-    -- Its run rows, if any, were in workflow_ext.runs (an empty log has none).
-    DELETE FROM workflow_ext.runs r WHERE r.log = distribute.log;
+    PERFORM create_distributed_table(log, 'run_id', colocate_with => run_table::text);
 END;
 $$;
 

@@ -39,8 +39,11 @@ BEGIN
                count(*) FILTER (WHERE d.state = 'running') AS running,
                count(*) FILTER (WHERE d.last_event_at < now() - idle) AS idle_runs,
                min(d.created_at) AS oldest
-          FROM workflow_ext.distributed_runs d
-         WHERE d.finished_at IS NULL
+          FROM (SELECT x.log, x.state, x.last_event_at, x.created_at
+                  FROM workflow_ext.distributed_runs x WHERE x.finished_at IS NULL
+                UNION ALL
+                SELECT y.log, y.state, y.last_event_at, y.created_at
+                  FROM workflow_ext.distributed_runs_varchar y WHERE y.finished_at IS NULL) d
          GROUP BY d.log)
     SELECT l.relation::text,
            count(r.run_id) FILTER (WHERE r.state = 'pending') + coalesce(max(s.pending), 0),
@@ -78,6 +81,10 @@ BEGIN
              SELECT d.log::regclass, d.run_id, d.state, d.last_event_at, d.last_seq
                FROM workflow_ext.distributed_runs d
               WHERE d.finished_at IS NULL AND d.last_event_at < now() - idle
+              UNION ALL
+             SELECT v.log::regclass, v.run_id::text, v.state, v.last_event_at, v.last_seq
+               FROM workflow_ext.distributed_runs_varchar v
+              WHERE v.finished_at IS NULL AND v.last_event_at < now() - idle
               ORDER BY 4, 1, 2
     LOOP
         log := r.log::text;

@@ -92,6 +92,18 @@ CREATE TABLE workflow_ext.distributed_runs (
     last_event_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT distributed_runs_pkey PRIMARY KEY (run_id, log)
 ) WITH (fillfactor = 80);
+-- The same for logs whose run_id is varchar (the DevKit's): Citus co-locates
+-- only tables whose distribution columns have one type.
+CREATE TABLE workflow_ext.distributed_runs_varchar (
+    run_id        varchar     NOT NULL,
+    log           text        NOT NULL,
+    state         text        NOT NULL,
+    last_seq      bigint      NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    last_event_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT distributed_runs_varchar_pkey PRIMARY KEY (run_id, log)
+) WITH (fillfactor = 80);
 
 CREATE TABLE workflow_ext.joins (
     run_id     text        NOT NULL,

@@ -25,8 +25,8 @@ use std::ffi::CStr;
 pub(crate) struct ShardOfLog {
     /// The logical log, schema-qualified and quoted: the run rows' key.
     pub(crate) log_name: String,
-    /// The co-located shard of `workflow_ext.distributed_runs`,
-    /// schema-qualified.
+    /// The co-located shard of `workflow_ext.distributed_runs` (or of
+    /// `distributed_runs_varchar`, for a varchar run_id), schema-qualified.
     pub(crate) runs_shard: String,
     /// This shard's id, and its schema.
     pub(crate) shard_id: i64,
@@ -84,15 +84,18 @@ pub(crate) fn shard_of_log(
             // The run table's shard of the same hash range, only when the
             // two are co-located (same shard count, moved together).
             "SELECT s.logicalrelid::pg_catalog.oid, \
-                    (SELECT r.shardid FROM pg_catalog.pg_dist_shard r \
+                    (SELECT pg_catalog.shard_name(r.logicalrelid, r.shardid, false) \
+                       FROM pg_catalog.pg_dist_shard r \
                        JOIN pg_catalog.pg_dist_partition pr \
                          ON pr.logicalrelid OPERATOR(pg_catalog.=) r.logicalrelid \
                        JOIN pg_catalog.pg_dist_partition pl \
                          ON pl.logicalrelid OPERATOR(pg_catalog.=) s.logicalrelid \
                       WHERE r.logicalrelid OPERATOR(pg_catalog.=) \
-                            pg_catalog.to_regclass('workflow_ext.distributed_runs') \
+                            ANY (ARRAY[pg_catalog.to_regclass('workflow_ext.distributed_runs'), \
+                                       pg_catalog.to_regclass('workflow_ext.distributed_runs_varchar')]) \
                         AND pr.colocationid OPERATOR(pg_catalog.=) pl.colocationid \
-                        AND r.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue) \
+                        AND r.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue \
+                      LIMIT 1) \
                FROM pg_catalog.pg_dist_shard s \
               WHERE s.shardid OPERATOR(pg_catalog.=) $1",
             Some(1),
@@ -105,7 +108,7 @@ pub(crate) fn shard_of_log(
     }
     let row = row.first();
     let logical: pg_sys::Oid = or_internal!(row.get(1), "citus shard").unwrap_or_default();
-    let runs_shard: Option<i64> = or_internal!(row.get(2), "citus shard");
+    let runs_shard: Option<String> = or_internal!(row.get(2), "citus shard");
     // The name must be the logical table's plus this shard id, in its
     // schema: else `rel` is a table that only looks like a shard.
     // SAFETY: syscache lookups.
@@ -122,9 +125,9 @@ pub(crate) fn shard_of_log(
     let log_name = crate::pg::owner::qualified_name(logical)
         .unwrap_or_else(|| crate::errors::internal!("relation {} has no name", logical.to_u32()));
     match runs_shard {
-        Some(id) => Ok(Some(ShardOfLog {
+        Some(runs_shard) => Ok(Some(ShardOfLog {
             log_name,
-            runs_shard: format!("workflow_ext.distributed_runs_{id}"),
+            runs_shard,
             shard_id,
             namespace: nsp,
         })),

@@ -14,11 +14,6 @@ def test_refusals(citus):
     f.sql("CREATE TABLE plain (id text, run_id text, type text, correlation_id text)")
     with f.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
         c.execute("SELECT workflow_ext.distribute('plain')")
-    # A log with events: Citus would copy them into the shards as appends.
-    f.sql("SELECT workflow_ext.append_suspension_event('early', NULL, 'run_created')")
-    with f.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
-        c.execute("SELECT workflow_ext.distribute()")
-    assert e.value.diag.message_primary == "workflow_ext.events has events"
     assert f.sql("SELECT count(*) FROM pg_dist_partition") == [(0,)]
 
 
