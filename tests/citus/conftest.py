@@ -56,6 +56,18 @@ class Formation:
             cur = c.execute(query, params)
             return cur.fetchall() if cur.description else None
 
+    def new_database(self, db):
+        """Another database on every node, made a Citus formation of its own
+        (Citus's metadata is per database), workflow_ext created."""
+        for n in self.nodes:
+            n.sql(f'CREATE DATABASE "{db}"')
+            n.sql("CREATE EXTENSION citus", db=db)
+        self.coordinator.sql("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (self.coordinator.port,), db=db)
+        for w in self.workers:
+            self.coordinator.sql("SELECT citus_add_node('127.0.0.1', %s)", (w.port,), db=db)
+        self.coordinator.sql("CREATE EXTENSION workflow_ext", db=db)
+        return db
+
     def add_worker(self, make, name):
         w = make(name, **SETTINGS)
         w.sql(f'CREATE DATABASE "{DB}"')
