@@ -2,7 +2,7 @@
 //! run is ever left half-deleted. The append-only trigger lives here too:
 //! it refuses every change to the log but the purge's own DELETE.
 
-use crate::errors::{or_internal, raise, WfError};
+use crate::errors::{or_internal, or_raise, raise, WfError};
 use pgrx::prelude::*;
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -110,7 +110,9 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
     };
     // The own log distributed by Citus: each node purges its own shards.
     if Spi::connect(|c| crate::pg::citus::is_distributed(c, own_log)) {
-        return Spi::connect_mut(|c| crate::pg::citus::purge_on_every_node(c, older_than));
+        return or_raise!(Spi::connect(|c| crate::pg::citus::purge_on_every_node(
+            c, older_than
+        )));
     }
     Spi::connect_mut(|c| {
         // Statement 1 locks the doomed runs; statement 2 (a new snapshot,

@@ -156,47 +156,70 @@ pub(crate) fn is_distributed(client: &SpiClient<'_>, rel: pg_sys::Oid) -> bool {
         .is_some()
 }
 
-/// `scan()` of a distributed log: every node scans the shards it holds
-/// (`workflow_ext.scan_local_shards`, in parallel through Citus's
-/// `run_command_on_all_nodes`), and the runs they report come back here,
-/// ordered by run id. A run is whole in one shard, so each is audited
-/// whole; a node that fails fails the scan.
-pub(crate) type ScanRow = (Option<String>, i64, i64, i64, String, String);
-
-pub(crate) fn scan_on_every_node(
+/// Runs one command on every node of the formation at once (Citus's
+/// `run_command_on_all_nodes`), the command being `template` formatted
+/// (`format()`, `%L`) with `args` in SQL, so no value is spliced in here.
+/// Returns each node's result text; a node that fails fails the call
+/// (`what` names it in the error).
+fn on_every_node(
     client: &SpiClient<'_>,
-    log: &str,
-    since: Option<pgrx::datum::TimestampWithTimeZone>,
-) -> WfResult<Vec<ScanRow>> {
+    what: &'static str,
+    template: &str,
+    args: Vec<pgrx::datum::DatumWithOid<'_>>,
+) -> WfResult<Vec<String>> {
+    let placeholders: Vec<String> = (2..=args.len() + 1).map(|i| format!("${i}")).collect();
     let nodes = or_internal!(
         client.select(
-            "SELECT n.success, \
-                    (SELECT d.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) d.nodeport \
-                       FROM pg_catalog.pg_dist_node d WHERE d.nodeid OPERATOR(pg_catalog.=) n.nodeid), \
-                    n.result \
-               FROM pg_catalog.run_command_on_all_nodes(pg_catalog.format( \
-                    'SELECT COALESCE(pg_catalog.json_agg(f), ''[]'') \
-                       FROM workflow_ext.scan_local_shards(%L::pg_catalog.regclass, %L::pg_catalog.timestamptz) f', \
-                    $1::pg_catalog.text, $2::pg_catalog.timestamptz)) n",
+            &format!(
+                "SELECT n.success, \
+                        (SELECT d.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) d.nodeport \
+                           FROM pg_catalog.pg_dist_node d WHERE d.nodeid OPERATOR(pg_catalog.=) n.nodeid), \
+                        n.result \
+                   FROM pg_catalog.run_command_on_all_nodes(pg_catalog.format($1::pg_catalog.text, {})) n",
+                placeholders.join(", ")
+            ),
             None,
-            &[log.into(), since.into()],
+            &std::iter::once(template.into()).chain(args).collect::<Vec<_>>(),
         ),
-        "scan on every node"
+        "{what} on every node"
     );
-    let mut results: Vec<String> = Vec::new();
+    let mut results = Vec::new();
     for row in nodes {
         let ok: bool = or_internal!(row.get(1), "node result").unwrap_or(false);
         let node: String = or_internal!(row.get(2), "node").unwrap_or_default();
         let result: String = or_internal!(row.get(3), "node result").unwrap_or_default();
         if !ok {
             return Err(WfError::NodeFailed {
-                what: "scan",
+                what,
                 node,
                 error: result,
             });
         }
         results.push(result);
     }
+    Ok(results)
+}
+
+/// One run `scan()` reports: run_id, events, anomalies, first_seq,
+/// first_anomaly, first_detail.
+pub(crate) type ScanRow = (Option<String>, i64, i64, i64, String, String);
+
+/// `scan()` of a distributed log: every node scans the shards it holds
+/// (`workflow_ext.scan_local_shards`, all at once), and the runs they
+/// report come back here, ordered by run id. A run is whole in one shard,
+/// so each is audited whole; a node that fails fails the scan.
+pub(crate) fn scan_on_every_node(
+    client: &SpiClient<'_>,
+    log: &str,
+    since: Option<pgrx::datum::TimestampWithTimeZone>,
+) -> WfResult<Vec<ScanRow>> {
+    let results = on_every_node(
+        client,
+        "scan",
+        "SELECT COALESCE(pg_catalog.json_agg(f), '[]') \
+           FROM workflow_ext.scan_local_shards(%L::pg_catalog.regclass, %L::pg_catalog.timestamptz) f",
+        vec![log.into(), since.into()],
+    )?;
     let rows = or_internal!(
         client.select(
             "SELECT x.run_id, x.events, x.anomalies, x.first_seq, x.first_anomaly, x.first_detail \
@@ -225,43 +248,24 @@ pub(crate) fn scan_on_every_node(
 }
 
 /// `purge_runs()` of the distributed own log: every node purges the shards
-/// it holds (`workflow_ext.purge_local_shards`, through
-/// `run_command_on_all_nodes`); returns the runs removed on all of them. A
-/// node that fails fails the purge (each node's purge is its own
-/// transaction: what the others removed stays removed, as a later
-/// `purge_runs` would have removed it).
+/// it holds (`workflow_ext.purge_local_shards`, all at once); returns the
+/// runs removed on all of them. A node that fails fails the purge (each
+/// node's purge is its own transaction: what the others removed stays
+/// removed, as a later `purge_runs` would have removed it).
 pub(crate) fn purge_on_every_node(
-    client: &mut SpiClient<'_>,
+    client: &SpiClient<'_>,
     older_than: pgrx::datum::Interval,
-) -> i64 {
-    let nodes = or_internal!(
-        client.update(
-            "SELECT n.success, \
-                    (SELECT d.nodename OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) d.nodeport \
-                       FROM pg_catalog.pg_dist_node d WHERE d.nodeid OPERATOR(pg_catalog.=) n.nodeid), \
-                    n.result \
-               FROM pg_catalog.run_command_on_all_nodes(pg_catalog.format( \
-                    'SELECT workflow_ext.purge_local_shards(%L::pg_catalog.interval)', $1::pg_catalog.interval)) n",
-            None,
-            &[older_than.into()],
-        ),
-        "purge on every node"
-    );
-    let mut purged = 0i64;
-    for row in nodes {
-        let ok: bool = or_internal!(row.get(1), "node result").unwrap_or(false);
-        let node: String = or_internal!(row.get(2), "node").unwrap_or_default();
-        let result: String = or_internal!(row.get(3), "node result").unwrap_or_default();
-        if !ok {
-            crate::errors::raise!(WfError::NodeFailed {
-                what: "purge",
-                node,
-                error: result,
-            });
-        }
-        purged = purged.saturating_add(result.trim().parse::<i64>().unwrap_or(0));
-    }
-    purged
+) -> WfResult<i64> {
+    let results = on_every_node(
+        client,
+        "purge",
+        "SELECT workflow_ext.purge_local_shards(%L::pg_catalog.interval)",
+        vec![older_than.into()],
+    )?;
+    Ok(results
+        .iter()
+        .map(|r| r.trim().parse::<i64>().unwrap_or(0))
+        .fold(0i64, i64::saturating_add))
 }
 
 /// The shards of the distributed own log this node holds, each with the
