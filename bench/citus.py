@@ -10,7 +10,12 @@ built by scripts/citus.sh; ports 54395-54399, removed at the end).
    client, into a distributed table of the same shape, indexes and
    constraints but no trigger (what Citus costs without the extension).
    Rounds of A and B alternate; events/s and the ratio A/B per client count.
-2. `scan()` of the distributed own log, its events spread over 2 workers,
+2. The cost of the one cross-node rule, one owner per hook token: a hook's
+   lifecycle (hook_created, hook_disposed) per iteration through the
+   coordinator, A = with a token in the payload (taken in the token's shard,
+   on whichever worker holds it, and released there), B = the same without
+   a token. Events/s and A/B per client count.
+3. `scan()` of the distributed own log, its events spread over 2 workers,
    then every shard moved to one worker: events/s each (on one machine the
    two workers share its cores).
 
@@ -114,6 +119,35 @@ def appends(coord, kind, clients, seconds, round_no):
     return sum(done) / seconds
 
 
+def hooks(coord, with_token, clients, seconds, round_no):
+    """Events/s of `clients` sessions creating and disposing hooks."""
+    done = [0] * clients
+    stop = threading.Event()
+
+    def client(k):
+        run = f"hooks_{with_token}_{clients}_{round_no}_{k}"
+        with coord.connect(formation.DB) as c:
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (run,))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (run,))
+            hook = 0
+            while not stop.is_set():
+                hook += 1
+                corr = f"h{hook}"
+                payload = f'{{"token": "{run}_{hook}"}}' if with_token else "{}"
+                c.execute("SELECT workflow_ext.append_event(%s, %s, 'hook_created', %s::jsonb)", (run, corr, payload))
+                c.execute("SELECT workflow_ext.append_event(%s, %s, 'hook_disposed')", (run, corr))
+                done[k] += 2
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return sum(done) / seconds
+
+
 def scan_rate(coord, events):
     t0 = time.monotonic()
     rows = coord.sql("SELECT count(*) FROM workflow_ext.scan()", db=formation.DB)
@@ -138,6 +172,17 @@ def main():
             for r in range(args.rounds):
                 a.append(appends(coord, "ext", clients, args.seconds, r))
                 b.append(appends(coord, "plain", clients, args.seconds, r))
+            ma, mb = sorted(a)[len(a) // 2], sorted(b)[len(b) // 2]
+            print(f"  {clients} client(s): A {ma:,.0f}  B {mb:,.0f}  A/B {ma / mb:.2f}  "
+                  f"(rounds A {[round(x) for x in a]}, B {[round(x) for x in b]})")
+
+        print("hook lifecycles through the coordinator (events/s), A = with a token (held across "
+              "nodes), B = without")
+        for clients in (1, 4):
+            a, b = [], []
+            for r in range(args.rounds):
+                a.append(hooks(coord, True, clients, args.seconds, r))
+                b.append(hooks(coord, False, clients, args.seconds, r))
             ma, mb = sorted(a)[len(a) // 2], sorted(b)[len(b) // 2]
             print(f"  {clients} client(s): A {ma:,.0f}  B {mb:,.0f}  A/B {ma / mb:.2f}  "
                   f"(rounds A {[round(x) for x in a]}, B {[round(x) for x in b]})")

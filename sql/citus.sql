@@ -57,6 +57,7 @@ BEGIN
     SELECT p.colocationid INTO log_group FROM pg_dist_partition p WHERE p.logicalrelid = log;
     IF log_group IS NOT NULL THEN
         IF log_group = runs_group THEN
+            PERFORM workflow_ext.distribute_hook_tokens(log);
             RETURN;
         END IF;
         RAISE EXCEPTION '% is distributed without its run table', log
@@ -99,8 +100,79 @@ BEGIN
         PERFORM create_distributed_table(run_table, 'run_id', colocate_with => 'none');
     END IF;
     PERFORM create_distributed_table(log, 'run_id', colocate_with => run_table::text);
+    PERFORM workflow_ext.distribute_hook_tokens(log);
 END;
 $$;
+
+-- With the own log, its hook tokens: workflow_ext.hook_tokens distributed by
+-- token (see track_hook_tokens_on_shard). Attached logs hold no tokens.
+CREATE FUNCTION workflow_ext.distribute_hook_tokens(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF log = 'workflow_ext.events'::regclass
+       AND NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'workflow_ext.hook_tokens'::regclass) THEN
+        PERFORM create_distributed_table('workflow_ext.hook_tokens', 'token', colocate_with => 'none');
+    END IF;
+END;
+$$;
+
+-- Hook tokens of the distributed own log (events_track_hook_tokens, on a
+-- shard): distribute() distributes workflow_ext.hook_tokens by token, so one
+-- token has one row on one node whichever worker holds the run, and its
+-- primary key decides between racing creators there (a 23505 named
+-- workflow_hook_token_unique, as on one node). The one rule that crosses
+-- nodes: a token's row is written from the run's worker into the token's
+-- shard, a nested distributed statement (allowed for this function only),
+-- committed with the event by the run's worker. Citus prepares no such
+-- nested write, so a transaction that does one refuses PREPARE TRANSACTION
+-- (src/pg/citus.rs: a two-phase commit across workers would lose it).
+-- hook_disposed and the run's terminal event release the run's tokens, found
+-- in the run's hook_created events on this shard. Internal.
+CREATE FUNCTION workflow_ext.track_hook_tokens_on_shard(
+    shard_schema name, shard_name name, event_type text, run text, correlation text, event_id text, token text)
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET citus.allow_nested_distributed_execution = on
+AS $$
+DECLARE
+    held text[];
+    held_token text;
+BEGIN
+    IF event_type = 'hook_created' THEN
+        IF token IS NOT NULL THEN
+            PERFORM workflow_ext.note_cross_node_write();
+            INSERT INTO workflow_ext.hook_tokens (token, run_id, correlation_id, event_id)
+            VALUES (token, run, correlation, event_id);
+        END IF;
+        RETURN;
+    END IF;
+    -- hook_disposed: that hook's token; a terminal event: the run's.
+    EXECUTE format('SELECT array_agg(DISTINCT e.payload OPERATOR(pg_catalog.->>) ''token'') FROM %I.%I e '
+                   ' WHERE e.run_id = $1 AND e.type = ''hook_created'' '
+                   '   AND ($2::text IS NULL OR e.correlation_id = $2) '
+                   '   AND pg_catalog.jsonb_typeof(e.payload OPERATOR(pg_catalog.->) ''token'') = ''string''',
+                   shard_schema, shard_name)
+        INTO held
+        USING run, CASE WHEN event_type = 'hook_disposed' THEN correlation END;
+    IF held IS NOT NULL THEN
+        PERFORM workflow_ext.note_cross_node_write();
+        -- One token at a time: each DELETE goes to the one shard of its token.
+        FOREACH held_token IN ARRAY held LOOP
+            DELETE FROM workflow_ext.hook_tokens h
+             WHERE h.token = held_token AND h.run_id = run
+               AND (event_type <> 'hook_disposed' OR h.correlation_id = correlation);
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- Marks the transaction as holding a nested write to another node
+-- (track_hook_tokens_on_shard): its PREPARE TRANSACTION is refused.
+CREATE FUNCTION workflow_ext.note_cross_node_write() RETURNS void
+    LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'note_cross_node_write_wrapper';
 
 -- scan() of the shards of `log` this node holds: scan() of a distributed
 -- log runs it on every node at once (src/pg/citus.rs) and merges what they

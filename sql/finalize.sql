@@ -36,7 +36,10 @@ REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 -- it grants them to. The helpers are internal.
 REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.distribute_hook_tokens(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.track_hook_tokens_on_shard(name, name, text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.note_cross_node_write() FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.detach(regclass) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE workflow_ext.attach_concurrently(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.index_base(regclass) FROM PUBLIC;

@@ -40,6 +40,15 @@ CREATE FUNCTION workflow_ext.events_track_hook_tokens() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- On a shard of the own log distributed by Citus, tokens are held in
+    -- workflow_ext.hook_tokens distributed by token, across nodes.
+    IF TG_RELID OPERATOR(pg_catalog.<>) 'workflow_ext.events'::regclass THEN
+        PERFORM workflow_ext.track_hook_tokens_on_shard(
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, NEW.type::text, NEW.run_id, NEW.correlation_id, NEW.id,
+            CASE WHEN pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string'
+                 THEN NEW.payload OPERATOR(pg_catalog.->>) 'token' END);
+        RETURN NULL;
+    END IF;
     IF NEW.type::text = 'hook_created' THEN
         IF pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string' THEN
             INSERT INTO workflow_ext.hook_tokens (token, run_id, correlation_id, event_id)
@@ -196,15 +205,17 @@ CREATE FUNCTION workflow_ext.bootstrap_end(name text) RETURNS void
 -- index on (run_id, seq) gives as it is walked; left to itself the planner
 -- often prefers a bitmap scan and a sort, which for a long run spills to
 -- disk and costs a third more (BENCHMARKS.md). A source without such an
--- index is still sorted.
+-- index is still sorted. jit = off: a sort the planner must still do (that
+-- source, the hook-token check) then looks 10^10 expensive, and was
+-- compiled on every call (0.6 s of JIT for a 16,000-event run's tokens).
 CREATE FUNCTION workflow_ext.replay(run_id text, source regclass DEFAULT 'workflow_ext.events')
 RETURNS TABLE (seq bigint, event_id text, event_type text, correlation_id text, anomaly text, detail text)
-    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp SET enable_sort = off
+    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp SET enable_sort = off SET jit = off
     AS 'MODULE_PATHNAME', 'replay_wrapper';
 
--- One row per run with anomalies, for periodic monitoring (enable_sort: as
--- replay).
+-- One row per run with anomalies, for periodic monitoring (enable_sort and
+-- jit: as replay).
 CREATE FUNCTION workflow_ext.scan(source regclass DEFAULT 'workflow_ext.events', since timestamptz DEFAULT NULL)
 RETURNS TABLE (run_id text, events bigint, anomalies bigint, first_seq bigint, first_anomaly text, first_detail text)
-    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp SET enable_sort = off
+    LANGUAGE c STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp SET enable_sort = off SET jit = off
     AS 'MODULE_PATHNAME', 'scan_wrapper';

@@ -916,6 +916,12 @@ REVOKE ALL ON FUNCTION workflow_ext.top_level_finished(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.stop_top_level(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.unnumbered_rows(regclass) FROM PUBLIC;
 
+-- The audit never JIT-compiles: with enable_sort off, a sort it still needs
+-- (the hook-token check, a source without a (run_id, seq) index) looked
+-- 10^10 expensive and was compiled on every call.
+ALTER FUNCTION workflow_ext.replay(text, regclass) SET jit = off;
+ALTER FUNCTION workflow_ext.scan(regclass, timestamptz) SET jit = off;
+
 -- Citus (sql/citus.sql) ---------------------------------------------------
 
 -- The run rows of logs that Citus distributes (workflow_ext.distribute(),
@@ -1006,6 +1012,7 @@ BEGIN
     SELECT p.colocationid INTO log_group FROM pg_dist_partition p WHERE p.logicalrelid = log;
     IF log_group IS NOT NULL THEN
         IF log_group = runs_group THEN
+            PERFORM workflow_ext.distribute_hook_tokens(log);
             RETURN;
         END IF;
         RAISE EXCEPTION '% is distributed without its run table', log
@@ -1048,8 +1055,79 @@ BEGIN
         PERFORM create_distributed_table(run_table, 'run_id', colocate_with => 'none');
     END IF;
     PERFORM create_distributed_table(log, 'run_id', colocate_with => run_table::text);
+    PERFORM workflow_ext.distribute_hook_tokens(log);
 END;
 $$;
+
+-- With the own log, its hook tokens: workflow_ext.hook_tokens distributed by
+-- token (see track_hook_tokens_on_shard). Attached logs hold no tokens.
+CREATE FUNCTION workflow_ext.distribute_hook_tokens(log regclass) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF log = 'workflow_ext.events'::regclass
+       AND NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'workflow_ext.hook_tokens'::regclass) THEN
+        PERFORM create_distributed_table('workflow_ext.hook_tokens', 'token', colocate_with => 'none');
+    END IF;
+END;
+$$;
+
+-- Hook tokens of the distributed own log (events_track_hook_tokens, on a
+-- shard): distribute() distributes workflow_ext.hook_tokens by token, so one
+-- token has one row on one node whichever worker holds the run, and its
+-- primary key decides between racing creators there (a 23505 named
+-- workflow_hook_token_unique, as on one node). The one rule that crosses
+-- nodes: a token's row is written from the run's worker into the token's
+-- shard, a nested distributed statement (allowed for this function only),
+-- committed with the event by the run's worker. Citus prepares no such
+-- nested write, so a transaction that does one refuses PREPARE TRANSACTION
+-- (src/pg/citus.rs: a two-phase commit across workers would lose it).
+-- hook_disposed and the run's terminal event release the run's tokens, found
+-- in the run's hook_created events on this shard. Internal.
+CREATE FUNCTION workflow_ext.track_hook_tokens_on_shard(
+    shard_schema name, shard_name name, event_type text, run text, correlation text, event_id text, token text)
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET citus.allow_nested_distributed_execution = on
+AS $$
+DECLARE
+    held text[];
+    held_token text;
+BEGIN
+    IF event_type = 'hook_created' THEN
+        IF token IS NOT NULL THEN
+            PERFORM workflow_ext.note_cross_node_write();
+            INSERT INTO workflow_ext.hook_tokens (token, run_id, correlation_id, event_id)
+            VALUES (token, run, correlation, event_id);
+        END IF;
+        RETURN;
+    END IF;
+    -- hook_disposed: that hook's token; a terminal event: the run's.
+    EXECUTE format('SELECT array_agg(DISTINCT e.payload OPERATOR(pg_catalog.->>) ''token'') FROM %I.%I e '
+                   ' WHERE e.run_id = $1 AND e.type = ''hook_created'' '
+                   '   AND ($2::text IS NULL OR e.correlation_id = $2) '
+                   '   AND pg_catalog.jsonb_typeof(e.payload OPERATOR(pg_catalog.->) ''token'') = ''string''',
+                   shard_schema, shard_name)
+        INTO held
+        USING run, CASE WHEN event_type = 'hook_disposed' THEN correlation END;
+    IF held IS NOT NULL THEN
+        PERFORM workflow_ext.note_cross_node_write();
+        -- One token at a time: each DELETE goes to the one shard of its token.
+        FOREACH held_token IN ARRAY held LOOP
+            DELETE FROM workflow_ext.hook_tokens h
+             WHERE h.token = held_token AND h.run_id = run
+               AND (event_type <> 'hook_disposed' OR h.correlation_id = correlation);
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- Marks the transaction as holding a nested write to another node
+-- (track_hook_tokens_on_shard): its PREPARE TRANSACTION is refused.
+CREATE FUNCTION workflow_ext.note_cross_node_write() RETURNS void
+    LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'note_cross_node_write_wrapper';
 
 -- scan() of the shards of `log` this node holds: scan() of a distributed
 -- log runs it on every node at once (src/pg/citus.rs) and merges what they
@@ -1080,7 +1158,10 @@ CREATE FUNCTION workflow_ext.purge_local_shards(older_than interval) RETURNS big
     AS 'MODULE_PATHNAME', 'purge_local_shards_wrapper';
 
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.distribute_hook_tokens(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.track_hook_tokens_on_shard(name, name, text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.note_cross_node_write() FROM PUBLIC;
 
 -- metrics() and stuck_runs() read the run rows of distributed logs too.
 CREATE OR REPLACE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')
@@ -1117,6 +1198,37 @@ BEGIN
      GROUP BY l.relation;
 END
 $$;
+
+-- Hook tokens of the distributed own log are held across nodes.
+CREATE OR REPLACE FUNCTION workflow_ext.events_track_hook_tokens() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- On a shard of the own log distributed by Citus, tokens are held in
+    -- workflow_ext.hook_tokens distributed by token, across nodes.
+    IF TG_RELID OPERATOR(pg_catalog.<>) 'workflow_ext.events'::regclass THEN
+        PERFORM workflow_ext.track_hook_tokens_on_shard(
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, NEW.type::text, NEW.run_id, NEW.correlation_id, NEW.id,
+            CASE WHEN pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string'
+                 THEN NEW.payload OPERATOR(pg_catalog.->>) 'token' END);
+        RETURN NULL;
+    END IF;
+    IF NEW.type::text = 'hook_created' THEN
+        IF pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string' THEN
+            INSERT INTO workflow_ext.hook_tokens (token, run_id, correlation_id, event_id)
+            VALUES (NEW.payload OPERATOR(pg_catalog.->>) 'token', NEW.run_id, NEW.correlation_id, NEW.id);
+        END IF;
+    ELSIF NEW.type::text = 'hook_disposed' THEN
+        DELETE FROM workflow_ext.hook_tokens
+         WHERE run_id = NEW.run_id AND correlation_id = NEW.correlation_id;
+    ELSE  -- the run's terminal event
+        DELETE FROM workflow_ext.hook_tokens WHERE run_id = NEW.run_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+
 
 CREATE OR REPLACE FUNCTION workflow_ext.stuck_runs(idle interval DEFAULT '1 hour')
 RETURNS TABLE (log text, run_id text, state text, idle_for interval, last_event_type text,

@@ -143,6 +143,11 @@ pub enum WfError {
     /// by `workflow_ext.distribute()`): its run rows would have no home
     /// that moves with the run. 55000.
     DistributedWithoutRuns { log: String },
+    /// PREPARE TRANSACTION of a transaction that took or released a hook
+    /// token of the distributed own log: the token's row was written on
+    /// another node by a nested statement, which Citus commits with the
+    /// event but cannot prepare. 0A000.
+    CrossNodeWriteNotPreparable,
     /// `scan()` or `purge_runs()` of a distributed log (`what`), failed on
     /// one of the Citus nodes (its error in DETAIL). 58000.
     NodeFailed {
@@ -344,6 +349,19 @@ impl WfError {
                  so the runs' locks and states would not move with their events."
             ))
             .hint("Distribute a log with workflow_ext.distribute(), which places the run table with it."),
+            WfError::CrossNodeWriteNotPreparable => Report::new(
+                C::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "cannot prepare a transaction that took or released a hook token on another node",
+            )
+            .detail(
+                "On a log Citus distributes, a hook token's row is written on the node that holds \
+                 the token, by the run's node, and is committed with the event; Citus cannot \
+                 prepare that write for a two-phase commit.",
+            )
+            .hint(
+                "Append hook_created, hook_disposed and a run's terminal event in transactions \
+                 that write to one worker (one run, or runs on one node).",
+            ),
             WfError::NodeFailed { what, node, error } => Report::new(
                 C::ERRCODE_SYSTEM_ERROR,
                 format!("the {what} failed on node {node}"),

@@ -74,6 +74,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::counters::init();
     write::run_cache::register();
     pg::citus::register_error_hook();
+    pg::citus::register_transaction_edges();
 }
 
 /// Required by `cargo pgrx test`.

@@ -51,21 +51,39 @@ pub(super) fn cross_run_token_conflicts(
         )
     };
     let micros = |col: &str| format!("(pg_catalog.date_part('epoch', {col}) * 1000000)::bigint");
+    // Each hook's release (its hook_disposed, or its run's terminal event,
+    // whichever came first) is joined from per-hook and per-run minimums:
+    // one pass over the hooks' runs' release events, not one per hook (a
+    // run of thousands of hooks made that quadratic).
     let query = format!(
-        "SELECT c.run_id::text, {at}, c.id::text, c.correlation_id::text, c.payload OPERATOR(pg_catalog.->>) 'token', \
-                {created}, \
-                (SELECT {released} FROM {src} e WHERE e.run_id = c.run_id \
-                   AND ((e.type::text = 'hook_disposed' AND e.correlation_id = c.correlation_id) \
-                        OR e.type::text = ANY ({terminals}::text[]))) \
-           FROM {src} c \
-          WHERE c.type = 'hook_created' AND c.run_id IS NOT NULL AND c.correlation_id IS NOT NULL \
-            AND pg_catalog.jsonb_typeof(c.payload OPERATOR(pg_catalog.->) 'token') = 'string' \
-            AND ($1::text[] IS NULL OR c.payload OPERATOR(pg_catalog.->>) 'token' = ANY($1)) \
-          ORDER BY c.created_at, c.run_id, 2",
+        "WITH hooks AS MATERIALIZED ( \
+              SELECT c.run_id, {at} AS at, c.id, c.correlation_id, \
+                     c.payload OPERATOR(pg_catalog.->>) 'token' AS token, c.created_at \
+                FROM {src} c \
+               WHERE c.type = 'hook_created' AND c.run_id IS NOT NULL AND c.correlation_id IS NOT NULL \
+                 AND pg_catalog.jsonb_typeof(c.payload OPERATOR(pg_catalog.->) 'token') = 'string' \
+                 AND ($1::text[] IS NULL OR c.payload OPERATOR(pg_catalog.->>) 'token' \
+                                             IN (SELECT pg_catalog.unnest($1::text[])))), \
+              releases AS MATERIALIZED ( \
+              SELECT e.run_id, e.correlation_id, e.type::text = 'hook_disposed' AS disposal, e.created_at \
+                FROM {src} e \
+               WHERE e.run_id IN (SELECT h.run_id FROM hooks h) \
+                 AND (e.type::text = 'hook_disposed' OR e.type::text = ANY ({terminals}::text[]))), \
+              disposed AS ( \
+              SELECT r.run_id, r.correlation_id, pg_catalog.min(r.created_at) AS at \
+                FROM releases r WHERE r.disposal GROUP BY r.run_id, r.correlation_id), \
+              ended AS ( \
+              SELECT r.run_id, pg_catalog.min(r.created_at) AS at \
+                FROM releases r WHERE NOT r.disposal GROUP BY r.run_id) \
+         SELECT h.run_id::text, h.at, h.id::text, h.correlation_id::text, h.token, {created}, {released} \
+           FROM hooks h \
+           LEFT JOIN disposed d ON d.run_id = h.run_id AND d.correlation_id = h.correlation_id \
+           LEFT JOIN ended t ON t.run_id = h.run_id \
+          ORDER BY h.created_at, h.run_id, 2",
         src = src.name,
         terminals = plans::type_list(EventType::RUN_TERMINALS),
-        created = micros("c.created_at"),
-        released = micros("pg_catalog.min(e.created_at)"),
+        created = micros("h.created_at"),
+        released = micros("LEAST(d.at, t.at)"),
     );
     let rows = or_internal!(
         client.select(query.as_str(), None, &[tokens.into()]),

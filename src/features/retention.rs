@@ -204,8 +204,9 @@ mod tests {
 /// `purge_runs` on one Citus node (`crate::pg::citus::purge_on_every_node`
 /// calls it on each): every shard of the distributed own log this node
 /// holds, with its co-located run-row shard, purged as `purge_runs` purges
-/// one log (lock the finished runs, then delete their events, joins,
-/// tokens and rows). Returns the runs removed. Internal.
+/// one log (lock the finished runs, then delete their events, joins
+/// and rows; their terminal events released their tokens). Returns the runs
+/// removed. Internal.
 #[pg_extern(sql = false)] // declared in sql/citus.sql
 fn purge_local_shards(older_than: Option<Interval>) -> i64 {
     let Some(older_than) = older_than else {
@@ -240,10 +241,12 @@ fn purge_local_shards(older_than: Option<Interval>) -> i64 {
             let deleted = or_internal!(
                 c.update(
                     &format!(
+                        // No hook_tokens: a finished run's terminal event
+                        // released its tokens, and that table is distributed
+                        // by token here (sql/citus.sql).
                         "WITH ev AS (DELETE FROM {log_shard} WHERE run_id = ANY($1)), \
                               jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
-                              j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)), \
-                              ht AS (DELETE FROM workflow_ext.hook_tokens WHERE run_id = ANY($1)) \
+                              j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)) \
                          DELETE FROM {runs_shard} WHERE log = 'workflow_ext.events' AND run_id = ANY($1)"
                     ),
                     None,

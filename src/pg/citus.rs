@@ -361,35 +361,90 @@ fn subscription_name() -> Option<String> {
     )
 }
 
-/// A duplicate creation on a shard fails with the shard's index name
-/// (`workflow_events_entity_creation_unique_102008`), and when Citus
+/// Whether this transaction wrote a hook token's row on another node
+/// (sql/citus.sql, track_hook_tokens_on_shard). Such a write is a nested
+/// distributed statement of the run's node; Citus commits it with the
+/// event (two-phase where it must) at this node's COMMIT, but does nothing
+/// for it at a PREPARE TRANSACTION, which it allows in the backends that
+/// run a coordinator's statements: the prepared event would be committed
+/// later without its token row, or the other way round. So PREPARE is
+/// refused instead.
+static CROSS_NODE_WRITE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the transaction (see [`CROSS_NODE_WRITE`]).
+#[pg_extern(sql = false)] // declared in sql/citus.sql
+fn note_cross_node_write() {
+    CROSS_NODE_WRITE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn refuse_prepare_after_cross_node_write() {
+    if CROSS_NODE_WRITE.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::errors::raise!(WfError::CrossNodeWriteNotPreparable);
+    }
+}
+
+fn cross_node_write_ended() {
+    CROSS_NODE_WRITE.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ties [`CROSS_NODE_WRITE`] to the transaction (from `_PG_init`).
+pub(crate) fn register_transaction_edges() {
+    static EDGES: crate::pg::transaction::TransactionEdges =
+        crate::pg::transaction::TransactionEdges {
+            before_commit: || {},
+            before_prepare: refuse_prepare_after_cross_node_write,
+            ended: cross_node_write_ended,
+            // The nested write of a rolled-back subtransaction may still be
+            // open on the other node until the end: the mark stays.
+            subtransaction_aborted: |_| {},
+        };
+    crate::pg::transaction::on_transaction_edges(&EDGES);
+}
+
+/// The primary key of `workflow_ext.hook_tokens` (sql/schema.sql; the
+/// Citus tests check this copy against the catalog): a token held by
+/// another active hook fails with its name.
+pub(crate) const HOOK_TOKEN_CONSTRAINT: &str = "workflow_hook_token_unique";
+
+/// The unique constraints whose names are the API: clients tell a benign
+/// "already exists" (the creation index) or a token conflict by them.
+const LOGICAL_CONSTRAINTS: [&str; 2] = [EventType::CREATION_INDEX, HOOK_TOKEN_CONSTRAINT];
+
+/// A duplicate creation (or token) on a shard fails with the shard's index
+/// name (`workflow_events_entity_creation_unique_102008`), and when Citus
 /// re-raises a worker's error on the node the client is connected to it
 /// keeps the SQLSTATE, message and DETAIL but drops the constraint name.
 /// Clients that tell a benign "already exists" by that name (the DevKit's
 /// world-postgres) would see a raw 23505. So the error is given back the
-/// name a single node reports: the logical index in both the message and
-/// the constraint field. None: not such an error.
-pub(crate) fn logical_creation_conflict(message: &str, constraint: Option<&str>) -> Option<String> {
+/// name a single node reports, in both the message and the constraint
+/// field: the logical constraint's name, returned with the message. None:
+/// not such an error.
+pub(crate) fn logical_unique_violation(
+    message: &str,
+    constraint: Option<&str>,
+) -> Option<(String, &'static str)> {
     let named = message
         .strip_prefix("duplicate key value violates unique constraint \"")?
         .strip_suffix('"')?;
-    let suffix = named.strip_prefix(EventType::CREATION_INDEX)?;
-    let matches = match suffix.strip_prefix('_') {
-        // The shard's index: raised here, or re-raised without the name.
-        Some(id) => {
-            !id.is_empty()
-                && id.bytes().all(|b| b.is_ascii_digit())
-                && constraint.is_none_or(|c| c == named)
-        }
-        // Named already (by the worker's own hook), the name dropped on
-        // the way.
-        None => suffix.is_empty() && constraint.is_none(),
-    };
-    matches.then(|| {
-        format!(
-            "duplicate key value violates unique constraint \"{}\"",
-            EventType::CREATION_INDEX
-        )
+    LOGICAL_CONSTRAINTS.into_iter().find_map(|logical| {
+        let suffix = named.strip_prefix(logical)?;
+        let matches = match suffix.strip_prefix('_') {
+            // The shard's index: raised here, or re-raised without the name.
+            Some(id) => {
+                !id.is_empty()
+                    && id.bytes().all(|b| b.is_ascii_digit())
+                    && constraint.is_none_or(|c| c == named)
+            }
+            // Named already (by the worker's own hook), the name dropped on
+            // the way.
+            None => suffix.is_empty() && constraint.is_none(),
+        };
+        matches.then(|| {
+            (
+                format!("duplicate key value violates unique constraint \"{logical}\""),
+                logical,
+            )
+        })
     })
 }
 
@@ -407,7 +462,7 @@ pub(crate) fn register_error_hook() {
     }
 }
 
-/// emit_log_hook: see [`logical_creation_conflict`]. Runs while an error is
+/// emit_log_hook: see [`logical_unique_violation`]. Runs while an error is
 /// being reported: no catalog access, no allocation but in the error's own
 /// memory context, nothing that can raise.
 unsafe extern "C-unwind" fn name_creation_conflicts(edata: *mut pg_sys::ErrorData) {
@@ -424,14 +479,15 @@ unsafe extern "C-unwind" fn name_creation_conflicts(edata: *mut pg_sys::ErrorDat
             } else {
                 CStr::from_ptr((*edata).constraint_name).to_str().ok()
             };
-            if let Some(fixed) = message.and_then(|m| logical_creation_conflict(m, constraint)) {
-                if let Ok(fixed) = std::ffi::CString::new(fixed) {
+            if let Some((fixed, name)) =
+                message.and_then(|m| logical_unique_violation(m, constraint))
+            {
+                if let (Ok(fixed), Ok(name)) =
+                    (std::ffi::CString::new(fixed), std::ffi::CString::new(name))
+                {
                     let ctx = (*edata).assoc_context;
                     (*edata).message = pg_sys::MemoryContextStrdup(ctx, fixed.as_ptr());
-                    (*edata).constraint_name = pg_sys::MemoryContextStrdup(
-                        ctx,
-                        c"workflow_events_entity_creation_unique".as_ptr(), // EventType::CREATION_INDEX
-                    );
+                    (*edata).constraint_name = pg_sys::MemoryContextStrdup(ctx, name.as_ptr());
                 }
             }
         }
@@ -443,7 +499,14 @@ unsafe extern "C-unwind" fn name_creation_conflicts(edata: *mut pg_sys::ErrorDat
 
 #[cfg(test)]
 mod tests {
-    use super::logical_creation_conflict as fix;
+    use super::logical_unique_violation;
+
+    fn fix(message: &str, constraint: Option<&str>) -> Option<String> {
+        logical_unique_violation(message, constraint).map(|(m, name)| {
+            assert!(m.ends_with(&format!("\"{name}\"")));
+            m
+        })
+    }
 
     #[test]
     fn a_shard_creation_conflict_gets_the_logical_name() {
@@ -472,5 +535,19 @@ mod tests {
         );
         assert_eq!(fix("duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_\"", None), None);
         assert_eq!(fix("duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_12a\"", None), None);
+    }
+
+    #[test]
+    fn a_shard_token_conflict_gets_the_logical_name() {
+        let single =
+            "duplicate key value violates unique constraint \"workflow_hook_token_unique\"";
+        let shard =
+            "duplicate key value violates unique constraint \"workflow_hook_token_unique_102100\"";
+        assert_eq!(
+            logical_unique_violation(shard, None),
+            Some((single.to_owned(), "workflow_hook_token_unique"))
+        );
+        assert_eq!(fix(single, None).as_deref(), Some(single));
+        assert_eq!(fix(single, Some("workflow_hook_token_unique")), None);
     }
 }

@@ -56,9 +56,11 @@ pub fn refuse_if_read_only(what: &std::ffi::CStr) {
 
 /// What backend memory tied to a transaction does at its edges.
 pub struct TransactionEdges {
-    /// Just before the commit (or PREPARE TRANSACTION), while statements
-    /// may still run; an error here aborts the transaction.
+    /// Just before the commit, while statements may still run; an error
+    /// here aborts the transaction.
     pub before_commit: fn(),
+    /// The same before PREPARE TRANSACTION.
+    pub before_prepare: fn(),
     /// After the commit, the PREPARE or the rollback: cleanup only, must
     /// not fail.
     pub ended: fn(),
@@ -66,24 +68,25 @@ pub struct TransactionEdges {
     pub subtransaction_aborted: fn(pg_sys::SubTransactionId),
 }
 
-static EDGES: std::sync::OnceLock<TransactionEdges> = std::sync::OnceLock::new();
-
-/// Registers `edges` for every transaction of this backend, once (from
-/// `_PG_init`).
-pub fn on_transaction_edges(edges: TransactionEdges) {
-    if EDGES.set(edges).is_ok() {
-        // SAFETY: registers plain functions for the life of the process.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(xact_edge), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(subxact_edge), std::ptr::null_mut());
-        }
+/// Registers `edges` for every transaction of this backend (from
+/// `_PG_init`, once per caller: each registration is called).
+pub fn on_transaction_edges(edges: &'static TransactionEdges) {
+    let arg = std::ptr::from_ref(edges)
+        .cast_mut()
+        .cast::<std::ffi::c_void>();
+    // SAFETY: registers plain functions for the life of the process, with a
+    // pointer to a static they only read.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_edge), arg);
+        pg_sys::RegisterSubXactCallback(Some(subxact_edge), arg);
     }
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn xact_edge(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn xact_edge(event: pg_sys::XactEvent::Type, arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
-    let Some(edges) = EDGES.get() else { return };
+    // SAFETY: `arg` is the &'static TransactionEdges registered above.
+    let edges = unsafe { &*arg.cast::<TransactionEdges>() };
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
             // The statement that commits (COMMIT, or the last statement of
@@ -94,7 +97,11 @@ unsafe extern "C-unwind" fn xact_edge(event: pg_sys::XactEvent::Type, _arg: *mut
             if pushed {
                 unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
             }
-            (edges.before_commit)();
+            if event == XACT_EVENT_PRE_COMMIT {
+                (edges.before_commit)();
+            } else {
+                (edges.before_prepare)();
+            }
             if pushed {
                 unsafe { pg_sys::PopActiveSnapshot() };
             }
@@ -113,12 +120,12 @@ unsafe extern "C-unwind" fn subxact_edge(
     event: pg_sys::SubXactEvent::Type,
     subxact: pg_sys::SubTransactionId,
     _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
+    arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        if let Some(edges) = EDGES.get() {
-            (edges.subtransaction_aborted)(subxact);
-        }
+        // SAFETY: `arg` is the &'static TransactionEdges registered above.
+        let edges = unsafe { &*arg.cast::<TransactionEdges>() };
+        (edges.subtransaction_aborted)(subxact);
     }
 }
 

@@ -339,9 +339,12 @@ fn write_back_local(client: &mut pgrx::spi::SpiClient<'_>, changed: &[&Changed])
 
 /// Ties this memory to the transaction's edges (from `_PG_init`).
 pub(crate) fn register() {
-    crate::pg::transaction::on_transaction_edges(crate::pg::transaction::TransactionEdges {
-        before_commit: settle,
-        ended: transaction_ended,
-        subtransaction_aborted,
-    });
+    static EDGES: crate::pg::transaction::TransactionEdges =
+        crate::pg::transaction::TransactionEdges {
+            before_commit: settle,
+            before_prepare: settle,
+            ended: transaction_ended,
+            subtransaction_aborted,
+        };
+    crate::pg::transaction::on_transaction_edges(&EDGES);
 }
