@@ -540,6 +540,29 @@ impl WfError {
     }
 }
 
+/// The SQLSTATE the writer refuses `violation` with.
+pub const fn refusal_code(violation: Violation) -> Code {
+    match violation {
+        Violation::MissingRunCreated | Violation::MissingCreation => {
+            Code::ERRCODE_FOREIGN_KEY_VIOLATION
+        }
+        Violation::DuplicateCreation => Code::ERRCODE_UNIQUE_VIOLATION,
+        Violation::EventAfterTerminal { .. }
+        | Violation::EventAfterRunTerminal { .. }
+        | Violation::IllegalTransition { .. } => Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+    }
+}
+
+/// The SQLSTATE of a refusal known only by its DETAIL (`anomaly: <code>;
+/// run state: <state>`), for a copy of the error that lost its code on the
+/// way (Citus re-raises a shard's COPY error as XX000). None: not a
+/// refusal's DETAIL.
+pub fn refusal_code_of_detail(detail: &str) -> Option<Code> {
+    let (anomaly, rest) = detail.strip_prefix("anomaly: ")?.split_once("; ")?;
+    rest.strip_prefix("run state: ")?;
+    Violation::from_code(anomaly).map(refusal_code)
+}
+
 /// A refused event's report. Its DETAIL is the API contract of the module
 /// doc: `anomaly: <code>; run state: <state>`.
 fn refusal(
@@ -557,9 +580,9 @@ fn refusal(
         }
         _ => format!("run \"{}\"", clip(run_id)),
     };
-    let (code, message, hint) = match violation {
+    let code = refusal_code(violation);
+    let (message, hint) = match violation {
         Violation::MissingRunCreated => (
-            Code::ERRCODE_FOREIGN_KEY_VIOLATION,
             format!(
                 "{event} refused: run \"{}\" has no run_created event",
                 clip(run_id)
@@ -567,30 +590,24 @@ fn refusal(
             Some("Append run_created for the run first."),
         ),
         Violation::MissingCreation => (
-            Code::ERRCODE_FOREIGN_KEY_VIOLATION,
             format!("{event} refused: {target} was never created (no {kind}_created event)"),
             None,
         ),
         Violation::DuplicateCreation => (
-            Code::ERRCODE_UNIQUE_VIOLATION,
             format!("{event} refused: {target} already exists"),
             Some("append_suspension_event returns the existing event instead of failing."),
         ),
         Violation::EventAfterTerminal { state } => (
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{event} refused: {target} is already {state}"),
             None,
         ),
         Violation::EventAfterRunTerminal { run_state } => (
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{event} refused for {target}: the run is already {run_state}"),
             None,
         ),
-        Violation::IllegalTransition { state } => (
-            Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("{event} refused: {target} is {state}"),
-            None,
-        ),
+        Violation::IllegalTransition { state } => {
+            (format!("{event} refused: {target} is {state}"), None)
+        }
     };
     Report {
         code,

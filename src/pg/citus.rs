@@ -462,33 +462,95 @@ pub(crate) fn register_error_hook() {
     }
 }
 
-/// emit_log_hook: see [`logical_unique_violation`]. Runs while an error is
+/// What the error hook does to an error Citus passes on from a shard.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Restored {
+    /// A 23505 (or a COPY's XX000 that was one) on a shard's copy of a
+    /// logical constraint: that constraint's message and name, SQLSTATE 23505.
+    Unique {
+        message: String,
+        constraint: &'static str,
+    },
+    /// A COPY's XX000 whose DETAIL is a refusal's: the refusal's SQLSTATE.
+    Refusal { code: pgrx::PgSqlErrorCode },
+}
+
+/// What an error of SQLSTATE `code` with these fields had on the shard that
+/// raised it, where Citus lost it on the way: the constraint name of any
+/// 23505 ([`logical_unique_violation`]), and the SQLSTATE of a COPY error,
+/// which Citus re-raises as XX000 with the shard's message and DETAIL only
+/// (`ReportCopyError`). None: nothing to restore.
+pub(crate) fn restore_shard_error(
+    code: pgrx::PgSqlErrorCode,
+    message: &str,
+    detail: Option<&str>,
+    constraint: Option<&str>,
+) -> Option<Restored> {
+    use pgrx::PgSqlErrorCode::{ERRCODE_INTERNAL_ERROR, ERRCODE_UNIQUE_VIOLATION};
+    match code {
+        ERRCODE_UNIQUE_VIOLATION | ERRCODE_INTERNAL_ERROR => {}
+        _ => return None,
+    }
+    if let Some((message, constraint)) = logical_unique_violation(message, constraint) {
+        return Some(Restored::Unique {
+            message,
+            constraint,
+        });
+    }
+    if code == ERRCODE_INTERNAL_ERROR {
+        return detail
+            .and_then(crate::errors::refusal_code_of_detail)
+            .map(|code| Restored::Refusal { code });
+    }
+    None
+}
+
+/// emit_log_hook: see [`restore_shard_error`]. Runs while an error is
 /// being reported: no catalog access, no allocation but in the error's own
 /// memory context, nothing that can raise.
 unsafe extern "C-unwind" fn name_creation_conflicts(edata: *mut pg_sys::ErrorData) {
     // SAFETY: PostgreSQL passes the error being reported; its strings are
     // NUL-terminated or NULL, and belong to assoc_context.
     unsafe {
-        if !edata.is_null()
-            && (*edata).sqlerrcode == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION as i32
-            && !(*edata).message.is_null()
-        {
-            let message = CStr::from_ptr((*edata).message).to_str().ok();
-            let constraint = if (*edata).constraint_name.is_null() {
-                None
-            } else {
-                CStr::from_ptr((*edata).constraint_name).to_str().ok()
-            };
-            if let Some((fixed, name)) =
-                message.and_then(|m| logical_unique_violation(m, constraint))
-            {
-                if let (Ok(fixed), Ok(name)) =
-                    (std::ffi::CString::new(fixed), std::ffi::CString::new(name))
-                {
-                    let ctx = (*edata).assoc_context;
-                    (*edata).message = pg_sys::MemoryContextStrdup(ctx, fixed.as_ptr());
-                    (*edata).constraint_name = pg_sys::MemoryContextStrdup(ctx, name.as_ptr());
+        let text = |p: *const std::ffi::c_char| {
+            (!p.is_null())
+                .then(|| CStr::from_ptr(p).to_str().ok())
+                .flatten()
+        };
+        let code = if edata.is_null() {
+            None
+        } else if (*edata).sqlerrcode == pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION as i32 {
+            Some(pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION)
+        } else if (*edata).sqlerrcode == pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32 {
+            Some(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR)
+        } else {
+            None
+        };
+        if let (Some(code), Some(message)) = (code, code.and_then(|_| text((*edata).message))) {
+            let restored = restore_shard_error(
+                code,
+                message,
+                text((*edata).detail),
+                text((*edata).constraint_name),
+            );
+            match restored {
+                Some(Restored::Unique {
+                    message,
+                    constraint,
+                }) => {
+                    if let (Ok(message), Ok(constraint)) = (
+                        std::ffi::CString::new(message),
+                        std::ffi::CString::new(constraint),
+                    ) {
+                        let ctx = (*edata).assoc_context;
+                        (*edata).sqlerrcode = pgrx::PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION as i32;
+                        (*edata).message = pg_sys::MemoryContextStrdup(ctx, message.as_ptr());
+                        (*edata).constraint_name =
+                            pg_sys::MemoryContextStrdup(ctx, constraint.as_ptr());
+                    }
                 }
+                Some(Restored::Refusal { code }) => (*edata).sqlerrcode = code as i32,
+                None => {}
             }
         }
         if let Some(previous) = PREVIOUS_EMIT_LOG_HOOK {
@@ -535,6 +597,80 @@ mod tests {
         );
         assert_eq!(fix("duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_\"", None), None);
         assert_eq!(fix("duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_12a\"", None), None);
+    }
+
+    #[test]
+    fn a_copy_error_gets_its_sqlstate_back() {
+        use super::{restore_shard_error, Restored};
+        use pgrx::PgSqlErrorCode as C;
+        let late =
+            "step_created refused for step \"s3\" of run \"r\": the run is already completed";
+        let detail = "anomaly: event_after_run_terminal; run state: completed";
+        assert_eq!(
+            restore_shard_error(C::ERRCODE_INTERNAL_ERROR, late, Some(detail), None),
+            Some(Restored::Refusal {
+                code: C::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            })
+        );
+        assert_eq!(
+            restore_shard_error(
+                C::ERRCODE_INTERNAL_ERROR,
+                "x",
+                Some("anomaly: missing_run_created; run state: none"),
+                None
+            ),
+            Some(Restored::Refusal {
+                code: C::ERRCODE_FOREIGN_KEY_VIOLATION
+            })
+        );
+        // Every anomaly code the writer can raise maps back to its SQLSTATE.
+        for v in [
+            "missing_run_created",
+            "duplicate_creation",
+            "missing_creation",
+            "event_after_terminal",
+            "event_after_run_terminal",
+            "illegal_transition",
+        ] {
+            let violation = crate::rules::lifecycle::Violation::from_code(v).expect(v);
+            assert_eq!(violation.code(), v);
+        }
+        // A COPY's duplicate: 23505 and the logical name.
+        let dup = "duplicate key value violates unique constraint \"workflow_events_entity_creation_unique_102010\"";
+        assert_eq!(
+            restore_shard_error(C::ERRCODE_INTERNAL_ERROR, dup, Some("Key (...) already exists."), None),
+            Some(Restored::Unique {
+                message: "duplicate key value violates unique constraint \"workflow_events_entity_creation_unique\"".into(),
+                constraint: "workflow_events_entity_creation_unique"
+            })
+        );
+        // Nothing else: other codes, other details, a real internal error.
+        assert_eq!(
+            restore_shard_error(
+                C::ERRCODE_INTERNAL_ERROR,
+                late,
+                Some("anomaly: nonsense; run state: x"),
+                None
+            ),
+            None
+        );
+        assert_eq!(
+            restore_shard_error(
+                C::ERRCODE_INTERNAL_ERROR,
+                "workflow_ext internal error: x",
+                None,
+                None
+            ),
+            None
+        );
+        assert_eq!(
+            restore_shard_error(C::ERRCODE_DATA_EXCEPTION, late, Some(detail), None),
+            None
+        );
+        assert_eq!(
+            restore_shard_error(C::ERRCODE_UNIQUE_VIOLATION, late, Some(detail), None),
+            None
+        );
     }
 
     #[test]

@@ -435,6 +435,24 @@ impl Violation {
         }
     }
 
+    /// The violation an anomaly code names ([`Violation::code`]); the state
+    /// a variant carries is not part of the code, and is a placeholder here.
+    pub fn from_code(code: &str) -> Option<Violation> {
+        let placeholder = State::RunPending;
+        [
+            Violation::MissingRunCreated,
+            Violation::DuplicateCreation,
+            Violation::MissingCreation,
+            Violation::EventAfterTerminal { state: placeholder },
+            Violation::EventAfterRunTerminal {
+                run_state: placeholder,
+            },
+            Violation::IllegalTransition { state: placeholder },
+        ]
+        .into_iter()
+        .find(|v| v.code() == code)
+    }
+
     /// The stable anomaly code, shared by error details and `replay` rows.
     pub const fn code(self) -> &'static str {
         match self {
