@@ -7,7 +7,8 @@
 -- Citus, on the coordinator, together with its run table
 -- (workflow_ext.distributed_runs, or distributed_runs_varchar for a varchar
 -- run_id, distributed on first use, every log co-located with it), while
--- the log is empty. A unique constraint without run_id is replaced by one
+-- the log is empty; for the own log, also its fan-in tables and hook tokens
+-- (distribute_own_log_tables). A unique constraint without run_id is replaced by one
 -- that leads with it when it is the log's id alone (the own log's
 -- events_id_key, the DevKit's primary key), else refused. Idempotent: a log
 -- distributed by it already is left as it is.
@@ -57,7 +58,7 @@ BEGIN
     SELECT p.colocationid INTO log_group FROM pg_dist_partition p WHERE p.logicalrelid = log;
     IF log_group IS NOT NULL THEN
         IF log_group = runs_group THEN
-            PERFORM workflow_ext.distribute_hook_tokens(log);
+            PERFORM workflow_ext.distribute_own_log_tables(log);
             RETURN;
         END IF;
         RAISE EXCEPTION '% is distributed without its run table', log
@@ -100,18 +101,30 @@ BEGIN
         PERFORM create_distributed_table(run_table, 'run_id', colocate_with => 'none');
     END IF;
     PERFORM create_distributed_table(log, 'run_id', colocate_with => run_table::text);
-    PERFORM workflow_ext.distribute_hook_tokens(log);
+    PERFORM workflow_ext.distribute_own_log_tables(log);
 END;
 $$;
 
--- With the own log, its hook tokens: workflow_ext.hook_tokens distributed by
--- token (see track_hook_tokens_on_shard). Attached logs hold no tokens.
-CREATE FUNCTION workflow_ext.distribute_hook_tokens(log regclass) RETURNS void
+-- With the own log, the rest of its per-run state and its hook tokens: the
+-- fan-in tables (joins, join_members) co-located with the run rows, so
+-- join_arrive locks the run and counts its join on the run's node; and
+-- workflow_ext.hook_tokens distributed by token (see
+-- track_hook_tokens_on_shard). Attached logs have neither.
+CREATE FUNCTION workflow_ext.distribute_own_log_tables(log regclass) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t regclass;
 BEGIN
-    IF log = 'workflow_ext.events'::regclass
-       AND NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'workflow_ext.hook_tokens'::regclass) THEN
+    IF log <> 'workflow_ext.events'::regclass THEN
+        RETURN;
+    END IF;
+    FOREACH t IN ARRAY ARRAY['workflow_ext.joins', 'workflow_ext.join_members']::regclass[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = t) THEN
+            PERFORM create_distributed_table(t, 'run_id', colocate_with => 'workflow_ext.distributed_runs');
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'workflow_ext.hook_tokens'::regclass) THEN
         PERFORM create_distributed_table('workflow_ext.hook_tokens', 'token', colocate_with => 'none');
     END IF;
 END;

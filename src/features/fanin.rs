@@ -17,11 +17,14 @@ use std::cell::OnceCell;
 
 struct Plans {
     /// The run, share-locked against a concurrent purge; one per shape of
-    /// `workflow_ext.runs` (keyed by log from 0.3.0 on), each prepared when
-    /// first needed (the other shape's would not parse).
-    lock_run: [OnceCell<OwnedPreparedStatement>; 2],
+    /// `workflow_ext.runs` (keyed by log from 0.3.0 on), and one for the
+    /// own log distributed by Citus (its run rows in
+    /// `workflow_ext.distributed_runs`), each prepared when first needed
+    /// (the others might not parse).
+    lock_run: [OnceCell<OwnedPreparedStatement>; 3],
     lock_join: OwnedPreparedStatement,
     add_member: OwnedPreparedStatement,
+    mark_fired: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -30,7 +33,7 @@ thread_local! {
 
 fn build(c: &SpiClient<'_>) -> Plans {
     Plans {
-        lock_run: [OnceCell::new(), OnceCell::new()],
+        lock_run: [OnceCell::new(), OnceCell::new(), OnceCell::new()],
         lock_join: plans::keep(
             c,
             "INSERT INTO workflow_ext.joins AS j (run_id, join_key, expected) VALUES ($1, $2, $3) \
@@ -42,11 +45,17 @@ fn build(c: &SpiClient<'_>) -> Plans {
             c,
             "WITH m AS (INSERT INTO workflow_ext.join_members (run_id, join_key, member_key) \
                         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1) \
-             UPDATE workflow_ext.joins j SET arrived = j.arrived + 1, \
-                    fired_at = CASE WHEN j.arrived + 1 = j.expected THEN now() ELSE j.fired_at END \
+             UPDATE workflow_ext.joins j SET arrived = j.arrived + 1 \
              FROM m WHERE j.run_id = $1 AND j.join_key = $2 \
              RETURNING j.arrived",
             &[TEXT, TEXT, TEXT],
+        ),
+        // A statement of its own, run by the completing arrival only: Citus
+        // plans no now() inside a CASE of a distributed UPDATE.
+        mark_fired: plans::keep(
+            c,
+            "UPDATE workflow_ext.joins SET fired_at = now() WHERE run_id = $1 AND join_key = $2",
+            &[TEXT, TEXT],
         ),
     }
 }
@@ -60,17 +69,27 @@ fn arrive(run_id: &str, join_key: &str, member_key: &str, expected: i32) -> WfRe
             // lock keeps a purge from removing the run under this join (the
             // purge skips locked runs; one that went first leaves nothing to
             // lock, and the join is refused).
+            // On Citus the joins are co-located with the run rows: these
+            // statements go to the run's node.
+            let distributed = crate::pg::citus::own_log_distributed(c);
             let keyed = plans::runs_keyed_by_log();
-            let lock_run = plans.lock_run[usize::from(keyed)].get_or_init(|| {
-                let own = if keyed {
-                    "log OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass AND"
-                } else {
-                    ""
+            let shape = if distributed { 2 } else { usize::from(keyed) };
+            let lock_run = plans.lock_run[shape].get_or_init(|| {
+                let (runs, own) = match shape {
+                    2 => (
+                        "workflow_ext.distributed_runs",
+                        "log OPERATOR(pg_catalog.=) 'workflow_ext.events' AND",
+                    ),
+                    1 => (
+                        "workflow_ext.runs",
+                        "log OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass AND",
+                    ),
+                    _ => ("workflow_ext.runs", ""),
                 };
                 plans::keep(
                     c,
                     &format!(
-                        "SELECT FROM workflow_ext.runs \
+                        "SELECT FROM {runs} \
                           WHERE {own} run_id OPERATOR(pg_catalog.=) $1 FOR KEY SHARE"
                     ),
                     &[TEXT],
@@ -118,6 +137,12 @@ fn arrive(run_id: &str, join_key: &str, member_key: &str, expected: i32) -> WfRe
                     member_key: member_key.to_string(),
                     expected,
                 });
+            }
+            if arrived == expected {
+                or_internal!(
+                    c.update(&plans.mark_fired, None, &[run_id.into(), join_key.into()]),
+                    "mark join fired"
+                );
             }
             Ok(arrived == expected)
         })

@@ -215,9 +215,14 @@ fn purge_local_shards(older_than: Option<Interval>) -> i64 {
     crate::pg::transaction::refuse_if_read_only(c"purge_runs");
     crate::write::run_cache::settle();
     Spi::connect_mut(|c| {
-        let pairs = crate::pg::citus::local_shard_pairs(c);
         let mut purged = 0i64;
-        for (log_shard, runs_shard) in pairs {
+        for crate::pg::citus::LocalShards {
+            log: log_shard,
+            runs: runs_shard,
+            joins: joins_shard,
+            join_members: members_shard,
+        } in crate::pg::citus::local_shards(c)
+        {
             check_for_interrupts!();
             let locked = or_internal!(
                 c.update(
@@ -245,8 +250,8 @@ fn purge_local_shards(older_than: Option<Interval>) -> i64 {
                         // released its tokens, and that table is distributed
                         // by token here (sql/citus.sql).
                         "WITH ev AS (DELETE FROM {log_shard} WHERE run_id = ANY($1)), \
-                              jm AS (DELETE FROM workflow_ext.join_members WHERE run_id = ANY($1)), \
-                              j AS (DELETE FROM workflow_ext.joins WHERE run_id = ANY($1)) \
+                              jm AS (DELETE FROM {members_shard} WHERE run_id = ANY($1)), \
+                              j AS (DELETE FROM {joins_shard} WHERE run_id = ANY($1)) \
                          DELETE FROM {runs_shard} WHERE log = 'workflow_ext.events' AND run_id = ANY($1)"
                     ),
                     None,

@@ -268,22 +268,38 @@ pub(crate) fn purge_on_every_node(
         .fold(0i64, i64::saturating_add))
 }
 
-/// The shards of the distributed own log this node holds, each with the
-/// co-located shard of `workflow_ext.distributed_runs`, as qualified names
+/// A shard of the distributed own log on this node, with the co-located
+/// shards of its per-run state (same hash range), as qualified names
 /// (Citus's `shard_name`, of the extension's own tables).
-pub(crate) fn local_shard_pairs(client: &SpiClient<'_>) -> Vec<(String, String)> {
+pub(crate) struct LocalShards {
+    pub(crate) log: String,
+    pub(crate) runs: String,
+    pub(crate) joins: String,
+    pub(crate) join_members: String,
+}
+
+/// The shards of the distributed own log this node holds ([`LocalShards`]).
+pub(crate) fn local_shards(client: &SpiClient<'_>) -> Vec<LocalShards> {
     if !installed() {
         return Vec::new();
     }
-    or_internal!(
+    let rows = or_internal!(
         client.select(
             "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid, false), \
-                    pg_catalog.shard_name(r.logicalrelid, r.shardid, false) \
+                    pg_catalog.shard_name(r.logicalrelid, r.shardid, false), \
+                    pg_catalog.shard_name(j.logicalrelid, j.shardid, false), \
+                    pg_catalog.shard_name(m.logicalrelid, m.shardid, false) \
                FROM pg_catalog.pg_dist_shard s \
                JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid \
                JOIN pg_catalog.pg_dist_shard r \
                  ON r.logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.distributed_runs'::pg_catalog.regclass \
                 AND r.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue \
+               JOIN pg_catalog.pg_dist_shard j \
+                 ON j.logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.joins'::pg_catalog.regclass \
+                AND j.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue \
+               JOIN pg_catalog.pg_dist_shard m \
+                 ON m.logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.join_members'::pg_catalog.regclass \
+                AND m.shardminvalue OPERATOR(pg_catalog.=) s.shardminvalue \
               WHERE s.logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass \
                 AND p.groupid OPERATOR(pg_catalog.=) (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) \
               ORDER BY s.shardid",
@@ -291,14 +307,40 @@ pub(crate) fn local_shard_pairs(client: &SpiClient<'_>) -> Vec<(String, String)>
             &[],
         ),
         "local shards"
-    )
-    .map(|r| {
-        (
-            r.get::<String>(1).ok().flatten().unwrap_or_default(),
-            r.get::<String>(2).ok().flatten().unwrap_or_default(),
-        )
+    );
+    rows.map(|r| {
+        let name = |n: usize| -> String {
+            or_internal!(r.get::<String>(n), "local shards")
+                .unwrap_or_else(|| crate::errors::internal!("a local shard has no name"))
+        };
+        LocalShards {
+            log: name(1),
+            runs: name(2),
+            joins: name(3),
+            join_members: name(4),
+        }
     })
     .collect()
+}
+
+/// Whether the own log is distributed (then its run rows, joins and
+/// members are in co-located distributed tables).
+pub(crate) fn own_log_distributed(client: &SpiClient<'_>) -> bool {
+    installed()
+        && or_internal!(
+            client.select(
+                "SELECT 1 FROM pg_catalog.pg_dist_partition \
+                  WHERE logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass",
+                Some(1),
+                &[],
+            ),
+            "citus table"
+        )
+        .first()
+        .get::<i32>(1)
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 thread_local! {

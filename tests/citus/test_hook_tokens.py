@@ -173,9 +173,10 @@ def test_the_race_catches_node_local_tokens(citus):
     """The same race where each worker keeps its own hook_tokens (the
     placement before tokens were distributed): two owners per token."""
     db = citus.new_database("wfx_naive_tokens")
-    # distribute() without its step that distributes hook_tokens (Citus
+    # distribute() without its step that distributes hook_tokens (and the
+    # fan-in tables, unused here; Citus
     # undistributes no table of an extension).
-    citus.coordinator.sql("CREATE OR REPLACE FUNCTION workflow_ext.distribute_hook_tokens(log regclass) "
+    citus.coordinator.sql("CREATE OR REPLACE FUNCTION workflow_ext.distribute_own_log_tables(log regclass) "
                           "RETURNS void LANGUAGE sql AS 'SELECT'", db=db)
     citus.coordinator.sql("SELECT workflow_ext.distribute()", db=db)
     assert citus.coordinator.sql("SELECT count(*) FROM pg_dist_partition "
