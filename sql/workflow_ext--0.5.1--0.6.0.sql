@@ -1060,16 +1060,18 @@ BEGIN
 END;
 $$;
 
--- With the own log, the rest of its per-run state and its hook tokens: the
--- fan-in tables (joins, join_members) co-located with the run rows, so
--- join_arrive locks the run and counts its join on the run's node; and
--- workflow_ext.hook_tokens distributed by token (see
--- track_hook_tokens_on_shard). Attached logs have neither.
+-- With the own log, the rest of its per-run state, its hook tokens and its
+-- append functions: the fan-in tables (joins, join_members) co-located with
+-- the run rows, so join_arrive locks the run and counts its join on the
+-- run's node; workflow_ext.hook_tokens distributed by token (see
+-- track_hook_tokens_on_shard); the append functions delegated to the run's
+-- node. Attached logs have none of these.
 CREATE FUNCTION workflow_ext.distribute_own_log_tables(log regclass) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t regclass;
+    f regprocedure;
 BEGIN
     IF log <> 'workflow_ext.events'::regclass THEN
         RETURN;
@@ -1082,6 +1084,17 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'workflow_ext.hook_tokens'::regclass) THEN
         PERFORM create_distributed_table('workflow_ext.hook_tokens', 'token', colocate_with => 'none');
     END IF;
+    -- The append functions, co-located with the log by their run_id: a
+    -- call through the coordinator (SELECT f(...), outside a transaction
+    -- block) runs whole on the run's node, one round trip.
+    FOREACH f IN ARRAY ARRAY['workflow_ext.append_event(text, text, text, jsonb)',
+                             'workflow_ext.append_suspension_event(text, text, text, jsonb)',
+                             'workflow_ext.append_suspension_events(text, text[], text[], jsonb[])']::regprocedure[] LOOP
+        IF NOT EXISTS (SELECT FROM pg_dist_object o
+                        WHERE o.classid = 'pg_proc'::regclass AND o.objid = f AND o.distribution_argument_index IS NOT NULL) THEN
+            PERFORM create_distributed_function(f, 'run_id', colocate_with => 'workflow_ext.events');
+        END IF;
+    END LOOP;
 END;
 $$;
 

@@ -293,3 +293,43 @@ def test_purge_runs_purges_every_node(distributed):
     assert left == [(f"purge{i:02d}", 2) for i in range(1, 12, 2)]
     assert f.sql("SELECT count(*) FROM workflow_ext.distributed_runs WHERE run_id LIKE 'purge%%'") == [(6,)]
     assert f.sql("SELECT seq FROM workflow_ext.append_event('purge01', NULL, 'run_completed')") == [(3,)]
+
+
+def remote_commands(c, query, params):
+    """The commands Citus sends to workers for `query` (citus.log_remote_commands)."""
+    c.execute("SET citus.log_remote_commands = on")
+    c.execute("SET client_min_messages = log")
+    sent = []
+    c.add_notice_handler(lambda d: sent.append(d.message_primary))
+    try:
+        c.execute(query, params)
+    finally:
+        c.execute("RESET client_min_messages")
+        c.execute("RESET citus.log_remote_commands")
+    return [m for m in sent if m and m.startswith("issuing ")]
+
+
+def test_an_append_through_the_coordinator_is_one_command_on_the_runs_node(distributed):
+    """The append functions are delegated to the run's node: one command sent,
+    the call itself, whatever the function does there (a creation probe and
+    an insert for a new key)."""
+    with distributed.connect() as c:
+        c.execute("SELECT workflow_ext.append_suspension_event('deleg', NULL, 'run_created')")
+        c.execute("SELECT workflow_ext.append_event('deleg', NULL, 'run_started')")
+        for query, params in (
+                ("SELECT workflow_ext.append_suspension_event(%s, 's1', 'step_created')", ("deleg",)),
+                ("SELECT * FROM workflow_ext.append_event(%s, 's1', 'step_started')", ("deleg",)),
+                ("SELECT workflow_ext.append_suspension_events(%s, ARRAY['s2', 'w1'], ARRAY['step_created', 'wait_created'])",
+                 ("deleg",))):
+            sent = remote_commands(c, query, params)
+            calls = [m for m in sent if "workflow_ext.append_" in m]
+            assert len(calls) == 1 and not [m for m in sent if "INSERT" in m or "events_" in m], sent
+        # In a transaction block Citus delegates nothing: each statement of
+        # the function goes to the run's node on its own; the same result.
+        c.execute("BEGIN")
+        sent = remote_commands(c, "SELECT workflow_ext.append_event(%s, 's2', 'step_started')", ("deleg",))
+        c.execute("COMMIT")
+        assert any("INSERT INTO workflow_ext.events_" in m for m in sent), sent
+    assert distributed.sql("SELECT seq, type::text FROM workflow_ext.events WHERE run_id = 'deleg' ORDER BY seq") == [
+        (1, "run_created"), (2, "run_started"), (3, "step_created"), (4, "step_started"),
+        (5, "step_created"), (6, "wait_created"), (7, "step_started")]
