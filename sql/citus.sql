@@ -200,6 +200,36 @@ CREATE FUNCTION workflow_ext.note_cross_node_write() RETURNS void
     LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'note_cross_node_write_wrapper';
 
+-- The rows inserted into the shards of distributed `log` on every node
+-- since their statistics were reset (metrics().events_inserted of a
+-- distributed log; a shard moved or split starts again at 0 on its new
+-- node). A node that fails fails the call (58000).
+CREATE FUNCTION workflow_ext.inserted_on_every_node(log regclass) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+    total bigint := 0;
+BEGIN
+    FOR n IN SELECT r.nodeid, r.success, r.result
+               FROM run_command_on_all_nodes(format(
+                    'SELECT coalesce(sum(pg_catalog.pg_stat_get_tuples_inserted('
+                    '           pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::pg_catalog.regclass)), 0) '
+                    '  FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p USING (shardid) '
+                    ' WHERE s.logicalrelid = %L::pg_catalog.regclass '
+                    '   AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)', log::text)) r
+    LOOP
+        IF NOT n.success THEN
+            RAISE EXCEPTION 'the events count failed on node %', n.nodeid
+                USING ERRCODE = 'system_error', DETAIL = n.result,
+                      HINT = 'Each node counts the shards it holds: fix what the node reports and call it again.';
+        END IF;
+        total := total + n.result::bigint;
+    END LOOP;
+    RETURN total;
+END;
+$$;
+
 -- scan() of the shards of `log` this node holds: scan() of a distributed
 -- log runs it on every node at once (src/pg/citus.rs) and merges what they
 -- report. SECURITY INVOKER: it reads only what scan() lets the caller read.

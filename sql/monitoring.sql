@@ -22,13 +22,28 @@ CREATE FUNCTION workflow_ext.active_entities_of(types text[], correlation_ids te
 
 -- One row per protected log: its runs not finished yet by state, how many of
 -- them had no append for longer than `idle`, the age of the oldest, and the
--- rows inserted into the log since the statistics were last reset.
+-- rows inserted into the log since the statistics were last reset (for a log
+-- Citus distributes: into its shards, on every node).
 CREATE FUNCTION workflow_ext.metrics(idle interval DEFAULT '1 hour')
 RETURNS TABLE (log text, runs_pending bigint, runs_running bigint, runs_idle bigint,
                oldest_active_run_seconds double precision, events_inserted bigint)
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The rows inserted into each distributed log's shards, on every node
+    -- (sql/citus.sql); its own table on this node has none.
+    shard_inserts jsonb := '{}';
+    distributed record;
 BEGIN
+    IF EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
+        -- EXECUTE: pg_dist_partition exists only with Citus.
+        FOR distributed IN EXECUTE 'SELECT l.relation FROM workflow_ext.logs l '
+                         ' WHERE l.relation IN (SELECT p.logicalrelid FROM pg_dist_partition p)' LOOP
+            shard_inserts := shard_inserts
+                || jsonb_build_object(distributed.relation::text,
+                                      workflow_ext.inserted_on_every_node(distributed.relation));
+        END LOOP;
+    END IF;
     -- The run rows of a log Citus distributes are in distributed_runs, keyed
     -- by the log's name (sql/citus.sql; empty without Citus). PL/pgSQL, not
     -- SQL: Citus plans no distributed query with an SQL function's parameter.
@@ -50,7 +65,8 @@ BEGIN
            count(r.run_id) FILTER (WHERE r.state = 'running') + coalesce(max(s.running), 0),
            count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle) + coalesce(max(s.idle_runs), 0),
            coalesce(extract(epoch FROM now() - least(min(r.created_at), min(s.oldest)))::double precision, 0),
-           coalesce((SELECT t.n_tup_ins FROM pg_stat_all_tables t WHERE t.relid = l.relation), 0)
+           coalesce((shard_inserts ->> l.relation::text)::bigint,
+                    (SELECT t.n_tup_ins FROM pg_stat_all_tables t WHERE t.relid = l.relation), 0)
       FROM workflow_ext.logs l
       LEFT JOIN workflow_ext.runs r ON r.log = l.relation AND r.finished_at IS NULL
       LEFT JOIN spread s ON s.log = l.relation::text

@@ -1155,6 +1155,36 @@ CREATE FUNCTION workflow_ext.note_cross_node_write() RETURNS void
     LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'note_cross_node_write_wrapper';
 
+-- The rows inserted into the shards of distributed `log` on every node
+-- since their statistics were reset (metrics().events_inserted of a
+-- distributed log; a shard moved or split starts again at 0 on its new
+-- node). A node that fails fails the call (58000).
+CREATE FUNCTION workflow_ext.inserted_on_every_node(log regclass) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+    total bigint := 0;
+BEGIN
+    FOR n IN SELECT r.nodeid, r.success, r.result
+               FROM run_command_on_all_nodes(format(
+                    'SELECT coalesce(sum(pg_catalog.pg_stat_get_tuples_inserted('
+                    '           pg_catalog.shard_name(s.logicalrelid, s.shardid, false)::pg_catalog.regclass)), 0) '
+                    '  FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p USING (shardid) '
+                    ' WHERE s.logicalrelid = %L::pg_catalog.regclass '
+                    '   AND p.groupid = (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g)', log::text)) r
+    LOOP
+        IF NOT n.success THEN
+            RAISE EXCEPTION 'the events count failed on node %', n.nodeid
+                USING ERRCODE = 'system_error', DETAIL = n.result,
+                      HINT = 'Each node counts the shards it holds: fix what the node reports and call it again.';
+        END IF;
+        total := total + n.result::bigint;
+    END LOOP;
+    RETURN total;
+END;
+$$;
+
 -- scan() of the shards of `log` this node holds: scan() of a distributed
 -- log runs it on every node at once (src/pg/citus.rs) and merges what they
 -- report. SECURITY INVOKER: it reads only what scan() lets the caller read.
@@ -1186,6 +1216,7 @@ CREATE FUNCTION workflow_ext.purge_local_shards(older_than interval) RETURNS big
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute_own_log_tables(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.inserted_on_every_node(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.track_hook_tokens_on_shard(name, name, text, text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.note_cross_node_write() FROM PUBLIC;
 
@@ -1195,7 +1226,21 @@ RETURNS TABLE (log text, runs_pending bigint, runs_running bigint, runs_idle big
                oldest_active_run_seconds double precision, events_inserted bigint)
     LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    -- The rows inserted into each distributed log's shards, on every node
+    -- (sql/citus.sql); its own table on this node has none.
+    shard_inserts jsonb := '{}';
+    distributed record;
 BEGIN
+    IF EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
+        -- EXECUTE: pg_dist_partition exists only with Citus.
+        FOR distributed IN EXECUTE 'SELECT l.relation FROM workflow_ext.logs l '
+                         ' WHERE l.relation IN (SELECT p.logicalrelid FROM pg_dist_partition p)' LOOP
+            shard_inserts := shard_inserts
+                || jsonb_build_object(distributed.relation::text,
+                                      workflow_ext.inserted_on_every_node(distributed.relation));
+        END LOOP;
+    END IF;
     -- The run rows of a log Citus distributes are in distributed_runs, keyed
     -- by the log's name (sql/citus.sql; empty without Citus). PL/pgSQL, not
     -- SQL: Citus plans no distributed query with an SQL function's parameter.
@@ -1217,7 +1262,8 @@ BEGIN
            count(r.run_id) FILTER (WHERE r.state = 'running') + coalesce(max(s.running), 0),
            count(r.run_id) FILTER (WHERE r.last_event_at < now() - idle) + coalesce(max(s.idle_runs), 0),
            coalesce(extract(epoch FROM now() - least(min(r.created_at), min(s.oldest)))::double precision, 0),
-           coalesce((SELECT t.n_tup_ins FROM pg_stat_all_tables t WHERE t.relid = l.relation), 0)
+           coalesce((shard_inserts ->> l.relation::text)::bigint,
+                    (SELECT t.n_tup_ins FROM pg_stat_all_tables t WHERE t.relid = l.relation), 0)
       FROM workflow_ext.logs l
       LEFT JOIN workflow_ext.runs r ON r.log = l.relation AND r.finished_at IS NULL
       LEFT JOIN spread s ON s.log = l.relation::text

@@ -3,6 +3,7 @@ workers, conftest.py): the own log distributed by run_id with its run rows
 co-located, every per-run guarantee kept on the worker that holds the run,
 whether a client goes through the coordinator or straight to a worker."""
 import threading
+import time
 
 import psycopg
 import pytest
@@ -265,6 +266,17 @@ def test_metrics_and_stuck_runs_see_distributed_runs(distributed):
             "WHERE run_id LIKE 'mon_%%'", node=node))
         assert stuck == {"mon_pending": ("pending", "run_created", []),
                          "mon_running": ("running", "step_created", ["step st (pending)"])}, node.name
+    # The rows inserted into the log's shards on every node: at least every
+    # event stored (an insert that failed later counts too), once the
+    # nodes' statistics are flushed (within a second or so).
+    stored = f.sql("SELECT count(*) FROM workflow_ext.events")[0][0]
+    for _ in range(50):
+        (inserted,) = f.sql("SELECT events_inserted FROM workflow_ext.metrics() WHERE log = 'workflow_ext.events'")[0]
+        if inserted >= stored:
+            break
+        time.sleep(0.2)
+    assert stored > 0 and inserted >= stored, (inserted, stored)
+    assert f.sql("SELECT n_tup_ins FROM pg_stat_all_tables WHERE relid = 'workflow_ext.events'::regclass") == [(0,)]
 
 
 def test_purge_runs_purges_every_node(distributed):
