@@ -36,6 +36,7 @@ REVOKE ALL ON FUNCTION workflow_ext.rebuild_hook_tokens() FROM PUBLIC;
 -- it grants them to. The helpers are internal.
 REVOKE ALL ON FUNCTION workflow_ext.attach(regclass, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.announce_distribution(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute_own_log_tables(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.inserted_on_every_node(regclass) FROM PUBLIC;

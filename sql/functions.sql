@@ -43,6 +43,12 @@ BEGIN
     -- On a shard of the own log distributed by Citus, tokens are held in
     -- workflow_ext.hook_tokens distributed by token, across nodes.
     IF TG_RELID OPERATOR(pg_catalog.<>) 'workflow_ext.events'::regclass THEN
+        -- Citus copying the events of the log distribute() distributes: the
+        -- tokens they took are in hook_tokens already (sql/citus.sql).
+        IF pg_catalog.current_setting('workflow_ext.distributing', true) = 'workflow_ext.events'
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user) THEN
+            RETURN NULL;
+        END IF;
         PERFORM workflow_ext.track_hook_tokens_on_shard(
             TG_TABLE_SCHEMA, TG_TABLE_NAME, NEW.type::text, NEW.run_id, NEW.correlation_id, NEW.id,
             CASE WHEN pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string'

@@ -961,9 +961,9 @@ CREATE TABLE workflow_ext.distributed_runs_varchar (
 -- Distributes `log` (the own log, or an attached table) by run_id with
 -- Citus, on the coordinator, together with its run table
 -- (workflow_ext.distributed_runs, or distributed_runs_varchar for a varchar
--- run_id, distributed on first use, every log co-located with it), while
--- the log is empty; for the own log, also its fan-in tables and hook tokens
--- (distribute_own_log_tables). A unique constraint without run_id is replaced by one
+-- run_id, distributed on first use, every log co-located with it), with
+-- its events and their run rows; for the own log, also its fan-in tables
+-- and hook tokens (distribute_own_log_tables). A unique constraint without run_id is replaced by one
 -- that leads with it when it is the log's id alone (the own log's
 -- events_id_key, the DevKit's primary key), else refused. Idempotent: a log
 -- distributed by it already is left as it is.
@@ -1021,14 +1021,26 @@ BEGIN
                   DETAIL = format('Citus distributes it, but not co-located with %s.', run_table),
                   HINT = format('Undistribute it (SELECT undistribute_table(%L)), then call workflow_ext.distribute().', log::text);
     END IF;
-    -- Citus copies the rows of a table it distributes into the new shards,
-    -- whose triggers would take them for new appends.
+    -- A log with events: its run rows move into the run table, keyed by the
+    -- log's name; Citus then copies the events into the new shards, whose
+    -- triggers let those copies through unchanged (they were admitted and
+    -- numbered here) because this transaction tells them so:
+    -- workflow_ext.distributing, sent to the workers' sessions with Citus's
+    -- SET LOCAL propagation, honoured only in a superuser's session
+    -- (src/pg/citus.rs).
     EXECUTE format('SELECT EXISTS (SELECT FROM %s)', log) INTO has_rows;
     IF has_rows THEN
-        RAISE EXCEPTION '% has events', log
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'distribute() takes an empty log: Citus would copy existing rows into the shards as new appends.',
-                  HINT = 'Distribute the log before its first append (for an attached table: attach it empty, then distribute it).';
+        IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user) THEN
+            RAISE EXCEPTION 'a log with events is distributed by a superuser'
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = format('%s has events, which Citus copies into the shards past their triggers.', log),
+                      HINT = 'Call workflow_ext.distribute() as a superuser.';
+        END IF;
+        EXECUTE format('INSERT INTO %s (run_id, log, state, last_seq, created_at, finished_at, last_event_at) '
+                       'SELECT r.run_id, %L, r.state, r.last_seq, r.created_at, r.finished_at, r.last_event_at '
+                       '  FROM workflow_ext.runs r WHERE r.log = %L::regclass', run_table, log::text, log);
+        DELETE FROM workflow_ext.runs r WHERE r.log = distribute.log;
+        PERFORM workflow_ext.announce_distribution(log::text);
     END IF;
     -- A distributed table's unique constraints must include run_id.
     FOR u IN SELECT i.indexrelid::regclass AS index, c.conname, c.contype,
@@ -1056,22 +1068,40 @@ BEGIN
         PERFORM create_distributed_table(run_table, 'run_id', colocate_with => 'none');
     END IF;
     PERFORM create_distributed_table(log, 'run_id', colocate_with => run_table::text);
+    IF has_rows THEN
+        -- Every later row of this transaction is an append again.
+        PERFORM workflow_ext.announce_distribution('');
+    END IF;
     PERFORM workflow_ext.distribute_own_log_tables(log);
 END;
 $$;
 
--- With the own log, the rest of its per-run state, its hook tokens and its
--- append functions: the fan-in tables (joins, join_members) co-located with
--- the run rows, so join_arrive locks the run and counts its join on the
--- run's node; workflow_ext.hook_tokens distributed by token (see
--- track_hook_tokens_on_shard); the append functions delegated to the run's
--- node. Attached logs have none of these.
+-- Sets workflow_ext.distributing (the log whose events Citus is copying into
+-- its new shards, or '') for the rest of the transaction, here and in the
+-- sessions Citus opens on the workers (its SET LOCAL propagation, which
+-- Citus applies only inside a transaction block or a function called from
+-- a query: hence a function of its own). Internal.
+CREATE FUNCTION workflow_ext.announce_distribution(log text) RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SET LOCAL citus.propagate_set_commands = 'local';
+    EXECUTE format('SET LOCAL workflow_ext.distributing = %L', log);
+END;
+$$;
+
+-- With the own log, the rest of its per-run state and its hook tokens: the
+-- fan-in tables (joins, join_members) co-located with the run rows, so
+-- join_arrive locks the run and counts its join on the run's node; and
+-- workflow_ext.hook_tokens distributed by token (see
+-- track_hook_tokens_on_shard). Attached logs have neither. (The append
+-- functions are not made Citus distributed functions: delegated calls were
+-- refused during a blocking shard split, docs/scaling-out.md.)
 CREATE FUNCTION workflow_ext.distribute_own_log_tables(log regclass) RETURNS void
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     t regclass;
-    f regprocedure;
 BEGIN
     IF log <> 'workflow_ext.events'::regclass THEN
         RETURN;
@@ -1084,17 +1114,6 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = 'workflow_ext.hook_tokens'::regclass) THEN
         PERFORM create_distributed_table('workflow_ext.hook_tokens', 'token', colocate_with => 'none');
     END IF;
-    -- The append functions, co-located with the log by their run_id: a
-    -- call through the coordinator (SELECT f(...), outside a transaction
-    -- block) runs whole on the run's node, one round trip.
-    FOREACH f IN ARRAY ARRAY['workflow_ext.append_event(text, text, text, jsonb)',
-                             'workflow_ext.append_suspension_event(text, text, text, jsonb)',
-                             'workflow_ext.append_suspension_events(text, text[], text[], jsonb[])']::regprocedure[] LOOP
-        IF NOT EXISTS (SELECT FROM pg_dist_object o
-                        WHERE o.classid = 'pg_proc'::regclass AND o.objid = f AND o.distribution_argument_index IS NOT NULL) THEN
-            PERFORM create_distributed_function(f, 'run_id', colocate_with => 'workflow_ext.events');
-        END IF;
-    END LOOP;
 END;
 $$;
 
@@ -1214,6 +1233,7 @@ CREATE FUNCTION workflow_ext.purge_local_shards(older_than interval) RETURNS big
     AS 'MODULE_PATHNAME', 'purge_local_shards_wrapper';
 
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.announce_distribution(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute_own_log_tables(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.inserted_on_every_node(regclass) FROM PUBLIC;
@@ -1279,6 +1299,12 @@ BEGIN
     -- On a shard of the own log distributed by Citus, tokens are held in
     -- workflow_ext.hook_tokens distributed by token, across nodes.
     IF TG_RELID OPERATOR(pg_catalog.<>) 'workflow_ext.events'::regclass THEN
+        -- Citus copying the events of the log distribute() distributes: the
+        -- tokens they took are in hook_tokens already (sql/citus.sql).
+        IF pg_catalog.current_setting('workflow_ext.distributing', true) = 'workflow_ext.events'
+           AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user) THEN
+            RETURN NULL;
+        END IF;
         PERFORM workflow_ext.track_hook_tokens_on_shard(
             TG_TABLE_SCHEMA, TG_TABLE_NAME, NEW.type::text, NEW.run_id, NEW.correlation_id, NEW.id,
             CASE WHEN pg_catalog.jsonb_typeof(NEW.payload OPERATOR(pg_catalog.->) 'token') = 'string'

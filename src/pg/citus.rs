@@ -349,6 +349,49 @@ thread_local! {
     static SHARD_TRANSFER: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
+/// Whether the row being inserted into `rel` (a shard of a distributed log)
+/// is one of the rows Citus copies into the new shards while
+/// `workflow_ext.distribute()` distributes a log with events: rows the log
+/// admitted and numbered already, whose run rows distribute() moved into
+/// the run table. distribute() says so with `workflow_ext.distributing` =
+/// the log's name, sent to the workers' sessions by Citus's SET LOCAL
+/// propagation, and reset after the copy; only a superuser's session is
+/// believed (anyone can set the option; a superuser can disable triggers
+/// anyway), and only for a shard of that log.
+pub(crate) fn in_distribution_copy(relname: &CStr, nsp: pg_sys::Oid) -> bool {
+    // SAFETY: reads of a setting (NULL when unset), the session user and the
+    // syscache. The setting first: the one check every append pays.
+    unsafe {
+        let value = pg_sys::GetConfigOption(c"workflow_ext.distributing".as_ptr(), true, false);
+        if value.is_null()
+            || *value == 0
+            || !pg_sys::superuser_arg(pg_sys::GetSessionUserId())
+            || !installed()
+        {
+            return false;
+        }
+        let Ok(log) = CStr::from_ptr(value).to_str() else {
+            return false;
+        };
+        let Some((schema, table)) = log.split_once('.') else {
+            return false;
+        };
+        let schema_oid = pg_sys::get_namespace_oid(
+            std::ffi::CString::new(schema.trim_matches('"'))
+                .unwrap_or_default()
+                .as_ptr(),
+            true,
+        );
+        schema_oid == nsp
+            && relname
+                .to_str()
+                .ok()
+                .and_then(|n| n.strip_prefix(table.trim_matches('"')))
+                .and_then(|rest| rest.strip_prefix('_'))
+                .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
 /// Whether this backend is the logical-replication apply worker of a Citus
 /// shard move or split, replaying on the new shard rows that the old one
 /// already admitted and numbered. Citus names those subscriptions

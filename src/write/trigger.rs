@@ -57,6 +57,19 @@ fn events_before_insert<'a>(
         return Ok(trigger.new().map(|row| row.into_owned()));
     }
     let data = trigger.trigger_data();
+    // Citus copying the events of a log distribute() distributes: copies
+    // too, of rows admitted and numbered here (src/pg/citus.rs).
+    // SAFETY: a row-level trigger's open relation.
+    let in_copy = unsafe {
+        let rel = data.tg_relation;
+        crate::pg::citus::in_distribution_copy(
+            CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()),
+            (*(*rel).rd_rel).relnamespace,
+        )
+    };
+    if in_copy {
+        return Ok(trigger.new().map(|row| row.into_owned()));
+    }
     let tuple = data.tg_trigtuple;
     // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
     let rel = data.tg_relation;

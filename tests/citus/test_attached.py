@@ -2,8 +2,8 @@
 columns, varchar run_id, primary key on id), attached while empty, then
 distributed: co-located with the varchar run table, its primary key led by
 run_id, every guarantee held through the coordinator and on workers, a
-duplicate creation's 23505 naming the creation index. A log that has events
-is refused (Citus would copy them into the shards as new appends)."""
+duplicate creation's 23505 naming the creation index; and logs that have
+events, own or attached, distributed with them."""
 import threading
 
 import psycopg
@@ -28,13 +28,91 @@ def insert(c, run, typ, corr=None, eid=None):
                      "VALUES (%s, %s, %s, %s) RETURNING seq", (eid, run, typ, corr)).fetchone()[0]
 
 
-def test_a_log_with_events_is_refused(citus):
+def events_of(f, log, db=DB):
+    return f.coordinator.sql(f"SELECT run_id::text, seq, id::text, type::text, correlation_id::text FROM {log} "
+                             "ORDER BY run_id, seq", db=db)
+
+
+def test_the_own_log_is_distributed_with_its_events(citus):
+    """distribute() of the own log after appends: the events, their run rows,
+    a hook's token and a join move with it; appends go on at the next seq
+    and the rules hold for the runs as they were."""
     f = citus
-    f.sql("SELECT workflow_ext.append_suspension_event('early', NULL, 'run_created')")
-    with f.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+    db = f.new_database("wfx_distribute_with_events")
+    with f.coordinator.connect(db) as c:
+        for r in ("done", "busy", "hooked", "joined"):
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (r,))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (r,))
+        c.execute("SELECT workflow_ext.append_event('done', NULL, 'run_completed')")
+        c.execute("SELECT workflow_ext.append_suspension_event('busy', 's1', 'step_created')")
+        c.execute("SELECT workflow_ext.append_event('hooked', 'h1', 'hook_created', '{\"token\": \"tk\"}')")
+        assert c.execute("SELECT workflow_ext.join_arrive('joined', 'j', 'm1', 2)").fetchone() == (False,)
+    before = events_of(f, "workflow_ext.events", db)
+    with f.coordinator.connect(db) as c:
+        c.execute("BEGIN")
         c.execute("SELECT workflow_ext.distribute()")
-    assert e.value.diag.message_primary == "workflow_ext.events has events"
-    assert f.sql("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'workflow_ext.events'::regclass") == [(0,)]
+        # The copy's pass-through ends with the copy.
+        assert c.execute("SELECT current_setting('workflow_ext.distributing', true)").fetchone() == ("",)
+        c.execute("COMMIT")
+    assert events_of(f, "workflow_ext.events", db) == before
+    # Citus leaves the copied rows in the coordinator's own table, invisible;
+    # its way to remove them is a TRUNCATE, which the append-only guard refuses.
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        f.coordinator.sql("SELECT truncate_local_data_after_distributing_table('workflow_ext.events')", db=db)
+    assert events_of(f, "workflow_ext.events", db) == before
+    assert f.coordinator.sql("SELECT run_id, state, last_seq FROM workflow_ext.distributed_runs ORDER BY 1", db=db) == [
+        ("busy", "running", 3), ("done", "completed", 3), ("hooked", "running", 3), ("joined", "running", 2)]
+    assert f.coordinator.sql("SELECT count(*) FROM workflow_ext.runs", db=db) == [(0,)]
+    for node in f.nodes:
+        with node.connect(db) as c:
+            assert c.execute("SELECT count(*) FROM workflow_ext.scan()").fetchone() == (0,), node.name
+    with f.coordinator.connect(db) as c:
+        assert c.execute("SELECT seq FROM workflow_ext.append_event('busy', 's1', 'step_started')").fetchone() == (4,)
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("SELECT workflow_ext.append_event('done', 's9', 'step_created')")
+        c.execute("SELECT workflow_ext.append_suspension_event('other', NULL, 'run_created')")
+        c.execute("SELECT workflow_ext.append_event('other', NULL, 'run_started')")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            c.execute("SELECT workflow_ext.append_event('other', 'h1', 'hook_created', '{\"token\": \"tk\"}')")
+        assert c.execute("SELECT workflow_ext.join_arrive('joined', 'j', 'm2', 2)").fetchone() == (True,)
+    # The pass-through is a superuser's: a writer who sets it is checked as ever.
+    with f.coordinator.connect(db) as c:
+        c.execute("CREATE ROLE wfx_writer LOGIN")
+        c.execute("SELECT workflow_ext.grant_access('wfx_writer', 'writer')")
+    for node in f.workers:
+        with psycopg.connect(node.conninfo(db), user="wfx_writer", autocommit=True) as c:
+            c.execute("SET workflow_ext.distributing = 'workflow_ext.events'")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                c.execute("INSERT INTO workflow_ext.events (run_id, correlation_id, type) "
+                          "VALUES ('done', 's8', 'step_created')")
+
+
+def test_an_attached_table_is_distributed_with_its_events(citus):
+    """A DevKit-shaped table attached with a history, then distributed: the
+    events and their run rows move, the varchar run table takes the rows,
+    writes go on at the next seq on every node."""
+    f = citus
+    db = f.new_database("wfx_distribute_attached_with_events")
+    with f.coordinator.connect(db) as c:
+        c.execute(DEVKIT)
+        for r in range(6):
+            for p, (typ, corr) in enumerate((("run_created", None), ("run_started", None), ("step_created", "s1"))):
+                c.execute("INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) "
+                          "VALUES (%s, %s, %s, %s)", (f"wevt_{r}_{p}", f"wrun_{r}", typ, corr))
+        c.execute("SELECT workflow_ext.attach('workflow.workflow_events')")
+    before = events_of(f, "workflow.workflow_events", db)
+    f.coordinator.sql("SELECT workflow_ext.distribute('workflow.workflow_events')", db=db)
+    assert events_of(f, "workflow.workflow_events", db) == before
+    assert f.coordinator.sql("SELECT count(*), min(last_seq), max(last_seq) FROM workflow_ext.distributed_runs_varchar",
+                             db=db) == [(6, 3, 3)]
+    for node, run in ((f.coordinator, "wrun_0"), (f.workers[0], "wrun_1"), (f.workers[1], "wrun_2")):
+        with node.connect(db) as c:
+            assert c.execute("INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) "
+                             "VALUES (%s, %s, 'step_started', 's1') RETURNING seq", (f"wevt_n_{run}", run)).fetchone() == (4,)
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                c.execute("INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) "
+                          "VALUES (%s, %s, 'step_created', 's1')", (f"wevt_d_{run}", run))
+            assert c.execute("SELECT count(*) FROM workflow_ext.scan('workflow.workflow_events')").fetchone() == (0,)
 
 
 def test_attached_devkit_table(citus):
