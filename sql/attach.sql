@@ -196,6 +196,7 @@ AS $$
 DECLARE
     rel record;
     what text;
+    distributed boolean;
 BEGIN
     SELECT c.relkind, c.relpersistence, c.relispartition INTO rel FROM pg_class c WHERE c.oid = log;
     IF rel.relkind IS NULL THEN
@@ -210,6 +211,19 @@ BEGIN
         RAISE EXCEPTION 'cannot attach temporary table "%"', log
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'A temporary table ends with its session, which would leave its registration behind.';
+    END IF;
+    -- A table Citus distributes keeps its rows in shards: attach would find
+    -- none to number, and cannot add its trigger (docs/scaling-out.md).
+    -- EXECUTE: pg_dist_partition exists only with Citus.
+    IF attaching AND EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = $1)' INTO distributed USING log;
+        IF distributed THEN
+            RAISE EXCEPTION 'cannot attach "%": Citus distributes it', log
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'attach numbers and checks a table''s rows where they are; Citus keeps them in its shards.',
+                      HINT = format('Undistribute it (SELECT undistribute_table(%L)), attach it, then call workflow_ext.distribute(%L).',
+                                    log::text, log::text);
+        END IF;
     END IF;
     what := CASE
         WHEN rel.relispartition THEN 'it is a partition'

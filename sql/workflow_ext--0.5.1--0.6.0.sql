@@ -922,6 +922,94 @@ REVOKE ALL ON FUNCTION workflow_ext.unnumbered_rows(regclass) FROM PUBLIC;
 ALTER FUNCTION workflow_ext.replay(text, regclass) SET jit = off;
 ALTER FUNCTION workflow_ext.scan(regclass, timestamptz) SET jit = off;
 
+-- attach refuses a table Citus distributes (sql/attach.sql).
+CREATE OR REPLACE FUNCTION workflow_ext.check_log(log regclass, attaching boolean, created oid[] DEFAULT '{}')
+RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel record;
+    what text;
+    distributed boolean;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relispartition INTO rel FROM pg_class c WHERE c.oid = log;
+    IF rel.relkind IS NULL THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', log::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF rel.relkind <> 'r' THEN
+        RAISE EXCEPTION '"%" is not a table', log
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'Only a plain table can be attached: its rows are checked by a row trigger.';
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'cannot attach temporary table "%"', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A temporary table ends with its session, which would leave its registration behind.';
+    END IF;
+    -- A table Citus distributes keeps its rows in shards: attach would find
+    -- none to number, and cannot add its trigger (docs/scaling-out.md).
+    -- EXECUTE: pg_dist_partition exists only with Citus.
+    IF attaching AND EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = $1)' INTO distributed USING log;
+        IF distributed THEN
+            RAISE EXCEPTION 'cannot attach "%": Citus distributes it', log
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'attach numbers and checks a table''s rows where they are; Citus keeps them in its shards.',
+                      HINT = format('Undistribute it (SELECT undistribute_table(%L)), attach it, then call workflow_ext.distribute(%L).',
+                                    log::text, log::text);
+        END IF;
+    END IF;
+    what := CASE
+        WHEN rel.relispartition THEN 'it is a partition'
+        WHEN EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = log) THEN 'it inherits from another table'
+        WHEN EXISTS (SELECT FROM pg_inherits h WHERE h.inhparent = log) THEN 'another table inherits from it'
+        WHEN EXISTS (SELECT FROM pg_rewrite r WHERE r.ev_class = log) THEN 'it has rules'
+        WHEN EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid = log AND NOT t.tgisinternal
+                        AND (t.tgname NOT IN ('workflow_ext_validate_insert', 'workflow_ext_append_only',
+                                              'workflow_ext_no_truncate')
+                             OR t.tgfoid NOT IN ('workflow_ext.events_before_insert()'::regprocedure,
+                                                 'workflow_ext.events_refuse_change()'::regprocedure)))
+            THEN 'it has triggers of its own'
+        -- The planner folds immutable functions with constant arguments
+        -- in index expressions and predicates, CHECK constraints and
+        -- statistics of a table it plans a query on: a function of the
+        -- owner's there would run in whatever privileged context plans one.
+        WHEN EXISTS (SELECT FROM pg_depend d
+                      WHERE d.deptype = 'n'
+                        AND ((d.classid = 'pg_class'::regclass
+                              AND d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = log))
+                          OR (d.classid = 'pg_constraint'::regclass
+                              AND d.objid IN (SELECT c.oid FROM pg_constraint c WHERE c.conrelid = log))
+                          OR (d.classid = 'pg_attrdef'::regclass
+                              AND d.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = log))
+                          OR (d.classid = 'pg_statistic_ext'::regclass
+                              AND d.objid IN (SELECT x.oid FROM pg_statistic_ext x WHERE x.stxrelid = log)))
+                        AND ((d.refclassid = 'pg_proc'::regclass
+                              AND (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = d.refobjid)
+                                  NOT IN ('pg_catalog'::regnamespace, 'workflow_ext'::regnamespace))
+                          OR (d.refclassid = 'pg_operator'::regclass
+                              AND (SELECT o.oprnamespace FROM pg_operator o WHERE o.oid = d.refobjid)
+                                  <> 'pg_catalog'::regnamespace)))
+            THEN 'its indexes, constraints, defaults or statistics call functions of its own'
+        WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
+                                        WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
+                                          AND t.oid <> ALL (created))
+            THEN 'a trigger of workflow_ext is not ENABLE ALWAYS'
+    END;
+    IF what IS NOT NULL THEN
+        RAISE EXCEPTION '"%" cannot be a protected log: %', log, what
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Each would let rows past the validating trigger, or run code of the table''s owner '
+                           'where the extension reads the table; its triggers must fire under every '
+                           'session_replication_role.',
+                  HINT = CASE WHEN attaching THEN 'Remove them, then attach again.'
+                              ELSE 'The table is attached to workflow_ext; detach it first (workflow_ext.detach).' END;
+    END IF;
+    PERFORM workflow_ext.check_log_columns(log, attaching);
+END
+$$;
+
 -- Citus (sql/citus.sql) ---------------------------------------------------
 
 -- The run rows of logs that Citus distributes (workflow_ext.distribute(),
