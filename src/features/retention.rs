@@ -101,15 +101,8 @@ fn purge_runs(older_than: Option<Interval>) -> i64 {
     } else {
         ""
     };
-    // SAFETY: catalog lookups by name.
-    let own_log = unsafe {
-        pg_sys::get_relname_relid(
-            c"events".as_ptr(),
-            pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), false),
-        )
-    };
     // The own log distributed by Citus: each node purges its own shards.
-    if Spi::connect(|c| crate::pg::citus::is_distributed(c, own_log)) {
+    if Spi::connect(crate::pg::citus::own_log_distributed) {
         return or_raise!(Spi::connect(|c| crate::pg::citus::purge_on_every_node(
             c, older_than
         )));

@@ -326,21 +326,14 @@ pub(crate) fn local_shards(client: &SpiClient<'_>) -> Vec<LocalShards> {
 /// Whether the own log is distributed (then its run rows, joins and
 /// members are in co-located distributed tables).
 pub(crate) fn own_log_distributed(client: &SpiClient<'_>) -> bool {
-    installed()
-        && or_internal!(
-            client.select(
-                "SELECT 1 FROM pg_catalog.pg_dist_partition \
-                  WHERE logicalrelid OPERATOR(pg_catalog.=) 'workflow_ext.events'::pg_catalog.regclass",
-                Some(1),
-                &[],
-            ),
-            "citus table"
+    // SAFETY: catalog lookups by name.
+    let own_log = unsafe {
+        pg_sys::get_relname_relid(
+            c"events".as_ptr(),
+            pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), false),
         )
-        .first()
-        .get::<i32>(1)
-        .ok()
-        .flatten()
-        .is_some()
+    };
+    is_distributed(client, own_log)
 }
 
 thread_local! {
