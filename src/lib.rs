@@ -73,6 +73,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::payload::register_gucs();
     pg::counters::init();
     write::run_cache::register();
+    pg::copy_from::register();
     pg::citus::register_error_hook();
     pg::citus::register_transaction_edges();
 }

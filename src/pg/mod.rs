@@ -1,5 +1,6 @@
 //! The backend: unsafe FFI and PostgreSQL plumbing the layers above share.
 //! - [`citus`]: where a shard of a distributed log keeps its run rows.
+//! - [`copy_from`]: whether a trigger's row is a row of a `COPY … FROM`.
 //! - [`counters`]: the write path's counters, in shared memory.
 //! - [`payload`]: the jsonb payload, checked without conversion.
 //! - [`log_shape`]: the columns a log or source must have, and their types,
@@ -14,6 +15,7 @@
 
 pub mod background;
 pub mod citus;
+pub mod copy_from;
 pub mod counters;
 pub mod index_scan;
 pub mod log_scan;

@@ -332,32 +332,38 @@ fn entity_state(
     plans: &LogPlans,
     addr: &EventAddress<'_>,
     run: &LockedRun,
+    copy: Option<u64>,
 ) -> Option<State> {
     let (slot, corr) = entity_key(addr)?;
     run.state?;
-    let last = match &run.peek {
-        Peek::Current(last) => *last,
-        Peek::Stale => match direct_entity_last(plans, addr.run_id, corr, slot) {
-            Some(last) => last,
-            None => {
-                let rows = or_internal!(
-                    client.update(
-                        &plans.entity_last[slot],
-                        Some(1),
-                        &[addr.run_id.into(), corr.into()]
-                    ),
-                    "entity state"
-                );
-                if rows.is_empty() {
-                    None
-                } else {
-                    Some(parse_stored_type(&required::<String>(
-                        &rows.first(),
-                        1,
-                        "entity event",
-                    )))
+    let copied =
+        copy.and_then(|copy| run_cache::copied_entity(copy, plans.oid, addr.run_id, slot, corr));
+    let last = match (copied, &run.peek) {
+        (Some(last), _) => last,
+        (None, peek) => match peek {
+            Peek::Current(last) => *last,
+            Peek::Stale => match direct_entity_last(plans, addr.run_id, corr, slot) {
+                Some(last) => last,
+                None => {
+                    let rows = or_internal!(
+                        client.update(
+                            &plans.entity_last[slot],
+                            Some(1),
+                            &[addr.run_id.into(), corr.into()]
+                        ),
+                        "entity state"
+                    );
+                    if rows.is_empty() {
+                        None
+                    } else {
+                        Some(parse_stored_type(&required::<String>(
+                            &rows.first(),
+                            1,
+                            "entity event",
+                        )))
+                    }
                 }
-            }
+            },
         },
     };
     last.and_then(lifecycle::entity_state_after)
@@ -399,9 +405,19 @@ fn decide(
     addr: &EventAddress<'_>,
     run: LockedRun,
     entity: Option<State>,
+    copy: Option<u64>,
 ) -> WfResult<i64> {
     match lifecycle::check_addressed(run.state, entity, addr.event, addr.correlation_id.is_some()) {
         Ok(()) => {
+            if let Some(copy) = copy {
+                run_cache::remember_copied(
+                    copy,
+                    plans.oid,
+                    addr.run_id,
+                    entity_key(addr),
+                    addr.event,
+                );
+            }
             let after = lifecycle::run_state_after(run.state, addr.event)
                 .unwrap_or_else(|| internal!("{} left the run without a state", addr.event));
             if addr.event.kind() == EntityKind::Run
@@ -537,15 +553,21 @@ fn adopt_run(
 }
 
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
+///
+/// `copy`: the row is a row of that `COPY … FROM` itself
+/// ([`crate::pg::copy_from`]): what the COPY stored of the run's entities is
+/// taken from, and kept in, [`run_cache`] instead of read from the log.
 pub(crate) fn lock_and_decide(
     client: &mut SpiClient<'_>,
     plans: &LogPlans,
     addr: &EventAddress<'_>,
     adopting: Option<Adopting>,
+    copy: Option<u64>,
 ) -> WfResult<i64> {
     // A row of an announced batch whose run this transaction has locked
     // for the batch (src/write/batch.rs).
     if let Some(seq) = crate::write::batch::admit_if_announced(client, plans.oid, addr)? {
+        run_cache::forget_copied();
         return Ok(seq);
     }
     let run = match run_cache::held(plans.oid, addr.run_id) {
@@ -573,6 +595,9 @@ pub(crate) fn lock_and_decide(
                         last_seq: 1,
                     };
                     run_cache::hold(plans.oid, addr.run_id, created);
+                    if let Some(copy) = copy {
+                        run_cache::remember_copied(copy, plans.oid, addr.run_id, None, addr.event);
+                    }
                     return Ok(1);
                 }
                 // The run exists already (possibly created by a transaction
@@ -593,6 +618,6 @@ pub(crate) fn lock_and_decide(
             run
         }
     };
-    let entity = entity_state(client, plans, addr, &run);
-    decide(client, plans, addr, run, entity)
+    let entity = entity_state(client, plans, addr, &run, copy);
+    decide(client, plans, addr, run, entity, copy)
 }

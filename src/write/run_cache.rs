@@ -32,7 +32,7 @@
 use crate::errors::or_internal;
 use crate::pg::owner::as_role;
 use crate::pg::plans::{self, BOOLARRAY, EQ, INT8ARRAY, TEXTARRAY};
-use crate::rules::lifecycle::State;
+use crate::rules::lifecycle::{EntityKind, EventType, State};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use std::cell::RefCell;
@@ -67,10 +67,41 @@ struct Undo {
 struct Cache {
     runs: HashMap<pg_sys::Oid, HashMap<String, Entry>>,
     undo: Vec<Undo>,
+    copied: CopiedEntities,
     /// The role the write path runs as (the events trigger's definer, the
     /// extension's owner): the write-back runs as it.
     writer: Option<pg_sys::Oid>,
 }
+
+/// What one `COPY … FROM` has decided of the entities of the runs it
+/// holds ([`crate::pg::copy_from`]): their last event, for the COPY's next
+/// rows. Nothing else writes to a held run while the COPY runs, and every
+/// row the COPY's trigger accepts is stored or the COPY fails, so this is
+/// what the log would answer. Forgotten with anything that could make it
+/// wrong: another COPY, a row of any other statement into the log while
+/// the COPY runs, a write-back, a rolled-back (sub)transaction.
+#[derive(Default)]
+struct CopiedEntities {
+    /// The COPY it describes (its number in this backend).
+    copy: u64,
+    /// log → run → what the COPY stored of it.
+    last: HashMap<pg_sys::Oid, HashMap<String, CopiedRun>>,
+    /// Runs and entities remembered, at most [`MAX_COPIED_ENTITIES`].
+    count: usize,
+}
+
+#[derive(Default)]
+struct CopiedRun {
+    /// The COPY stored the run's run_created.
+    created: bool,
+    /// Per entity kind (`EntityKind::ENTITIES` order): correlation id →
+    /// the entity's last event.
+    entities: [HashMap<String, EventType>; EntityKind::ENTITIES.len()],
+}
+
+/// About 100 MB of backend memory at most; past it, a COPY reads the
+/// further entities from the log as any other statement does.
+const MAX_COPIED_ENTITIES: usize = 1_000_000;
 
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
@@ -136,11 +167,96 @@ fn set(log: pg_sys::Oid, run_id: &str, now: Held, stored: Option<Held>) {
     });
 }
 
+/// The last event the COPY `copy` stored for an entity of a run this
+/// transaction holds: `Some(None)` when the COPY created the run and stored
+/// no event of the entity; `None`: not known here, read the log.
+pub(crate) fn copied_entity(
+    copy: u64,
+    log: pg_sys::Oid,
+    run_id: &str,
+    slot: usize,
+    corr: &str,
+) -> Option<Option<EventType>> {
+    CACHE.with(|c| {
+        let c = c.borrow();
+        if c.copied.copy != copy {
+            return None;
+        }
+        let run = c.copied.last.get(&log)?.get(run_id)?;
+        match run.entities.get(slot)?.get(corr) {
+            Some(last) => Some(Some(*last)),
+            // Every event of a run the COPY created went through this map.
+            None if run.created => Some(None),
+            None => None,
+        }
+    })
+}
+
+/// Remembers that the COPY `copy` stored `event`: of the entity `entity`
+/// (kind slot, correlation id), or, for a run-level event, of the run
+/// (what counts is whether it created the run).
+pub(crate) fn remember_copied(
+    copy: u64,
+    log: pg_sys::Oid,
+    run_id: &str,
+    entity: Option<(usize, &str)>,
+    event: EventType,
+) {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let copied = &mut c.copied;
+        if copied.copy != copy {
+            *copied = CopiedEntities {
+                copy,
+                ..CopiedEntities::default()
+            };
+        }
+        // Past the limit, nothing new is remembered; what is kept stays
+        // true (a run that then stores an entity it cannot add is no longer
+        // known whole).
+        let full = copied.count >= MAX_COPIED_ENTITIES;
+        let count = &mut copied.count;
+        let runs = copied.last.entry(log).or_default();
+        if !runs.contains_key(run_id) {
+            if full {
+                return;
+            }
+            *count += 1;
+            runs.insert(run_id.to_owned(), CopiedRun::default());
+        }
+        let Some(run) = runs.get_mut(run_id) else {
+            return;
+        };
+        match entity {
+            None => run.created |= event == EventType::RunCreated,
+            Some((slot, corr)) => match run.entities[slot].get_mut(corr) {
+                Some(last) => *last = event,
+                None if full => run.created = false,
+                None => {
+                    run.entities[slot].insert(corr.to_owned(), event);
+                    *count += 1;
+                }
+            },
+        }
+    });
+}
+
+/// Forgets what any COPY decided of entities.
+pub(crate) fn forget_copied() {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.copied.count > 0 {
+            c.copied = CopiedEntities::default();
+        }
+    });
+}
+
 /// A subtransaction rolled back: its changes (and those of its committed
 /// children) are undone, newest first.
 pub(crate) fn subtransaction_aborted(subxact: pg_sys::SubTransactionId) {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
+        c.copied = CopiedEntities::default();
         while let Some(u) = c.undo.pop_if(|u| u.subxact >= subxact) {
             let runs = c.runs.entry(u.log).or_default();
             match u.before {
@@ -161,7 +277,7 @@ pub(crate) fn transaction_ended() {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         // Keep the allocations of a big transaction out of the next one.
-        if c.runs.len() > 64 || c.undo.capacity() > 4096 {
+        if c.runs.len() > 64 || c.undo.capacity() > 4096 || c.copied.count > 0 {
             *c = Cache::default();
         } else {
             c.runs.clear();
@@ -178,6 +294,7 @@ pub(crate) fn transaction_ended() {
 pub(crate) fn settle() {
     let (changed, writer) = CACHE.with(|c| {
         let mut c = c.borrow_mut();
+        c.copied = CopiedEntities::default();
         let mut changed: Vec<Changed> = Vec::new();
         for (log, runs) in c.runs.drain() {
             for (run_id, e) in runs {

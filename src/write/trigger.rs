@@ -2,19 +2,23 @@
 //! the route, reaches the write core ([`super::core`]) through it.
 
 use super::core::{lock_and_decide, log_plans, Adopting};
-use crate::errors::{internal, or_internal, or_raise, raise, WfError};
+use crate::errors::{internal, or_raise, raise, WfError};
+use crate::pg::copy_from;
 use crate::pg::counters;
 use crate::pg::log_shape;
 use crate::pg::payload::Payload;
 use crate::rules::event_id;
 use crate::rules::validate;
+use crate::write::run_cache;
 use pgrx::prelude::*;
+use pgrx::PgTupleDesc;
 use std::convert::Infallible;
 use std::ffi::CStr;
 
-/// Reads one column (by attribute number, 0: absent) of the trigger's row
-/// as text, through its type's output function: a built-in one, since
-/// [`log_shape::check`] admitted the column's type.
+/// Reads one column (by attribute number, None: absent) of the trigger's
+/// row as text: a text or varchar value as it is, any other through its
+/// type's output function (a built-in one, since [`log_shape::check`]
+/// admitted the column's type).
 unsafe fn column_text(
     tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
@@ -22,6 +26,20 @@ unsafe fn column_text(
 ) -> Option<String> {
     let attno = attno?;
     unsafe {
+        let typid = PgTupleDesc::from_pg_unchecked(desc)
+            .get(usize::try_from(attno).ok()?.checked_sub(1)?)?
+            .atttypid;
+        if typid == pg_sys::TEXTOID || typid == pg_sys::VARCHAROID {
+            let mut is_null = true;
+            let d = pg_sys::SPI_getbinval(tuple, desc, attno.into(), &mut is_null);
+            if is_null {
+                return None;
+            }
+            let p = pg_sys::text_to_cstring(d.cast_mut_ptr());
+            let text = CStr::from_ptr(p).to_string_lossy().into_owned();
+            pg_sys::pfree(p.cast());
+            return Some(text);
+        }
         let p = pg_sys::SPI_getvalue(tuple, desc, attno.into());
         if p.is_null() {
             None
@@ -48,13 +66,13 @@ fn trigger_table(trigger: &PgTrigger<'_>) -> String {
 #[pg_trigger(sql = false)] // declared in sql/functions.sql
 fn events_before_insert<'a>(
     trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Infallible> {
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, Infallible> {
     // Citus moving or splitting a shard of a distributed log: the rows it
     // replays were admitted and numbered on the old shard, with the run
     // rows that come along in the co-located shard; they are copies, not
     // appends (src/pg/citus.rs).
     if crate::pg::citus::in_shard_transfer() {
-        return Ok(trigger.new().map(|row| row.into_owned()));
+        return Ok(trigger.new());
     }
     let data = trigger.trigger_data();
     // Citus copying the events of a log distribute() distributes: copies
@@ -68,7 +86,7 @@ fn events_before_insert<'a>(
         )
     };
     if in_copy {
-        return Ok(trigger.new().map(|row| row.into_owned()));
+        return Ok(trigger.new());
     }
     let tuple = data.tg_trigtuple;
     // SAFETY: a row-level INSERT trigger always has a relation and a tuple.
@@ -117,13 +135,22 @@ fn events_before_insert<'a>(
         }
         // SAFETY: an open relation's OID.
         let rel_oid = unsafe { (*rel).rd_id };
+        // A row of a COPY FROM into this log, or else one that may change
+        // what such a COPY has kept of the log (src/pg/copy_from.rs).
+        let copy = copy_from::row_of_copy_into(rel_oid).map(|c| c.number);
+        if copy.is_none() {
+            run_cache::forget_copied();
+        }
         let seq_assigned = match crate::write::batch::admit_if_reserved(rel_oid, &addr)? {
             // A batch row the batch's lock already covers: no statement.
-            Some(seq) => seq,
+            Some(seq) => {
+                run_cache::forget_copied();
+                seq
+            }
             None => Spi::connect_mut(|client| {
                 // SAFETY: the trigger's relation is open for the whole call.
                 let plans = unsafe { log_plans(client, rel) }?;
-                lock_and_decide(client, &plans, &addr, adopting)
+                lock_and_decide(client, &plans, &addr, adopting, copy)
             })?,
         };
         match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
@@ -148,16 +175,37 @@ fn events_before_insert<'a>(
         }
     };
 
-    let mut row = trigger
-        .new()
-        .unwrap_or_else(|| internal!("INSERT trigger without NEW"))
-        .into_owned();
-    let stamped = row
-        .set_by_name("seq", seq_assigned)
-        .and_then(|()| match id {
-            Some(_) => Ok(()),
-            None => row.set_by_name("id", event_id::next()),
-        });
-    or_internal!(stamped, "cannot stamp event row");
+    // One new tuple with seq (and a missing id) set: the columns'
+    // positions and types are the ones log_shape::check admitted (seq
+    // bigint, id text or varchar, which share text's representation).
+    // SAFETY: the trigger's own row and its relation's descriptor.
+    let row = unsafe {
+        let natts = usize::try_from((*desc).natts).unwrap_or(0);
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![false; natts];
+        let mut replace = vec![false; natts];
+        let mut set = |attno: Option<i16>, value: Option<pg_sys::Datum>| {
+            let Some(at) = attno.and_then(|a| usize::try_from(a).ok()?.checked_sub(1)) else {
+                internal!("cannot stamp event row: no such column")
+            };
+            match value {
+                Some(v) => values[at] = v,
+                None => nulls[at] = true,
+            }
+            replace[at] = true;
+        };
+        set(cols.attno("seq"), seq_assigned.into_datum());
+        if id.is_none() {
+            set(cols.attno("id"), event_id::next().into_datum());
+        }
+        let stamped = pg_sys::heap_modify_tuple(
+            tuple,
+            desc,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            replace.as_mut_ptr(),
+        );
+        PgHeapTuple::from_heap_tuple(PgTupleDesc::from_pg_unchecked(desc), stamped)
+    };
     Ok(Some(row))
 }
