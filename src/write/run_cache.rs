@@ -31,7 +31,7 @@
 
 use crate::errors::or_internal;
 use crate::pg::owner::as_role;
-use crate::pg::plans::{self, BOOLARRAY, EQ, INT8ARRAY, TEXTARRAY};
+use crate::pg::plans::{self, BOOL, BOOLARRAY, EQ, INT8, INT8ARRAY, TEXT, TEXTARRAY};
 use crate::rules::lifecycle::{EntityKind, EventType, State};
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -107,6 +107,8 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
     /// The write-back, one plan per run-row key (see [`plans::runs_keyed_by_log`]).
     static WRITE_BACK: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
+    /// The same for one run, by parameters.
+    static WRITE_BACK_ONE: RefCell<[Option<OwnedPreparedStatement>; 2]> = const { RefCell::new([None, None]) };
 }
 
 fn current_subxact() -> pg_sys::SubTransactionId {
@@ -412,9 +414,45 @@ fn columns<'a>(changed: &[&'a Changed]) -> Columns<'a> {
     )
 }
 
-/// The write-back of the runs in `workflow_ext.runs`, a kept plan.
+/// The write-back of the runs in `workflow_ext.runs`, a kept plan: one
+/// run by parameters (most transactions change one), more by arrays.
 fn write_back_local(client: &mut pgrx::spi::SpiClient<'_>, changed: &[&Changed]) {
     let keyed = plans::runs_keyed_by_log();
+    if let [(log, run_id, e)] = changed {
+        WRITE_BACK_ONE.with(|w| {
+            let mut w = w.borrow_mut();
+            let plan = w[usize::from(keyed)].get_or_insert_with(|| {
+                let (key, touch) = if keyed {
+                    (
+                        format!("r.log {EQ} $1::pg_catalog.oid::pg_catalog.regclass AND"),
+                        ", last_event_at = pg_catalog.now()",
+                    )
+                } else {
+                    (String::new(), "")
+                };
+                plans::keep(
+                    client,
+                    &format!(
+                        "UPDATE workflow_ext.runs r SET last_seq = $3, state = $4, \
+                         finished_at = CASE WHEN $5 \
+                                       THEN coalesce(r.finished_at, pg_catalog.now()) END{touch} \
+                         WHERE {key} r.run_id {EQ} $2 AND r.last_seq {EQ} $6"
+                    ),
+                    &[INT8, TEXT, INT8, TEXT, BOOL, INT8],
+                )
+            });
+            let args = [
+                i64::from(log.to_u32()).into(),
+                run_id.as_str().into(),
+                e.now.last_seq.into(),
+                e.now.state.as_str().into(),
+                e.now.state.is_terminal().into(),
+                e.stored.last_seq.into(),
+            ];
+            or_internal!(client.update(&*plan, None, &args), "write back run");
+        });
+        return;
+    }
     let (logs, run_ids, seqs, states, terminal, stored) = columns(changed);
     WRITE_BACK.with(|w| {
         let mut w = w.borrow_mut();
