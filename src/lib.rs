@@ -74,6 +74,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::counters::init();
     write::run_cache::register();
     pg::copy_from::register();
+    pg::plans::register_invalidation();
     pg::citus::register_error_hook();
     pg::citus::register_transaction_edges();
 }

@@ -6,6 +6,7 @@ use crate::errors::{internal, or_internal};
 use pgrx::pg_sys;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
 use pgrx::PgOid;
+use std::cell::Cell;
 
 pub const TEXT: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::TEXTOID);
 pub const BOOL: PgOid = PgOid::BuiltIn(pg_sys::BuiltinOid::BOOLOID);
@@ -56,20 +57,45 @@ pub fn keep(client: &SpiClient<'_>, sql: &str, args: &[PgOid]) -> OwnedPreparedS
 /// Whether `workflow_ext.runs` is keyed by (log, run_id), as from 0.3.0 on.
 /// The binary is shared by every version's SQL: until `ALTER EXTENSION
 /// workflow_ext UPDATE` has run, a database at 0.1.0 or 0.2.0 keeps
-/// appending to (and purging) `workflow_ext.events` with the old key. Three
-/// syscache lookups, cheap enough to ask on every append.
+/// appending to (and purging) `workflow_ext.events` with the old key. Asked
+/// on every append: the answer is kept until any relation's cache entry is
+/// invalidated ([`register_invalidation`]), which any DDL on the run table,
+/// an extension update, drop or create among them, does.
 pub fn runs_keyed_by_log() -> bool {
+    if let Some(keyed) = RUNS_KEYED.get() {
+        return keyed;
+    }
     // SAFETY: catalog lookups by name; each returns InvalidOid /
     // InvalidAttrNumber when the object is missing.
-    unsafe {
+    let keyed = unsafe {
         let nsp = pg_sys::get_namespace_oid(c"workflow_ext".as_ptr(), true);
         if nsp == pg_sys::InvalidOid {
-            return true;
+            true
+        } else {
+            let runs = pg_sys::get_relname_relid(c"runs".as_ptr(), nsp);
+            runs != pg_sys::InvalidOid
+                && pg_sys::get_attnum(runs, c"log".as_ptr()) != pg_sys::InvalidAttrNumber as i16
         }
-        let runs = pg_sys::get_relname_relid(c"runs".as_ptr(), nsp);
-        runs != pg_sys::InvalidOid
-            && pg_sys::get_attnum(runs, c"log".as_ptr()) != pg_sys::InvalidAttrNumber as i16
+    };
+    RUNS_KEYED.set(Some(keyed));
+    keyed
+}
+
+thread_local! {
+    static RUNS_KEYED: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Forgets [`runs_keyed_by_log`]'s answer whenever a relation's cache entry
+/// is invalidated (from `_PG_init`).
+pub(crate) fn register_invalidation() {
+    // SAFETY: registers a callback that only clears a thread-local.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_runs_key), pg_sys::Datum::from(0));
     }
+}
+
+unsafe extern "C-unwind" fn forget_runs_key(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    RUNS_KEYED.set(None);
 }
 
 /// Column `n` of the current row, which our own statements never return
