@@ -504,9 +504,9 @@ def main():
                 sys.exit(f"COPY into {table} failed:\n{out.stderr}")
             return time.monotonic() - start
 
-        # The ceiling of any BEFORE ROW trigger: with one, PostgreSQL's COPY
-        # inserts row by row instead of in batches (CopyFrom's CIM_SINGLE),
-        # whatever the trigger does. An empty PL/pgSQL one shows that cost.
+        # What calling a BEFORE ROW trigger costs, whatever it does: an empty
+        # PL/pgSQL one. (Both tables insert row by row, CopyFrom's CIM_SINGLE:
+        # a trigger forces it, and so does copy_raw's volatile id default.)
         psql("CREATE TABLE copy_raw_trigger (LIKE copy_raw INCLUDING DEFAULTS INCLUDING INDEXES); "
              "CREATE FUNCTION copy_pass() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'; "
              "CREATE TRIGGER pass BEFORE INSERT ON copy_raw_trigger FOR EACH ROW EXECUTE FUNCTION copy_pass()")
