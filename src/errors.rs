@@ -148,6 +148,17 @@ pub enum WfError {
     /// another node by a nested statement, which Citus commits with the
     /// event but cannot prepare. 0A000.
     CrossNodeWriteNotPreparable,
+    /// An `INSERT … ON CONFLICT` skipped, by an arbiter other than the
+    /// creation index, a row the trigger had numbered, and the seq cannot
+    /// be given back: a later row of the run has the next one, or the row
+    /// created the run (src/write/skipped.rs). 0A000.
+    NumberedRowSkipped {
+        log: String,
+        run_id: String,
+        seq: i64,
+        /// The row created the run.
+        created: bool,
+    },
     /// `scan()` or `purge_runs()` of a distributed log (`what`), failed on
     /// one of the Citus nodes (its error in DETAIL). 58000.
     NodeFailed {
@@ -361,6 +372,34 @@ impl WfError {
             .hint(
                 "Append hook_created, hook_disposed and a run's terminal event in transactions \
                  that write to one worker (one run, or runs on one node).",
+            ),
+            WfError::NumberedRowSkipped {
+                log,
+                run_id,
+                seq,
+                created,
+            } => Report::new(
+                C::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "ON CONFLICT skipped event {seq} of run \"{}\" after it was numbered",
+                    clip(run_id)
+                ),
+            )
+            .detail(if *created {
+                format!(
+                    "A unique index of \"{log}\" other than its creation index skipped the \
+                     run_created that created the run: the run would be left without it."
+                )
+            } else {
+                format!(
+                    "A unique index of \"{log}\" other than its creation index skipped the row \
+                     after the trigger gave it seq {seq}, and a later row of the same statement \
+                     has the run's next seq: skipping it would leave a gap in the run's seqs."
+                )
+            })
+            .hint(
+                "Insert a run's events one per statement, or name the creation index as the \
+                 ON CONFLICT target (ON CONFLICT (run_id, correlation_id, type) WHERE …).",
             ),
             WfError::NodeFailed { what, node, error } => Report::new(
                 C::ERRCODE_SYSTEM_ERROR,

@@ -73,7 +73,10 @@ pub extern "C-unwind" fn _PG_init() {
     pg::payload::register_gucs();
     pg::counters::init();
     write::run_cache::register();
-    pg::copy_from::register();
+    pg::row_origin::register(pg::row_origin::OnConflictEnd {
+        ended: write::skipped::statement_ended,
+        failed: write::skipped::statement_failed,
+    });
     pg::plans::register_invalidation();
     pg::citus::register_error_hook();
     pg::citus::register_transaction_edges();

@@ -22,17 +22,20 @@
 //! decide. A plain INSERT then fails with the index's own 23505, and
 //! `INSERT … ON CONFLICT DO NOTHING` (the idempotent append) skips the row.
 //! Either way the log's uniqueness is enforced by the index, not by timing.
+//! Another arbiter of an `INSERT … ON CONFLICT` can skip a row after it was
+//! numbered: [`super::skipped`] gives the seq back.
 
 use crate::errors::{internal, or_internal, WfError, WfResult};
 use crate::pg::citus::{self, ShardOfLog};
 use crate::pg::counters;
 use crate::pg::index_scan::{newest_in_own_log, own_log_and_index};
-use crate::pg::plans::{self, required, EQ, PLUS, TEXT};
+use crate::pg::plans::{self, required, EQ, INT8, PLUS, TEXT};
 use crate::pg::transaction::uses_transaction_snapshot;
 use crate::rules::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::rules::validate::EventAddress;
 use crate::write::creation_probe;
 use crate::write::run_cache::{self, Held};
+use crate::write::skipped;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use std::cell::RefCell;
@@ -65,6 +68,8 @@ pub(crate) struct LogPlans {
     entity_last: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
     /// A unique creation by its key, one plan per [`EventType::UNIQUE_CREATIONS`] entry.
     find_creation: [OwnedPreparedStatement; EventType::UNIQUE_CREATIONS.len()],
+    /// Whether the run's row at a seq is in the log ([`super::skipped`]).
+    pub(crate) stored_at: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -169,6 +174,11 @@ fn build_log_plans(
             .map(|kind| plans::keep(c, &entity_last_sql(log, kind, ""), &[TEXT, TEXT])),
         find_creation: EventType::UNIQUE_CREATIONS
             .map(|t| plans::keep(c, &creation_probe::find_creation_sql(log, t), &[TEXT, TEXT])),
+        stored_at: plans::keep(
+            c,
+            &format!("SELECT 1 FROM {log} WHERE run_id {EQ} $1 AND seq {EQ} $2"),
+            &[TEXT, INT8],
+        ),
     }
 }
 
@@ -213,6 +223,11 @@ pub(crate) unsafe fn log_plans(
     let plans = Rc::new(plans);
     LOG_PLANS.with(|m| m.borrow_mut().insert(oid, Rc::clone(&plans)));
     Ok(plans)
+}
+
+/// The plans this backend keeps for log `oid`, if its trigger fired here.
+pub(crate) fn kept_plans(oid: pg_sys::Oid) -> Option<Rc<LogPlans>> {
+    LOG_PLANS.with(|m| m.borrow().get(&oid).cloned())
 }
 
 /// Where the run rows of log `oid` are kept, when this backend's trigger
@@ -406,9 +421,13 @@ fn decide(
     run: LockedRun,
     entity: Option<State>,
     copy: Option<u64>,
+    skip: Option<u32>,
 ) -> WfResult<i64> {
     match lifecycle::check_addressed(run.state, entity, addr.event, addr.correlation_id.is_some()) {
         Ok(()) => {
+            if let Some(depth) = skip {
+                skipped::numbered(depth, plans.oid, addr.run_id, run.seq, run.state);
+            }
             if let Some(copy) = copy {
                 run_cache::remember_copied(
                     copy,
@@ -555,14 +574,17 @@ fn adopt_run(
 /// Steps 2–4 of the module doc for one validated row; returns its seq.
 ///
 /// `copy`: the row is a row of that `COPY … FROM` itself
-/// ([`crate::pg::copy_from`]): what the COPY stored of the run's entities is
+/// ([`crate::pg::row_origin`]): what the COPY stored of the run's entities is
 /// taken from, and kept in, [`run_cache`] instead of read from the log.
+/// `skip`: an `INSERT … ON CONFLICT` at that executor depth may still skip
+/// the row: its seq is checked when the statement ends ([`skipped`]).
 pub(crate) fn lock_and_decide(
     client: &mut SpiClient<'_>,
     plans: &LogPlans,
     addr: &EventAddress<'_>,
     adopting: Option<Adopting>,
     copy: Option<u64>,
+    skip: Option<u32>,
 ) -> WfResult<i64> {
     // A row of an announced batch whose run this transaction has locked
     // for the batch (src/write/batch.rs).
@@ -598,6 +620,9 @@ pub(crate) fn lock_and_decide(
                     if let Some(copy) = copy {
                         run_cache::remember_copied(copy, plans.oid, addr.run_id, None, addr.event);
                     }
+                    if let Some(depth) = skip {
+                        skipped::numbered(depth, plans.oid, addr.run_id, 1, None);
+                    }
                     return Ok(1);
                 }
                 // The run exists already (possibly created by a transaction
@@ -619,5 +644,5 @@ pub(crate) fn lock_and_decide(
         }
     };
     let entity = entity_state(client, plans, addr, &run, copy);
-    decide(client, plans, addr, run, entity, copy)
+    decide(client, plans, addr, run, entity, copy, skip)
 }

@@ -8,6 +8,8 @@
 //!   call, its run locked once.
 //! - [`run_cache`]: the runs this transaction has locked, kept in memory
 //!   and written back once before commit.
+//! - [`skipped`]: the rows an `INSERT … ON CONFLICT` skips after the
+//!   trigger numbered them, given back their seq.
 //! - [`creation_probe`]: a stored creation found straight in the creation
 //!   index, for duplicate calls.
 
@@ -16,4 +18,5 @@ pub mod batch;
 pub mod core;
 pub mod creation_probe;
 pub mod run_cache;
+pub mod skipped;
 pub mod trigger;

@@ -74,7 +74,7 @@ struct Cache {
 }
 
 /// What one `COPY … FROM` has decided of the entities of the runs it
-/// holds ([`crate::pg::copy_from`]): their last event, for the COPY's next
+/// holds ([`crate::pg::row_origin`]): their last event, for the COPY's next
 /// rows. Nothing else writes to a held run while the COPY runs, and every
 /// row the COPY's trigger accepts is stored or the COPY fails, so this is
 /// what the log would answer. Forgotten with anything that could make it
@@ -276,6 +276,7 @@ pub(crate) fn subtransaction_aborted(subxact: pg_sys::SubTransactionId) {
 /// The transaction ended (committed, prepared or rolled back): its locks
 /// are gone, and with them what this memory may know.
 pub(crate) fn transaction_ended() {
+    super::skipped::transaction_ended();
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         // Keep the allocations of a big transaction out of the next one.

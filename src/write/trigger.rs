@@ -3,13 +3,14 @@
 
 use super::core::{lock_and_decide, log_plans, Adopting};
 use crate::errors::{internal, or_raise, raise, WfError};
-use crate::pg::copy_from;
 use crate::pg::counters;
 use crate::pg::log_shape;
 use crate::pg::payload::Payload;
+use crate::pg::row_origin;
 use crate::rules::event_id;
 use crate::rules::validate;
 use crate::write::run_cache;
+use crate::write::skipped;
 use pgrx::prelude::*;
 use pgrx::PgTupleDesc;
 use std::convert::Infallible;
@@ -136,8 +137,8 @@ fn events_before_insert<'a>(
         // SAFETY: an open relation's OID.
         let rel_oid = unsafe { (*rel).rd_id };
         // A row of a COPY FROM into this log, or else one that may change
-        // what such a COPY has kept of the log (src/pg/copy_from.rs).
-        let copy = copy_from::row_of_copy_into(rel_oid).map(|c| c.number);
+        // what such a COPY has kept of the log (src/pg/row_origin.rs).
+        let copy = row_origin::row_of_copy_into(rel_oid).map(|c| c.number);
         if copy.is_none() {
             run_cache::forget_copied();
         }
@@ -150,7 +151,14 @@ fn events_before_insert<'a>(
             None => Spi::connect_mut(|client| {
                 // SAFETY: the trigger's relation is open for the whole call.
                 let plans = unsafe { log_plans(client, rel) }?;
-                lock_and_decide(client, &plans, &addr, adopting, copy)
+                // A row an INSERT … ON CONFLICT may still skip, by an
+                // arbiter other than the two that cannot skip an accepted
+                // row (src/write/skipped.rs).
+                let skip = row_origin::on_conflict_into(rel_oid).and_then(|(depth, arbiters)| {
+                    // SAFETY: the trigger's open relation.
+                    unsafe { skipped::may_skip(rel, &cols, &plans, &arbiters) }.then_some(depth)
+                });
+                lock_and_decide(client, &plans, &addr, adopting, copy, skip)
             })?,
         };
         match seq.as_deref().and_then(|s| s.parse::<i64>().ok()) {
