@@ -552,14 +552,23 @@ def main():
 
     # 10. A plain INSERT through the trigger (the path the DevKit's package
     #     takes on an attached table, and any client's) vs the same INSERT
-    #     into raw_events, which has no trigger, at 1 and 4 clients.
+    #     into raw_events, which has no trigger, at 1 and 4 clients; and the
+    #     floor of any validated plain INSERT in the same alternation: a
+    #     PL/pgSQL BEFORE ROW trigger that bumps the run row and stamps seq
+    #     and id, nothing else (bench/setup.sql).
     if want("insert"):
         a = (draw(1000, KEYS) + "INSERT INTO workflow_ext.events (run_id, correlation_id, type) "
              "VALUES ('run-' || :r, 'ins_' || :k, 'step_created');\n")
         b = draw(1000, KEYS) + raw_insert_sql("ins", on_conflict=False) + ";\n"
+        c = (draw(1000, KEYS) + "INSERT INTO trig_floor_events (run_id, correlation_id, type) "
+             "VALUES ('run-' || :r, 'ins_' || :k, 'step_created');\n")
         for clients in (1, 4):
-            ta, tb = side_by_side(a, b, clients, secs, rounds)
+            ta, tb, tc = alternate([a, b, c], clients, secs, rounds)
             row(f"plain INSERT through the trigger, {clients} client(s)", "insert", "raw_insert", ta, tb)
+            row(f"trigger floor (bump and stamp only), {clients} client(s)", "trigger_floor", "raw_insert",
+                tc, tb)
+            row(f"plain INSERT through the trigger vs the trigger floor, {clients} client(s)", "insert",
+                "trigger_floor", ta, tc)
 
     # 11. n appends to one run in one transaction (a loop of append_event in
     #     one DO block), vs the same loop of raw inserts: the time per append

@@ -18,6 +18,22 @@ CREATE TABLE lock_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCL
 -- hash, seq = max(seq) + 1 (no run row at all).
 CREATE TABLE adv_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 
+-- The floor of a validated plain INSERT: what any write path that checks a
+-- client's own INSERT pays at least, a BEFORE ROW trigger (the one hook
+-- PostgreSQL gives every route into a table) that bumps the run row and
+-- stamps seq and id, and nothing else (no lifecycle, no entity read).
+CREATE TABLE trig_floor_events (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE trig_floor_runs (run_id text PRIMARY KEY, last_seq bigint NOT NULL) WITH (fillfactor = 80);
+INSERT INTO trig_floor_runs SELECT 'run-' || i, 2 FROM generate_series(1, 1000) i;
+CREATE FUNCTION trig_floor_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE trig_floor_runs SET last_seq = last_seq + 1 WHERE run_id = NEW.run_id
+    RETURNING last_seq INTO NEW.seq;
+  NEW.id := coalesce(NEW.id, workflow_ext.new_event_id());
+  RETURN NEW;
+END $$;
+CREATE TRIGGER trig_floor_seq BEFORE INSERT ON trig_floor_events FOR EACH ROW EXECUTE FUNCTION trig_floor_seq();
+
 -- The same two inserts as the raw limit and the dense-seq floor, each inside
 -- a PL/pgSQL function of append_suspension_event's result shape: what a
 -- function call adds to them. fn_floor is the floor of any one-call append
