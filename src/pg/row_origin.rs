@@ -351,6 +351,67 @@ unsafe fn on_conflict_targets(query: *mut pg_sys::QueryDesc) -> Vec<(pg_sys::Oid
     }
 }
 
+/// Whether an `INSERT … ON CONFLICT` into `rel` with `arbiters` checks an
+/// index other than the one named `creation` in `rel`'s schema (on `rel`,
+/// valid) and the unique indexes whose key columns include all of `keys`.
+///
+/// # Safety
+/// `rel` is an open relation.
+pub(crate) unsafe fn any_arbiter_but(
+    rel: pg_sys::Relation,
+    arbiters: &Arbiters,
+    creation: &str,
+    keys: &[i16],
+) -> bool {
+    unsafe {
+        let creation = std::ffi::CString::new(creation)
+            .ok()
+            .map(|name| pg_sys::get_relname_relid(name.as_ptr(), (*(*rel).rd_rel).relnamespace))
+            .filter(|index| {
+                *index != pg_sys::InvalidOid
+                    && pg_sys::IndexGetRelation(*index, true) == (*rel).rd_id
+                    && pg_sys::get_index_isvalid(*index)
+            });
+        let indexes = match arbiters {
+            Arbiters::These(named) => named.clone(),
+            Arbiters::All => {
+                let list = pg_sys::RelationGetIndexList(rel);
+                let all = list_cells(list, |c| c.oid_value);
+                pg_sys::list_free(list);
+                all
+            }
+        };
+        let all = matches!(arbiters, Arbiters::All);
+        indexes
+            .into_iter()
+            .any(|index| Some(index) != creation && checks_other_keys(index, all, keys))
+    }
+}
+
+/// Whether `index` is an arbiter (with `all`, every unique or exclusion
+/// index is) that is not unique over all of `keys`.
+unsafe fn checks_other_keys(index: pg_sys::Oid, all: bool, keys: &[i16]) -> bool {
+    // SAFETY: a relcache entry, released before return.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(index);
+        if rel.is_null() {
+            return true;
+        }
+        let form = (*rel).rd_index;
+        let answer = if form.is_null() {
+            true
+        } else if all && !(*form).indisunique && !(*form).indisexclusion {
+            false
+        } else {
+            let n = usize::try_from((*form).indnkeyatts).unwrap_or(0);
+            let key = (*form).indkey.values.as_slice(n);
+            !((*form).indisunique && keys.iter().all(|k| key.contains(k)))
+        };
+        pg_sys::RelationClose(rel);
+        answer
+    }
+}
+
 /// Marks the `INSERT … ON CONFLICT` `query` before it runs (once: a portal
 /// may run it in several calls), its rows one level below the current
 /// depth. A mark left at that depth or deeper belongs to a statement that

@@ -26,13 +26,12 @@
 use crate::errors::{internal, or_internal, raise, WfError};
 use crate::pg::log_shape::Columns;
 use crate::pg::owner::{as_role, relation_name};
-use crate::pg::row_origin::Arbiters;
+use crate::pg::row_origin::{self, Arbiters};
 use crate::rules::lifecycle::{EventType, State};
 use crate::write::core::{kept_plans, LogPlans};
 use crate::write::run_cache::{self, Held};
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::ffi::CString;
 
 /// A row an `INSERT … ON CONFLICT` may skip, numbered by the trigger.
 struct Numbered {
@@ -52,7 +51,11 @@ thread_local! {
 }
 
 /// Whether an `INSERT … ON CONFLICT` with `arbiters` into the log `rel`
-/// (columns `cols`) may skip a row the trigger accepts.
+/// (columns `cols`) may skip a row the trigger accepts: whether it checks an
+/// index but the creation index (found by its name, a shard's copy with the
+/// shard's id appended; what it is made of the DDL watcher checks on every
+/// change of an attached log, and only the extension's owner can change the
+/// own log's) and the unique indexes over `run_id` and `seq`.
 ///
 /// # Safety
 /// `rel` is the trigger's open relation.
@@ -62,80 +65,15 @@ pub(crate) unsafe fn may_skip(
     plans: &LogPlans,
     arbiters: &Arbiters,
 ) -> bool {
-    unsafe {
-        let indexes = match arbiters {
-            Arbiters::These(named) => named.clone(),
-            Arbiters::All => {
-                let list = pg_sys::RelationGetIndexList(rel);
-                let all = if list.is_null() {
-                    Vec::new()
-                } else {
-                    let len = usize::try_from((*list).length).unwrap_or(0);
-                    (0..len)
-                        .map(|i| (*(*list).elements.add(i)).oid_value)
-                        .collect()
-                };
-                pg_sys::list_free(list);
-                all
-            }
-        };
-        let creation = creation_index(rel, plans);
-        indexes
-            .into_iter()
-            .any(|index| Some(index) != creation && !cannot_skip(index, cols, arbiters))
-    }
-}
-
-/// Whether `index` cannot skip a row the trigger accepted: it is unique
-/// over both `run_id` and `seq` among its key columns, or (every unique
-/// index being an arbiter) it is not an arbiter.
-unsafe fn cannot_skip(index: pg_sys::Oid, cols: &Columns, arbiters: &Arbiters) -> bool {
-    let (Some(run_id), Some(seq)) = (cols.attno("run_id"), cols.attno("seq")) else {
-        return false;
-    };
-    // SAFETY: a relcache entry, released before return.
-    unsafe {
-        let rel = pg_sys::RelationIdGetRelation(index);
-        if rel.is_null() {
-            return false;
-        }
-        let form = (*rel).rd_index;
-        let answer = if form.is_null() {
-            false
-        } else if matches!(arbiters, Arbiters::All)
-            && !(*form).indisunique
-            && !(*form).indisexclusion
-        {
-            // An index DO NOTHING without a target does not check.
-            true
-        } else {
-            let keys = usize::try_from((*form).indnkeyatts).unwrap_or(0);
-            let key = (*form).indkey.values.as_slice(keys);
-            (*form).indisunique && key.contains(&run_id) && key.contains(&seq)
-        };
-        pg_sys::RelationClose(rel);
-        answer
-    }
-}
-
-/// The log's creation index, as the trigger relies on it: by its name in
-/// the log's schema (a shard's copy with the shard's id appended), on this
-/// log, valid. What it is made of the DDL watcher checks on every change of
-/// an attached log, and only the extension's owner can change the own one.
-unsafe fn creation_index(rel: pg_sys::Relation, plans: &LogPlans) -> Option<pg_sys::Oid> {
-    let name = match &plans.shard {
+    let creation = match &plans.shard {
         Some(shard) => format!("{}_{}", EventType::CREATION_INDEX, shard.shard_id),
         None => EventType::CREATION_INDEX.to_owned(),
     };
-    let name = CString::new(name).ok()?;
-    // SAFETY: syscache lookups by name and OID.
-    unsafe {
-        let index = pg_sys::get_relname_relid(name.as_ptr(), (*(*rel).rd_rel).relnamespace);
-        (index != pg_sys::InvalidOid
-            && pg_sys::IndexGetRelation(index, true) == (*rel).rd_id
-            && pg_sys::get_index_isvalid(index))
-        .then_some(index)
-    }
+    let (Some(run_id), Some(seq)) = (cols.attno("run_id"), cols.attno("seq")) else {
+        return true;
+    };
+    // SAFETY: the caller's relation.
+    unsafe { row_origin::any_arbiter_but(rel, arbiters, &creation, &[run_id, seq]) }
 }
 
 /// Notes a row the trigger numbered `seq` that the `INSERT … ON CONFLICT`
