@@ -253,6 +253,7 @@ def main():
             "'step_created', 'step_' || :k FROM l ON CONFLICT DO NOTHING;\n",
             "fn_insert": draw(":runs", KEYS) + "SELECT * FROM fn_insert('run-' || :r, 'step_' || :k);\n",
             "fn_floor": draw(":runs", KEYS) + "SELECT * FROM fn_floor('run-' || :r, 'step_' || :k);\n",
+            "fn_trig_floor": draw(":runs", KEYS) + "SELECT * FROM fn_trig_floor('run-' || :r, 'step_' || :k);\n",
         }
         names = list(scripts)
         for clients in sweep_clients:
@@ -277,6 +278,10 @@ def main():
                     tps["fn_floor"], raw)
                 row(f"new key vs the floor in a function, {clients} client(s)", "append_suspension", "fn_floor",
                     tps["append_suspension"], tps["fn_floor"])
+                row(f"trigger floor in a function vs the floor in a function, {clients} client(s)",
+                    "fn_trig_floor", "fn_floor", tps["fn_trig_floor"], tps["fn_floor"])
+                row(f"new key vs the trigger floor in a function, {clients} client(s)", "append_suspension",
+                    "fn_trig_floor", tps["append_suspension"], tps["fn_trig_floor"])
         # Contention on one run: appends to a run are serialized by its lock.
         ta, tb = side_by_side(suspension_script("one", runs=1), draw(1, KEYS) + raw_insert_sql("one") + ";\n",
                               4, sweep_secs, rounds)

@@ -17,6 +17,7 @@ LABELS = {
     "floor": "dense-seq floor (run row bumped in the insert)",
     "fn_insert": "raw INSERT inside a PL/pgSQL function",
     "fn_floor": "dense-seq floor inside a PL/pgSQL function",
+    "fn_trig_floor": "trigger floor inside a PL/pgSQL function (the row trigger bumps)",
     "append_suspension": "append_suspension_event",
     "append_event": "append_event (step_created)",
 }

@@ -60,6 +60,18 @@ BEGIN
        WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created') DO NOTHING
     RETURNING e.id, e.seq, true;
 END $$;
+-- The trigger floor (trig_floor_events above) in the same function: the
+-- floor of a one-call append whose table also validates every other route
+-- into it, so the function's insert fires the table's row trigger.
+CREATE FUNCTION fn_trig_floor(p_run text, p_corr text) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
+LANGUAGE plpgsql AS $$
+BEGIN
+  RETURN QUERY INSERT INTO trig_floor_events AS e (run_id, type, correlation_id)
+    VALUES (p_run, 'step_created', p_corr)
+    ON CONFLICT (run_id, correlation_id, type)
+       WHERE type IN ('run_created', 'step_created', 'wait_created', 'hook_created') DO NOTHING
+    RETURNING e.id, e.seq, true;
+END $$;
 CREATE FUNCTION fn_select(p_run text, p_corr text) RETURNS TABLE (event_id text, seq bigint, inserted boolean)
 LANGUAGE plpgsql STABLE AS $$
 BEGIN

@@ -9,7 +9,8 @@
 --   reader    USAGE; SELECT on events; EXECUTE on replay, scan
 --   migrator  USAGE; SELECT on bootstraps; EXECUTE on bootstrap,
 --             bootstrap_begin, bootstrap_end
---   monitor   USAGE; EXECUTE on metrics, stuck_runs, counters_since_start;
+--   monitor   USAGE; EXECUTE on metrics, stuck_runs, counters_since_start,
+--             counters_on_every_node;
 --             SELECT on attached_logs: workflow_ext's numbers and nothing
 --             else (0.4 granted all of pg_monitor, which reads every
 --             session's query text; a role granted monitor then keeps
@@ -46,6 +47,7 @@ DECLARE
         ['monitor', 'EXECUTE ON FUNCTION workflow_ext.metrics(interval)'],
         ['monitor', 'EXECUTE ON FUNCTION workflow_ext.stuck_runs(interval)'],
         ['monitor', 'EXECUTE ON FUNCTION workflow_ext.counters_since_start()'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.counters_on_every_node()'],
         ['monitor', 'SELECT ON workflow_ext.attached_logs']];
     -- The other kinds the role holds (granted to it directly, not through a
     -- membership), each known by a privilege only that kind grants. Their

@@ -249,6 +249,40 @@ BEGIN
 END;
 $$;
 
+-- The write path's counters (counters_since_start(): each server counts the
+-- appends its own backends validate, and a distributed append is validated
+-- on the worker that holds the run) of every node of the Citus formation,
+-- read from the coordinator or any node: a row per node and counter. A node
+-- that fails fails the call (58000).
+CREATE FUNCTION workflow_ext.counters_on_every_node()
+RETURNS TABLE (node text, counter text, value bigint)
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Read workflow_ext.counters_since_start() on the server.';
+    END IF;
+    FOR n IN SELECT r.nodeid, r.success, r.result, d.nodename || ':' || d.nodeport AS name
+               FROM run_command_on_all_nodes(
+                    'SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(c.counter, c.value)), ''[]'') '
+                    '  FROM workflow_ext.counters_since_start() c') r
+               JOIN pg_dist_node d ON d.nodeid = r.nodeid
+              ORDER BY r.nodeid
+    LOOP
+        IF NOT n.success THEN
+            RAISE EXCEPTION 'the counters failed on node %', n.name
+                USING ERRCODE = 'system_error', DETAIL = n.result,
+                      HINT = 'Each node reads its own counters: fix what the node reports and call it again.';
+        END IF;
+        RETURN QUERY SELECT n.name, e ->> 0, (e ->> 1)::bigint FROM json_array_elements(n.result::json) e;
+    END LOOP;
+END;
+$$;
+
 -- scan() of the shards of `log` this node holds: scan() of a distributed
 -- log runs it on every node at once (src/pg/citus.rs) and merges what they
 -- report. SECURITY INVOKER: it reads only what scan() lets the caller read.

@@ -104,11 +104,13 @@ REVOKE ALL ON FUNCTION workflow_ext.append_event(text, text, text, jsonb),
                        workflow_ext.scan(regclass, timestamptz),
                        workflow_ext.metrics(interval),
                        workflow_ext.stuck_runs(interval),
-                       workflow_ext.counters_since_start() FROM PUBLIC;
+                       workflow_ext.counters_since_start(),
+                       workflow_ext.counters_on_every_node() FROM PUBLIC;
 -- Monitoring: pg_monitor (PostgreSQL's predefined role for monitoring
 -- agents, e.g. prometheus-postgres-exporter) may call the monitoring
 -- functions and list the protected logs; nothing else.
 GRANT USAGE ON SCHEMA workflow_ext TO pg_monitor;
 GRANT EXECUTE ON FUNCTION workflow_ext.metrics(interval), workflow_ext.stuck_runs(interval),
-                          workflow_ext.counters_since_start() TO pg_monitor;
+                          workflow_ext.counters_since_start(),
+                          workflow_ext.counters_on_every_node() TO pg_monitor;
 GRANT SELECT ON workflow_ext.attached_logs TO pg_monitor;

@@ -1292,6 +1292,40 @@ BEGIN
 END;
 $$;
 
+-- The write path's counters (counters_since_start(): each server counts the
+-- appends its own backends validate, and a distributed append is validated
+-- on the worker that holds the run) of every node of the Citus formation,
+-- read from the coordinator or any node: a row per node and counter. A node
+-- that fails fails the call (58000).
+CREATE FUNCTION workflow_ext.counters_on_every_node()
+RETURNS TABLE (node text, counter text, value bigint)
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Read workflow_ext.counters_since_start() on the server.';
+    END IF;
+    FOR n IN SELECT r.nodeid, r.success, r.result, d.nodename || ':' || d.nodeport AS name
+               FROM run_command_on_all_nodes(
+                    'SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(c.counter, c.value)), ''[]'') '
+                    '  FROM workflow_ext.counters_since_start() c') r
+               JOIN pg_dist_node d ON d.nodeid = r.nodeid
+              ORDER BY r.nodeid
+    LOOP
+        IF NOT n.success THEN
+            RAISE EXCEPTION 'the counters failed on node %', n.name
+                USING ERRCODE = 'system_error', DETAIL = n.result,
+                      HINT = 'Each node reads its own counters: fix what the node reports and call it again.';
+        END IF;
+        RETURN QUERY SELECT n.name, e ->> 0, (e ->> 1)::bigint FROM json_array_elements(n.result::json) e;
+    END LOOP;
+END;
+$$;
+
 -- scan() of the shards of `log` this node holds: scan() of a distributed
 -- log runs it on every node at once (src/pg/citus.rs) and merges what they
 -- report. SECURITY INVOKER: it reads only what scan() lets the caller read.
@@ -1462,6 +1496,100 @@ BEGIN
             '  FROM %s WHERE run_id = $1', r.log)
             INTO last_event_type, active_entities USING r.run_id;
         RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- The monitor kind of access and pg_monitor read the counters of every node too.
+CREATE OR REPLACE FUNCTION workflow_ext.grant_access(role regrole, access text, revoke boolean DEFAULT false)
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    verb text := CASE WHEN revoke THEN 'REVOKE' ELSE 'GRANT' END;
+    dir text := CASE WHEN revoke THEN 'FROM' ELSE 'TO' END;
+    -- What each kind grants, one privilege per row: a revoke must see which
+    -- of them another kind shares.
+    items CONSTANT text[][] := ARRAY[
+        ['writer', 'USAGE ON SCHEMA workflow_ext'],
+        ['writer', 'SELECT ON workflow_ext.events'],
+        ['writer', 'INSERT ON workflow_ext.events'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.append_event(text, text, text, jsonb)'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.append_suspension_event(text, text, text, jsonb)'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.append_suspension_events(text, text[], text[], jsonb[])'],
+        ['writer', 'EXECUTE ON FUNCTION workflow_ext.join_arrive(text, text, text, integer)'],
+        ['reader', 'USAGE ON SCHEMA workflow_ext'],
+        ['reader', 'SELECT ON workflow_ext.events'],
+        ['reader', 'EXECUTE ON FUNCTION workflow_ext.replay(text, regclass)'],
+        ['reader', 'EXECUTE ON FUNCTION workflow_ext.scan(regclass, timestamptz)'],
+        ['migrator', 'USAGE ON SCHEMA workflow_ext'],
+        ['migrator', 'SELECT ON workflow_ext.bootstraps'],
+        ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap(text, text)'],
+        ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap_begin(text, interval, text)'],
+        ['migrator', 'EXECUTE ON FUNCTION workflow_ext.bootstrap_end(text)'],
+        ['monitor', 'USAGE ON SCHEMA workflow_ext'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.metrics(interval)'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.stuck_runs(interval)'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.counters_since_start()'],
+        ['monitor', 'EXECUTE ON FUNCTION workflow_ext.counters_on_every_node()'],
+        ['monitor', 'SELECT ON workflow_ext.attached_logs']];
+    -- The other kinds the role holds (granted to it directly, not through a
+    -- membership), each known by a privilege only that kind grants. Their
+    -- shared privileges survive a revoke of this kind.
+    kept text[] := '{}';
+    i int;
+BEGIN
+    IF role IS NULL OR access IS NULL OR revoke IS NULL THEN
+        RAISE EXCEPTION '% must not be null', CASE WHEN role IS NULL THEN 'role' WHEN access IS NULL THEN 'access'
+                                                   ELSE 'revoke' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF access NOT IN ('writer', 'reader', 'migrator', 'monitor') THEN
+        RAISE EXCEPTION 'unknown access "%"', access
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds of access are writer, reader, migrator and monitor.';
+    END IF;
+    IF revoke THEN
+        SELECT coalesce(array_agg(items[j][2]), '{}') INTO kept
+          FROM generate_subscripts(items, 1) j
+         WHERE items[j][1] <> access
+           AND (   (items[j][1] = 'writer' AND EXISTS (
+                     SELECT FROM pg_class c, aclexplode(c.relacl) a
+                      WHERE c.oid = 'workflow_ext.events'::regclass
+                        AND a.grantee = role AND a.privilege_type = 'INSERT'))
+                OR (items[j][1] = 'reader' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.replay(text, regclass)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE'))
+                OR (items[j][1] = 'migrator' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.bootstrap(text, text)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE'))
+                OR (items[j][1] = 'monitor' AND EXISTS (
+                     SELECT FROM pg_proc p, aclexplode(p.proacl) a
+                      WHERE p.oid = 'workflow_ext.metrics(interval)'::regprocedure
+                        AND a.grantee = role AND a.privilege_type = 'EXECUTE')));
+    END IF;
+    FOR i IN 1 .. array_length(items, 1) LOOP
+        CONTINUE WHEN items[i][1] <> access OR items[i][2] = ANY (kept);
+        EXECUTE format('%s %s %s %s', verb, items[i][2], dir, role);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION workflow_ext.counters_on_every_node() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION workflow_ext.counters_on_every_node() TO pg_monitor;
+-- Roles that hold the monitor kind already (grant_access knows it by
+-- EXECUTE on metrics) get the new function with it.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT DISTINCT a.grantee::pg_catalog.regrole AS role
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid = 'workflow_ext.metrics(interval)'::pg_catalog.regprocedure
+                AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> a.grantor
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION workflow_ext.counters_on_every_node() TO %s', r.role);
     END LOOP;
 END
 $$;

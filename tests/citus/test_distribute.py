@@ -279,6 +279,37 @@ def test_metrics_and_stuck_runs_see_distributed_runs(distributed):
     assert f.sql("SELECT n_tup_ins FROM pg_stat_all_tables WHERE relid = 'workflow_ext.events'::regclass") == [(0,)]
 
 
+def test_counters_on_every_node(distributed):
+    """counters_on_every_node() from the coordinator: every node's
+    counters_since_start(), as each node reads them. An append through the
+    coordinator is validated, and counted, on the worker that holds its
+    run: 20 runs created through the coordinator add 20 on the workers,
+    some on each, none on the coordinator (which holds no shard)."""
+    f = distributed
+
+    def on_every_node():
+        return {(node, counter): value for node, counter, value in
+                f.sql("SELECT node, counter, value FROM workflow_ext.counters_on_every_node()")}
+
+    def name(node):
+        return f"127.0.0.1:{node.port}"
+
+    before = on_every_node()
+    assert {n for n, _ in before} == {name(n) for n in f.nodes}
+    with f.connect() as c:
+        for i in range(20):
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_created')", (f"ctr-{i}",))
+    after = on_every_node()
+    added = {name(n): after.get((name(n), "appended"), 0) - before.get((name(n), "appended"), 0)
+             for n in f.nodes}
+    assert added[name(f.coordinator)] == 0, added
+    assert all(added[name(w)] > 0 for w in f.workers), added
+    assert sum(added.values()) == 20, added
+    for node in f.nodes:
+        own = dict(f.sql("SELECT counter, value FROM workflow_ext.counters_since_start()", node=node))
+        assert own == {c: v for (n, c), v in after.items() if n == name(node)}, node.name
+
+
 def test_purge_runs_purges_every_node(distributed):
     """purge_runs() through the coordinator removes the finished runs of the
     distributed log on every worker, whole (events and run rows), and

@@ -9,3 +9,8 @@ SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
 SELECT count(*) FROM workflow_ext.distributed_runs;
 SELECT has_table_privilege('public', 'workflow_ext.distributed_runs', 'SELECT') AS public_reads;
 SELECT has_function_privilege('public', 'workflow_ext.distribute(regclass)', 'EXECUTE') AS public_distributes;
+-- The counters of every node of a Citus formation: without Citus, the
+-- server's own are counters_since_start().
+SELECT * FROM workflow_ext.counters_on_every_node();
+SELECT has_function_privilege('pg_monitor', 'workflow_ext.counters_on_every_node()', 'EXECUTE') AS monitor_reads,
+       has_function_privilege('public', 'workflow_ext.counters_on_every_node()', 'EXECUTE') AS public_reads;
