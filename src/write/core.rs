@@ -29,7 +29,7 @@ use crate::errors::{internal, or_internal, WfError, WfResult};
 use crate::pg::citus::{self, ShardOfLog};
 use crate::pg::counters;
 use crate::pg::index_scan::{newest_in_own_log, own_log_and_index};
-use crate::pg::plans::{self, required, EQ, INT8, PLUS, TEXT};
+use crate::pg::plans::{self, required, EQ, INT8ARRAY, PLUS, TEXT, TEXTARRAY};
 use crate::pg::transaction::uses_transaction_snapshot;
 use crate::rules::lifecycle::{self, EntityKind, EventType, State, Violation};
 use crate::rules::validate::EventAddress;
@@ -68,8 +68,9 @@ pub(crate) struct LogPlans {
     entity_last: [OwnedPreparedStatement; EntityKind::ENTITIES.len()],
     /// A unique creation by its key, one plan per [`EventType::UNIQUE_CREATIONS`] entry.
     find_creation: [OwnedPreparedStatement; EventType::UNIQUE_CREATIONS.len()],
-    /// Whether the run's row at a seq is in the log ([`super::skipped`]).
-    pub(crate) stored_at: OwnedPreparedStatement,
+    /// Which of the (run, seq) pairs of two arrays the log has no row at,
+    /// by position ([`super::skipped`]).
+    pub(crate) missing_at: OwnedPreparedStatement,
 }
 
 thread_local! {
@@ -174,10 +175,15 @@ fn build_log_plans(
             .map(|kind| plans::keep(c, &entity_last_sql(log, kind, ""), &[TEXT, TEXT])),
         find_creation: EventType::UNIQUE_CREATIONS
             .map(|t| plans::keep(c, &creation_probe::find_creation_sql(log, t), &[TEXT, TEXT])),
-        stored_at: plans::keep(
+        missing_at: plans::keep(
             c,
-            &format!("SELECT 1 FROM {log} WHERE run_id {EQ} $1 AND seq {EQ} $2"),
-            &[TEXT, INT8],
+            &format!(
+                "SELECT s.i FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), \
+                                            pg_catalog.unnest($2::pg_catalog.int8[])) \
+                                 WITH ORDINALITY s(run_id, seq, i) \
+                 WHERE NOT EXISTS (SELECT FROM {log} e WHERE e.run_id {EQ} s.run_id AND e.seq {EQ} s.seq)"
+            ),
+            &[TEXTARRAY, INT8ARRAY],
         ),
     }
 }

@@ -14,7 +14,8 @@
 //! any other arbiter (the `id` key, an index of the owner's, or every
 //! unique index, as `ON CONFLICT DO NOTHING` without a target checks), the
 //! trigger notes the row it numbered, and when the statement ends
-//! ([`crate::pg::row_origin`]) each noted row is looked up in the log:
+//! ([`crate::pg::row_origin`]) the noted rows are looked up in the log, in
+//! one statement per log:
 //! - stored: nothing to do;
 //! - skipped, and the last seq the run holds in this transaction: the run
 //!   gets its seq and its state back ([`run_cache`]), as if the row had
@@ -134,10 +135,13 @@ pub(crate) unsafe extern "C-unwind" fn statement_ended(depth: u32) {
         .into_iter()
         .filter(|r| r.depth == depth)
         .collect();
-    for row in rows.iter().rev() {
-        if stored(row) {
-            continue;
-        }
+    let missing = missing(&rows);
+    for row in rows
+        .iter()
+        .zip(missing)
+        .rev()
+        .filter_map(|(r, m)| m.then_some(r))
+    {
         let held = run_cache::held(row.log, &row.run_id);
         match (row.before, held) {
             (Some(state), Some(held)) if held.last_seq == row.seq => run_cache::advance(
@@ -158,23 +162,42 @@ pub(crate) unsafe extern "C-unwind" fn statement_ended(depth: u32) {
     }
 }
 
-/// Whether the log has the row's run at the row's seq, as this transaction
-/// sees it now (its statement's own rows included: SPI's command counter
-/// increment).
-fn stored(row: &Numbered) -> bool {
-    let plans =
-        kept_plans(row.log).unwrap_or_else(|| internal!("no plans for log {}", row.log.to_u32()));
-    as_role(row.writer, || {
-        Spi::connect_mut(|client| {
-            !or_internal!(
-                client.update(
-                    &plans.stored_at,
-                    Some(1),
-                    &[row.run_id.as_str().into(), row.seq.into()]
-                ),
-                "stored row"
-            )
-            .is_empty()
-        })
-    })
+/// Which of `rows` the log has no row at (run, seq) for, as this
+/// transaction sees it now (the statement's own rows included: SPI's
+/// command counter increment): one statement per log, however many rows.
+fn missing(rows: &[Numbered]) -> Vec<bool> {
+    let mut missing = vec![false; rows.len()];
+    let mut logs: Vec<(pg_sys::Oid, pg_sys::Oid)> = Vec::new();
+    for r in rows {
+        if !logs.contains(&(r.log, r.writer)) {
+            logs.push((r.log, r.writer));
+        }
+    }
+    for (log, writer) in logs {
+        let at: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].log == log && rows[i].writer == writer)
+            .collect();
+        let run_ids: Vec<&str> = at.iter().map(|&i| rows[i].run_id.as_str()).collect();
+        let seqs: Vec<i64> = at.iter().map(|&i| rows[i].seq).collect();
+        let plans =
+            kept_plans(log).unwrap_or_else(|| internal!("no plans for log {}", log.to_u32()));
+        let gone: Vec<i64> = as_role(writer, || {
+            Spi::connect_mut(|client| {
+                or_internal!(
+                    client.update(&plans.missing_at, None, &[run_ids.into(), seqs.into()]),
+                    "stored rows"
+                )
+                .map(|row| or_internal!(row.get::<i64>(1), "stored row").unwrap_or(0))
+                .collect()
+            })
+        });
+        for n in gone {
+            let slot = usize::try_from(n)
+                .ok()
+                .and_then(|n| at.get(n.checked_sub(1)?))
+                .unwrap_or_else(|| internal!("no numbered row {n}"));
+            missing[*slot] = true;
+        }
+    }
+    missing
 }
