@@ -179,6 +179,23 @@ CREATE FUNCTION workflow_ext.execute_as_owner(log regclass, statement text) RETU
     LANGUAGE c VOLATILE SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'execute_as_owner_wrapper';
 
+-- Whether Citus distributes `rel` (pg_dist_partition: a distributed,
+-- reference or Citus local table). Internal.
+CREATE FUNCTION workflow_ext.distributed_by_citus(rel regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    -- EXECUTE: pg_dist_partition exists only with Citus.
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+            INTO distributed USING rel;
+    END IF;
+    RETURN distributed;
+END
+$$;
+
 -- What a protected log may be (threat model: README, Security): a plain,
 -- permanent table, neither inheriting nor inherited, not a partition,
 -- without rules, without triggers but the extension's, without functions or
@@ -196,7 +213,6 @@ AS $$
 DECLARE
     rel record;
     what text;
-    distributed boolean;
 BEGIN
     SELECT c.relkind, c.relpersistence, c.relispartition INTO rel FROM pg_class c WHERE c.oid = log;
     IF rel.relkind IS NULL THEN
@@ -211,19 +227,6 @@ BEGIN
         RAISE EXCEPTION 'cannot attach temporary table "%"', log
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'A temporary table ends with its session, which would leave its registration behind.';
-    END IF;
-    -- A table Citus distributes keeps its rows in shards: attach would find
-    -- none to number, and cannot add its trigger (docs/scaling-out.md).
-    -- EXECUTE: pg_dist_partition exists only with Citus.
-    IF attaching AND EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = $1)' INTO distributed USING log;
-        IF distributed THEN
-            RAISE EXCEPTION 'cannot attach "%": Citus distributes it', log
-                USING ERRCODE = 'feature_not_supported',
-                      DETAIL = 'attach numbers and checks a table''s rows where they are; Citus keeps them in its shards.',
-                      HINT = format('Undistribute it (SELECT undistribute_table(%L)), attach it, then call workflow_ext.distribute(%L).',
-                                    log::text, log::text);
-        END IF;
     END IF;
     what := CASE
         WHEN rel.relispartition THEN 'it is a partition'
@@ -386,7 +389,10 @@ $$;
 -- replay order into a seq column, replaces the table's own creation index
 -- by the extension's, and installs the validating and append-only triggers.
 -- Returns the number of existing rows numbered (0 when already attached:
--- attaching again only restores a creation index a migration replaced).
+-- attaching again only restores a creation index a migration replaced). A
+-- table Citus distributes is attached on the coordinator: its rows come
+-- back there (undistribute_to_attach) and it is distributed again with
+-- distribute(), in this transaction.
 --
 -- SECURITY INVOKER: the DDL runs with the caller's rights (the caller must
 -- own the table), and the registration writes workflow_ext.logs and runs,
@@ -414,6 +420,7 @@ DECLARE
     run_index oid;
     grant_usage boolean;
     grant_execute boolean;
+    redistribute boolean := false;
 BEGIN
     IF log IS NULL OR accept_existing IS NULL THEN
         RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
@@ -434,6 +441,14 @@ BEGIN
     -- Before anything reads the table: what may be attached, and the
     -- column types (no cast, operator or trigger of the owner's runs here).
     PERFORM workflow_ext.check_log(log, attaching => true);
+    -- A table Citus distributes already: its rows come back to the
+    -- coordinator for the attach, and go out again at its end
+    -- (undistribute_to_attach, sql/citus.sql).
+    IF workflow_ext.distributed_by_citus(log) THEN
+        log := workflow_ext.undistribute_to_attach(log);
+        redistribute := true;
+        PERFORM workflow_ext.check_log(log, attaching => true);
+    END IF;
     SELECT a.atttypid::regtype INTO seq_type
       FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0 AND NOT a.attisdropped;
 
@@ -542,6 +557,9 @@ BEGIN
     INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
                                    creation_index, added_indexes)
     VALUES (log, accept_existing, seq_added, numbered, replaced, def, added);
+    IF redistribute THEN
+        PERFORM workflow_ext.distribute(log);
+    END IF;
     RETURN numbered;
 END
 $$;
@@ -691,6 +709,15 @@ BEGIN
                   HINT = 'A concurrent attach that was interrupted is undone by workflow_ext.detach; then call it again.';
     END IF;
     PERFORM workflow_ext.check_log(log, attaching => true);
+    -- Citus keeps a distributed table's rows in its shards, where no
+    -- concurrent step reaches them.
+    IF workflow_ext.distributed_by_citus(log) THEN
+        RAISE EXCEPTION 'cannot attach "%" concurrently: Citus distributes it', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'attach_concurrently numbers and checks a table''s rows where they are; Citus keeps them in its shards.',
+                  HINT = format('Attach it with workflow_ext.attach(%L): it brings the rows to the coordinator, attaches '
+                                'the table and distributes it again, in one transaction, while writers wait.', log::text);
+    END IF;
     IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0
                                             AND NOT a.attisdropped) THEN
         RAISE EXCEPTION '"%" has a seq column already', log
@@ -1134,14 +1161,11 @@ BEGIN
     END IF;
     -- A log Citus distributes (workflow_ext.distribute()): its shards and
     -- run rows are on the workers.
-    -- (Nested: the inner statement is parsed only where Citus is installed.)
-    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
-        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = log) THEN
-            RAISE EXCEPTION 'cannot detach a distributed log'
-                USING ERRCODE = 'feature_not_supported',
-                      DETAIL = format('Citus distributes %s.', log),
-                      HINT = 'Undistribute it first (Citus''s undistribute_table, which keeps its rows).';
-        END IF;
+    IF workflow_ext.distributed_by_citus(log) THEN
+        RAISE EXCEPTION 'cannot detach a distributed log'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('Citus distributes %s.', log),
+                  HINT = format('Undistribute it first: SELECT workflow_ext.undistribute(%L).', log::text);
     END IF;
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
     -- First, so the DDL watcher no longer guards the table.

@@ -3,6 +3,18 @@
 -- every per-run guarantee is kept on the node that holds the run
 -- (src/pg/citus.rs).
 
+-- The run table of distributed `log`: workflow_ext.distributed_runs, or
+-- distributed_runs_varchar for a varchar run_id (Citus co-locates only
+-- tables whose distribution columns have one type); NULL for another type.
+-- Internal.
+CREATE FUNCTION workflow_ext.run_table_of(log regclass) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE a.atttypid WHEN 'text'::regtype THEN 'workflow_ext.distributed_runs'::regclass
+                           WHEN 'varchar'::regtype THEN 'workflow_ext.distributed_runs_varchar'::regclass END
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'run_id' AND NOT a.attisdropped
+$$;
+
 -- Distributes `log` (the own log, or an attached table) by run_id with
 -- Citus, on the coordinator, together with its run table
 -- (workflow_ext.distributed_runs, or distributed_runs_varchar for a varchar
@@ -43,10 +55,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Connect to the coordinator and call workflow_ext.distribute() there.';
     END IF;
-    SELECT CASE a.atttypid WHEN 'text'::regtype THEN 'workflow_ext.distributed_runs'::regclass
-                           WHEN 'varchar'::regtype THEN 'workflow_ext.distributed_runs_varchar'::regclass END
-      INTO run_table
-      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'run_id' AND NOT a.attisdropped;
+    run_table := workflow_ext.run_table_of(log);
     IF run_table IS NULL THEN
         RAISE EXCEPTION 'cannot distribute % by its run_id', log
             USING ERRCODE = 'feature_not_supported',
@@ -64,7 +73,11 @@ BEGIN
         RAISE EXCEPTION '% is distributed without its run table', log
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('Citus distributes it, but not co-located with %s.', run_table),
-                  HINT = format('Undistribute it (SELECT undistribute_table(%L)), then call workflow_ext.distribute().', log::text);
+                  HINT = CASE WHEN log = 'workflow_ext.events'::regclass
+                              THEN 'Citus undistributes no table of an extension: drop the extension (its events with it), '
+                                   'create it again and call workflow_ext.distribute().'
+                              ELSE format('Undistribute it (SELECT workflow_ext.undistribute(%L)), then call workflow_ext.distribute().',
+                                          log::text) END;
     END IF;
     -- A log with events: its run rows move into the run table, keyed by the
     -- log's name; Citus then copies the events into the new shards, whose
@@ -118,6 +131,125 @@ BEGIN
         PERFORM workflow_ext.announce_distribution('');
     END IF;
     PERFORM workflow_ext.distribute_own_log_tables(log);
+END;
+$$;
+
+-- Undoes distribute() for an attached log, on the coordinator: Citus's
+-- undistribute_table copies the rows into a new local table, drops the
+-- distributed one and renames the copy, then puts back its indexes and
+-- triggers (the copy, before them, is not re-validated); the log's
+-- registration and run rows follow it to the new table (a new OID). The
+-- primary key or unique constraint distribute() led with run_id stays so.
+-- The own log is refused: Citus undistributes no table of an extension.
+-- Nothing to do for a log Citus does not distribute. SECURITY INVOKER,
+-- not executable by PUBLIC: it writes the registration, like attach.
+CREATE FUNCTION workflow_ext.undistribute(log regclass DEFAULT 'workflow_ext.events')
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    -- Citus says each step of its table conversion (NOTICE).
+    SET client_min_messages = warning
+AS $$
+DECLARE
+    registration workflow_ext.logs;
+    run_table regclass;
+    runs_group integer;
+    log_group integer;
+    name text;
+    moved regclass;
+BEGIN
+    IF log IS NULL THEN
+        RAISE EXCEPTION 'log must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'workflow_ext.undistribute() undoes workflow_ext.distribute().';
+    END IF;
+    IF log = 'workflow_ext.events'::regclass THEN
+        RAISE EXCEPTION 'cannot undistribute workflow_ext.events'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Citus undistributes no table that belongs to an extension.',
+                  HINT = 'To leave Citus with the own log''s events, copy them out (COPY … TO) before dropping the extension.';
+    END IF;
+    SELECT * INTO registration FROM workflow_ext.logs l WHERE l.relation = log;
+    IF registration.relation IS NULL THEN
+        RAISE EXCEPTION '"%" is not a protected log', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'workflow_ext.attached_logs lists the protected logs; Citus''s undistribute_table undistributes other tables.';
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION 'a log is undistributed from the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to the coordinator and call workflow_ext.undistribute() there.';
+    END IF;
+    SELECT p.colocationid INTO log_group FROM pg_dist_partition p WHERE p.logicalrelid = log;
+    IF log_group IS NULL THEN
+        RETURN;
+    END IF;
+    run_table := workflow_ext.run_table_of(log);
+    -- Writers wait while the rows come back.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+    IF run_table IS NOT NULL THEN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', run_table);
+        SELECT p.colocationid INTO runs_group FROM pg_dist_partition p WHERE p.logicalrelid = run_table;
+    END IF;
+    name := log::text;
+    -- Dropping the distributed table drops its registration (on_drop).
+    PERFORM undistribute_table(log);
+    moved := to_regclass(name);
+    INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
+                                   creation_index, added_indexes, attached_at, attached_by)
+    VALUES (moved, registration.accept_existing, registration.seq_added, registration.numbered,
+            registration.replaced_index, registration.creation_index, registration.added_indexes,
+            registration.attached_at, registration.attached_by);
+    IF log_group IS NOT DISTINCT FROM runs_group THEN
+        EXECUTE format('INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, created_at, finished_at, last_event_at) '
+                       'SELECT $1, r.run_id, r.state, r.last_seq, r.created_at, r.finished_at, r.last_event_at '
+                       '  FROM %s r WHERE r.log = $2', run_table)
+            -- By OID: Citus runs the SELECT on the workers, which do not
+            -- know the new table.
+            USING moved::oid, name;
+        EXECUTE format('DELETE FROM %s r WHERE r.log = $1', run_table) USING name;
+    ELSE
+        -- Distributed by hand, without its run rows: seeded from its
+        -- events, as attach seeds them.
+        PERFORM workflow_ext.seed_runs(moved, NULL);
+    END IF;
+    -- What Citus put back is what attach had put there.
+    PERFORM workflow_ext.check_log(moved, attaching => false);
+END;
+$$;
+
+-- attach() of a table Citus distributes already (distributed before it was
+-- attached), on the coordinator: Citus's undistribute_table brings its rows
+-- back into a local table of the same name (a new OID, returned), where
+-- attach audits and numbers them as for any table; attach then
+-- distribute()s it again, all in attach's transaction. Internal.
+CREATE FUNCTION workflow_ext.undistribute_to_attach(log regclass) RETURNS regclass
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    SET client_min_messages = warning
+AS $$
+DECLARE
+    name text := log::text;
+    has_rows boolean;
+BEGIN
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION 'a distributed table is attached from the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to the coordinator and call workflow_ext.attach() there.';
+    END IF;
+    -- distribute() takes events along as a superuser only: say so before
+    -- the rows travel.
+    -- (A select list: Citus cannot plan an empty one over a distributed table.)
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', log) INTO has_rows;
+    IF has_rows AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user) THEN
+        RAISE EXCEPTION 'a distributed table with events is attached by a superuser'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('%s has events, which attach distributes again past their triggers.', log),
+                  HINT = 'Call workflow_ext.attach() as a superuser.';
+    END IF;
+    PERFORM undistribute_table(log);
+    RETURN to_regclass(name);
 END;
 $$;
 

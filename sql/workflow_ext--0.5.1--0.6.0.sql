@@ -228,6 +228,7 @@ DECLARE
     run_index oid;
     grant_usage boolean;
     grant_execute boolean;
+    redistribute boolean := false;
 BEGIN
     IF log IS NULL OR accept_existing IS NULL THEN
         RAISE EXCEPTION '% must not be null', CASE WHEN log IS NULL THEN 'log' ELSE 'accept_existing' END
@@ -248,6 +249,14 @@ BEGIN
     -- Before anything reads the table: what may be attached, and the
     -- column types (no cast, operator or trigger of the owner's runs here).
     PERFORM workflow_ext.check_log(log, attaching => true);
+    -- A table Citus distributes already: its rows come back to the
+    -- coordinator for the attach, and go out again at its end
+    -- (undistribute_to_attach, sql/citus.sql).
+    IF workflow_ext.distributed_by_citus(log) THEN
+        log := workflow_ext.undistribute_to_attach(log);
+        redistribute := true;
+        PERFORM workflow_ext.check_log(log, attaching => true);
+    END IF;
     SELECT a.atttypid::regtype INTO seq_type
       FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0 AND NOT a.attisdropped;
 
@@ -356,6 +365,9 @@ BEGIN
     INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
                                    creation_index, added_indexes)
     VALUES (log, accept_existing, seq_added, numbered, replaced, def, added);
+    IF redistribute THEN
+        PERFORM workflow_ext.distribute(log);
+    END IF;
     RETURN numbered;
 END
 $$;
@@ -486,6 +498,15 @@ BEGIN
                   HINT = 'A concurrent attach that was interrupted is undone by workflow_ext.detach; then call it again.';
     END IF;
     PERFORM workflow_ext.check_log(log, attaching => true);
+    -- Citus keeps a distributed table's rows in its shards, where no
+    -- concurrent step reaches them.
+    IF workflow_ext.distributed_by_citus(log) THEN
+        RAISE EXCEPTION 'cannot attach "%" concurrently: Citus distributes it', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'attach_concurrently numbers and checks a table''s rows where they are; Citus keeps them in its shards.',
+                  HINT = format('Attach it with workflow_ext.attach(%L): it brings the rows to the coordinator, attaches '
+                                'the table and distributes it again, in one transaction, while writers wait.', log::text);
+    END IF;
     IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'seq' AND a.attnum > 0
                                             AND NOT a.attisdropped) THEN
         RAISE EXCEPTION '"%" has a seq column already', log
@@ -848,14 +869,11 @@ BEGIN
     END IF;
     -- A log Citus distributes (workflow_ext.distribute()): its shards and
     -- run rows are on the workers.
-    -- (Nested: the inner statement is parsed only where Citus is installed.)
-    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
-        IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = log) THEN
-            RAISE EXCEPTION 'cannot detach a distributed log'
-                USING ERRCODE = 'feature_not_supported',
-                      DETAIL = format('Citus distributes %s.', log),
-                      HINT = 'Undistribute it first (Citus''s undistribute_table, which keeps its rows).';
-        END IF;
+    IF workflow_ext.distributed_by_citus(log) THEN
+        RAISE EXCEPTION 'cannot detach a distributed log'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('Citus distributes %s.', log),
+                  HINT = format('Undistribute it first: SELECT workflow_ext.undistribute(%L).', log::text);
     END IF;
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
     -- First, so the DDL watcher no longer guards the table.
@@ -922,7 +940,24 @@ REVOKE ALL ON FUNCTION workflow_ext.unnumbered_rows(regclass) FROM PUBLIC;
 ALTER FUNCTION workflow_ext.replay(text, regclass) SET jit = off;
 ALTER FUNCTION workflow_ext.scan(regclass, timestamptz) SET jit = off;
 
--- attach refuses a table Citus distributes (sql/attach.sql).
+-- attach takes a table Citus distributes on the coordinator, attach_concurrently
+-- refuses it (sql/attach.sql). Whether Citus distributes `rel` (pg_dist_partition: a distributed,
+-- reference or Citus local table). Internal.
+CREATE FUNCTION workflow_ext.distributed_by_citus(rel regclass) RETURNS boolean
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    -- EXECUTE: pg_dist_partition exists only with Citus.
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+            INTO distributed USING rel;
+    END IF;
+    RETURN distributed;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION workflow_ext.check_log(log regclass, attaching boolean, created oid[] DEFAULT '{}')
 RETURNS void
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
@@ -930,7 +965,6 @@ AS $$
 DECLARE
     rel record;
     what text;
-    distributed boolean;
 BEGIN
     SELECT c.relkind, c.relpersistence, c.relispartition INTO rel FROM pg_class c WHERE c.oid = log;
     IF rel.relkind IS NULL THEN
@@ -945,19 +979,6 @@ BEGIN
         RAISE EXCEPTION 'cannot attach temporary table "%"', log
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'A temporary table ends with its session, which would leave its registration behind.';
-    END IF;
-    -- A table Citus distributes keeps its rows in shards: attach would find
-    -- none to number, and cannot add its trigger (docs/scaling-out.md).
-    -- EXECUTE: pg_dist_partition exists only with Citus.
-    IF attaching AND EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = $1)' INTO distributed USING log;
-        IF distributed THEN
-            RAISE EXCEPTION 'cannot attach "%": Citus distributes it', log
-                USING ERRCODE = 'feature_not_supported',
-                      DETAIL = 'attach numbers and checks a table''s rows where they are; Citus keeps them in its shards.',
-                      HINT = format('Undistribute it (SELECT undistribute_table(%L)), attach it, then call workflow_ext.distribute(%L).',
-                                    log::text, log::text);
-        END IF;
     END IF;
     what := CASE
         WHEN rel.relispartition THEN 'it is a partition'
@@ -1046,6 +1067,18 @@ CREATE TABLE workflow_ext.distributed_runs_varchar (
 -- every per-run guarantee is kept on the node that holds the run
 -- (src/pg/citus.rs).
 
+-- The run table of distributed `log`: workflow_ext.distributed_runs, or
+-- distributed_runs_varchar for a varchar run_id (Citus co-locates only
+-- tables whose distribution columns have one type); NULL for another type.
+-- Internal.
+CREATE FUNCTION workflow_ext.run_table_of(log regclass) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE a.atttypid WHEN 'text'::regtype THEN 'workflow_ext.distributed_runs'::regclass
+                           WHEN 'varchar'::regtype THEN 'workflow_ext.distributed_runs_varchar'::regclass END
+      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'run_id' AND NOT a.attisdropped
+$$;
+
 -- Distributes `log` (the own log, or an attached table) by run_id with
 -- Citus, on the coordinator, together with its run table
 -- (workflow_ext.distributed_runs, or distributed_runs_varchar for a varchar
@@ -1086,10 +1119,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Connect to the coordinator and call workflow_ext.distribute() there.';
     END IF;
-    SELECT CASE a.atttypid WHEN 'text'::regtype THEN 'workflow_ext.distributed_runs'::regclass
-                           WHEN 'varchar'::regtype THEN 'workflow_ext.distributed_runs_varchar'::regclass END
-      INTO run_table
-      FROM pg_attribute a WHERE a.attrelid = log AND a.attname = 'run_id' AND NOT a.attisdropped;
+    run_table := workflow_ext.run_table_of(log);
     IF run_table IS NULL THEN
         RAISE EXCEPTION 'cannot distribute % by its run_id', log
             USING ERRCODE = 'feature_not_supported',
@@ -1107,7 +1137,11 @@ BEGIN
         RAISE EXCEPTION '% is distributed without its run table', log
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('Citus distributes it, but not co-located with %s.', run_table),
-                  HINT = format('Undistribute it (SELECT undistribute_table(%L)), then call workflow_ext.distribute().', log::text);
+                  HINT = CASE WHEN log = 'workflow_ext.events'::regclass
+                              THEN 'Citus undistributes no table of an extension: drop the extension (its events with it), '
+                                   'create it again and call workflow_ext.distribute().'
+                              ELSE format('Undistribute it (SELECT workflow_ext.undistribute(%L)), then call workflow_ext.distribute().',
+                                          log::text) END;
     END IF;
     -- A log with events: its run rows move into the run table, keyed by the
     -- log's name; Citus then copies the events into the new shards, whose
@@ -1161,6 +1195,125 @@ BEGIN
         PERFORM workflow_ext.announce_distribution('');
     END IF;
     PERFORM workflow_ext.distribute_own_log_tables(log);
+END;
+$$;
+
+-- Undoes distribute() for an attached log, on the coordinator: Citus's
+-- undistribute_table copies the rows into a new local table, drops the
+-- distributed one and renames the copy, then puts back its indexes and
+-- triggers (the copy, before them, is not re-validated); the log's
+-- registration and run rows follow it to the new table (a new OID). The
+-- primary key or unique constraint distribute() led with run_id stays so.
+-- The own log is refused: Citus undistributes no table of an extension.
+-- Nothing to do for a log Citus does not distribute. SECURITY INVOKER,
+-- not executable by PUBLIC: it writes the registration, like attach.
+CREATE FUNCTION workflow_ext.undistribute(log regclass DEFAULT 'workflow_ext.events')
+RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    -- Citus says each step of its table conversion (NOTICE).
+    SET client_min_messages = warning
+AS $$
+DECLARE
+    registration workflow_ext.logs;
+    run_table regclass;
+    runs_group integer;
+    log_group integer;
+    name text;
+    moved regclass;
+BEGIN
+    IF log IS NULL THEN
+        RAISE EXCEPTION 'log must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'workflow_ext.undistribute() undoes workflow_ext.distribute().';
+    END IF;
+    IF log = 'workflow_ext.events'::regclass THEN
+        RAISE EXCEPTION 'cannot undistribute workflow_ext.events'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Citus undistributes no table that belongs to an extension.',
+                  HINT = 'To leave Citus with the own log''s events, copy them out (COPY … TO) before dropping the extension.';
+    END IF;
+    SELECT * INTO registration FROM workflow_ext.logs l WHERE l.relation = log;
+    IF registration.relation IS NULL THEN
+        RAISE EXCEPTION '"%" is not a protected log', log
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'workflow_ext.attached_logs lists the protected logs; Citus''s undistribute_table undistributes other tables.';
+    END IF;
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION 'a log is undistributed from the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to the coordinator and call workflow_ext.undistribute() there.';
+    END IF;
+    SELECT p.colocationid INTO log_group FROM pg_dist_partition p WHERE p.logicalrelid = log;
+    IF log_group IS NULL THEN
+        RETURN;
+    END IF;
+    run_table := workflow_ext.run_table_of(log);
+    -- Writers wait while the rows come back.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', log);
+    IF run_table IS NOT NULL THEN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', run_table);
+        SELECT p.colocationid INTO runs_group FROM pg_dist_partition p WHERE p.logicalrelid = run_table;
+    END IF;
+    name := log::text;
+    -- Dropping the distributed table drops its registration (on_drop).
+    PERFORM undistribute_table(log);
+    moved := to_regclass(name);
+    INSERT INTO workflow_ext.logs (relation, accept_existing, seq_added, numbered, replaced_index,
+                                   creation_index, added_indexes, attached_at, attached_by)
+    VALUES (moved, registration.accept_existing, registration.seq_added, registration.numbered,
+            registration.replaced_index, registration.creation_index, registration.added_indexes,
+            registration.attached_at, registration.attached_by);
+    IF log_group IS NOT DISTINCT FROM runs_group THEN
+        EXECUTE format('INSERT INTO workflow_ext.runs (log, run_id, state, last_seq, created_at, finished_at, last_event_at) '
+                       'SELECT $1, r.run_id, r.state, r.last_seq, r.created_at, r.finished_at, r.last_event_at '
+                       '  FROM %s r WHERE r.log = $2', run_table)
+            -- By OID: Citus runs the SELECT on the workers, which do not
+            -- know the new table.
+            USING moved::oid, name;
+        EXECUTE format('DELETE FROM %s r WHERE r.log = $1', run_table) USING name;
+    ELSE
+        -- Distributed by hand, without its run rows: seeded from its
+        -- events, as attach seeds them.
+        PERFORM workflow_ext.seed_runs(moved, NULL);
+    END IF;
+    -- What Citus put back is what attach had put there.
+    PERFORM workflow_ext.check_log(moved, attaching => false);
+END;
+$$;
+
+-- attach() of a table Citus distributes already (distributed before it was
+-- attached), on the coordinator: Citus's undistribute_table brings its rows
+-- back into a local table of the same name (a new OID, returned), where
+-- attach audits and numbers them as for any table; attach then
+-- distribute()s it again, all in attach's transaction. Internal.
+CREATE FUNCTION workflow_ext.undistribute_to_attach(log regclass) RETURNS regclass
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    SET client_min_messages = warning
+AS $$
+DECLARE
+    name text := log::text;
+    has_rows boolean;
+BEGIN
+    IF NOT citus_is_coordinator() THEN
+        RAISE EXCEPTION 'a distributed table is attached from the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Connect to the coordinator and call workflow_ext.attach() there.';
+    END IF;
+    -- distribute() takes events along as a superuser only: say so before
+    -- the rows travel.
+    -- (A select list: Citus cannot plan an empty one over a distributed table.)
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', log) INTO has_rows;
+    IF has_rows AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user) THEN
+        RAISE EXCEPTION 'a distributed table with events is attached by a superuser'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('%s has events, which attach distributes again past their triggers.', log),
+                  HINT = 'Call workflow_ext.attach() as a superuser.';
+    END IF;
+    PERFORM undistribute_table(log);
+    RETURN to_regclass(name);
 END;
 $$;
 
@@ -1357,6 +1510,10 @@ CREATE FUNCTION workflow_ext.purge_local_shards(older_than interval) RETURNS big
 REVOKE ALL ON FUNCTION workflow_ext.distribute(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.announce_distribution(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.distribute_own_log_tables(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.run_table_of(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.undistribute(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.undistribute_to_attach(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION workflow_ext.distributed_by_citus(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.purge_local_shards(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.inserted_on_every_node(regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION workflow_ext.track_hook_tokens_on_shard(name, name, text, text, text, text, text) FROM PUBLIC;

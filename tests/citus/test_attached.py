@@ -176,3 +176,135 @@ def test_attached_devkit_table(citus):
     assert f.sql("SELECT count(*) FROM workflow_ext.scan('workflow.workflow_events')") == [(0,)]
     with f.connect() as c, pytest.raises(psycopg.errors.FeatureNotSupported):
         c.execute("SELECT workflow_ext.detach('workflow.workflow_events')")
+
+
+DISTRIBUTED_BY_HAND = """
+CREATE SCHEMA workflow;
+CREATE TABLE workflow.workflow_events (
+    id varchar, type varchar NOT NULL, correlation_id varchar,
+    created_at timestamp DEFAULT now() NOT NULL, run_id varchar NOT NULL,
+    payload jsonb, spec_version integer, PRIMARY KEY (run_id, id));
+CREATE INDEX workflow_events_run_id_index ON workflow.workflow_events (run_id);
+CREATE UNIQUE INDEX workflow_events_entity_creation_unique ON workflow.workflow_events
+    (run_id, correlation_id, type) WHERE type IN ('step_created', 'hook_created', 'wait_created');
+SELECT create_distributed_table('workflow.workflow_events', 'run_id');
+"""
+
+
+def history(c, runs):
+    """Three events per run, a step open; the last run completed."""
+    for r in range(runs):
+        steps = (("run_created", None), ("run_started", None), ("step_created", "s1"))
+        if r == runs - 1:
+            steps = (("run_created", None), ("run_started", None), ("run_completed", None))
+        for p, (typ, corr) in enumerate(steps):
+            c.execute("INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) "
+                      "VALUES (%s, %s, %s, %s)", (f"wevt_{r}_{p}", f"wrun_{r}", typ, corr))
+
+
+def test_a_table_distributed_first_is_attached_and_undistributed(citus):
+    """A DevKit-shaped table the user distributed before adopting the
+    extension, with a history in its shards: attach audits and numbers it on
+    the coordinator and distributes it again (co-located with its run rows);
+    every rule holds on every node. undistribute() then brings it back whole:
+    its registration and run rows follow it to the new local table, where the
+    rules hold as before. Citus's undistribute_table alone loses both."""
+    f = citus
+    db = f.new_database("wfx_attach_distributed")
+    with f.coordinator.connect(db) as c:
+        c.execute(DISTRIBUTED_BY_HAND)
+        history(c, 6)
+    assert f.coordinator.sql("SELECT workflow_ext.attach('workflow.workflow_events')", db=db) == [(18,)]
+    assert f.coordinator.sql(
+        "SELECT logicalrelid::text FROM pg_dist_partition WHERE colocationid = "
+        "(SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'workflow.workflow_events'::regclass) "
+        "ORDER BY 1", db=db) == [("workflow.workflow_events",), ("workflow_ext.distributed_runs_varchar",)]
+    assert f.coordinator.sql("SELECT log::text, rows_numbered FROM workflow_ext.attached_logs "
+                             "WHERE log::text <> 'workflow_ext.events'", db=db) == [("workflow.workflow_events", 18)]
+    events = events_of(f, "workflow.workflow_events", db)
+    assert [(r, s, i) for r, s, i, _, _ in events] == [
+        (f"wrun_{r}", p + 1, f"wevt_{r}_{p}") for r in range(6) for p in range(3)]
+    runs = f.coordinator.sql("SELECT run_id::text, state, last_seq, created_at, finished_at, last_event_at "
+                             "FROM workflow_ext.distributed_runs_varchar ORDER BY 1", db=db)
+    assert [(r, s, n) for r, s, n, *_ in runs] == [(f"wrun_{r}", "running", 3) for r in range(5)] + [
+        ("wrun_5", "completed", 3)]
+    assert f.coordinator.sql("SELECT count(*) FROM workflow_ext.runs", db=db) == [(0,)]
+    for node, run in ((f.coordinator, "wrun_0"), (f.workers[0], "wrun_1"), (f.workers[1], "wrun_2")):
+        with node.connect(db) as c:
+            assert insert(c, run, "step_started", "s1", f"wevt_n_{run}") == 4
+            with pytest.raises(psycopg.errors.UniqueViolation) as e:
+                insert(c, run, "step_created", "s1", f"wevt_d_{run}")
+            assert e.value.diag.constraint_name == "workflow_events_entity_creation_unique", node.name
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                insert(c, "wrun_5", "step_created", "s9", f"wevt_l_{run}")
+            assert c.execute("SELECT count(*) FROM workflow_ext.scan('workflow.workflow_events')").fetchone() == (0,)
+    with f.coordinator.connect(db) as c, pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        c.execute("SELECT workflow_ext.detach('workflow.workflow_events')")
+    assert e.value.diag.message_hint == "Undistribute it first: SELECT workflow_ext.undistribute('workflow.workflow_events')."
+
+    # The undo.
+    before = events_of(f, "workflow.workflow_events", db)
+    runs = f.coordinator.sql("SELECT run_id::text, state, last_seq, created_at, finished_at, last_event_at "
+                             "FROM workflow_ext.distributed_runs_varchar ORDER BY 1", db=db)
+    f.coordinator.sql("SELECT workflow_ext.undistribute('workflow.workflow_events')", db=db)
+    assert f.coordinator.sql("SELECT count(*) FROM pg_dist_partition "
+                             "WHERE logicalrelid = 'workflow.workflow_events'::regclass", db=db) == [(0,)]
+    assert events_of(f, "workflow.workflow_events", db) == before
+    assert f.coordinator.sql("SELECT run_id, state, last_seq, created_at, finished_at, last_event_at "
+                             "FROM workflow_ext.runs WHERE log = 'workflow.workflow_events'::regclass ORDER BY 1",
+                             db=db) == runs
+    assert f.coordinator.sql("SELECT count(*) FROM workflow_ext.distributed_runs_varchar", db=db) == [(0,)]
+    assert f.coordinator.sql("SELECT log::text, rows_numbered FROM workflow_ext.attached_logs "
+                             "WHERE log::text <> 'workflow_ext.events'", db=db) == [("workflow.workflow_events", 18)]
+    # A second call has nothing to do.
+    f.coordinator.sql("SELECT workflow_ext.undistribute('workflow.workflow_events')", db=db)
+    with f.coordinator.connect(db) as c:
+        assert insert(c, "wrun_0", "step_completed", "s1", "wevt_local_0") == 5
+        with pytest.raises(psycopg.errors.UniqueViolation) as e:
+            insert(c, "wrun_3", "step_created", "s1", "wevt_local_d")
+        assert e.value.diag.constraint_name == "workflow_events_entity_creation_unique"
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            insert(c, "wrun_5", "step_created", "s9", "wevt_local_l")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute("DELETE FROM workflow.workflow_events WHERE run_id = 'wrun_0'")
+        assert c.execute("SELECT count(*) FROM workflow_ext.scan('workflow.workflow_events')").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("SELECT workflow_ext.undistribute()")
+        assert e.value.diag.message_primary == "cannot undistribute workflow_ext.events"
+
+    # Citus's own undistribute_table, after distributing it again: the
+    # registration goes with the dropped table and the run rows stay behind,
+    # so the next legal event of a run is refused.
+    f.coordinator.sql("SELECT workflow_ext.distribute('workflow.workflow_events')", db=db)
+    with f.coordinator.connect(db) as c:
+        assert insert(c, "wrun_1", "step_completed", "s1", "wevt_again_1") == 5
+    f.coordinator.sql("SELECT undistribute_table('workflow.workflow_events')", db=db)
+    assert f.coordinator.sql("SELECT count(*) FROM workflow_ext.attached_logs "
+                             "WHERE log::text <> 'workflow_ext.events'", db=db) == [(0,)]
+    with f.coordinator.connect(db) as c, pytest.raises(psycopg.errors.ForeignKeyViolation) as e:
+        insert(c, "wrun_2", "step_completed", "s1", "wevt_naive_2")
+    assert e.value.diag.message_primary == 'step_completed refused: run "wrun_2" has no run_created event'
+
+
+def test_attach_of_a_distributed_table_with_anomalies_changes_nothing(citus):
+    """The audit refuses a distributed table's past as any table's (55000):
+    the attach is rolled back whole, the table distributed as it was."""
+    f = citus
+    db = f.new_database("wfx_attach_distributed_refused")
+    with f.coordinator.connect(db) as c:
+        c.execute(DISTRIBUTED_BY_HAND)
+        history(c, 3)
+        # An event after the run's end.
+        c.execute("INSERT INTO workflow.workflow_events (id, run_id, type, correlation_id) "
+                  "VALUES ('wevt_2_9', 'wrun_2', 'step_created', 's1')")
+    before = f.coordinator.sql("SELECT run_id::text, id::text, type::text FROM workflow.workflow_events ORDER BY 1, 2",
+                               db=db)
+    with f.coordinator.connect(db) as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        c.execute("SELECT workflow_ext.attach('workflow.workflow_events')")
+    assert f.coordinator.sql("SELECT count(*) FROM pg_dist_partition "
+                             "WHERE logicalrelid = 'workflow.workflow_events'::regclass", db=db) == [(1,)]
+    assert f.coordinator.sql("SELECT run_id::text, id::text, type::text FROM workflow.workflow_events ORDER BY 1, 2",
+                             db=db) == before
+    assert f.coordinator.sql("SELECT count(*) FROM workflow_ext.logs", db=db) == [(1,)]
+    assert f.coordinator.sql("SELECT count(*) FROM information_schema.columns "
+                             "WHERE table_schema = 'workflow' AND column_name = 'seq'", db=db) == [(0,)]

@@ -14,3 +14,7 @@ SELECT has_function_privilege('public', 'workflow_ext.distribute(regclass)', 'EX
 SELECT * FROM workflow_ext.counters_on_every_node();
 SELECT has_function_privilege('pg_monitor', 'workflow_ext.counters_on_every_node()', 'EXECUTE') AS monitor_reads,
        has_function_privilege('public', 'workflow_ext.counters_on_every_node()', 'EXECUTE') AS public_reads;
+-- Its undo, likewise: 0A000 without Citus, 22004 for NULL, internal.
+SELECT workflow_ext.undistribute();
+SELECT workflow_ext.undistribute(NULL);
+SELECT has_function_privilege('public', 'workflow_ext.undistribute(regclass)', 'EXECUTE') AS public_undistributes;
