@@ -142,6 +142,8 @@ pub(crate) unsafe extern "C-unwind" fn statement_ended(depth: u32) {
         .rev()
         .filter_map(|(r, m)| m.then_some(r))
     {
+        // As many as the statement's rows: a cancel is answered here too.
+        pgrx::check_for_interrupts!();
         let held = run_cache::held(row.log, &row.run_id);
         match (row.before, held) {
             (Some(state), Some(held)) if held.last_seq == row.seq => run_cache::advance(
@@ -169,6 +171,7 @@ fn missing(rows: &[Numbered]) -> Vec<bool> {
     let mut missing = vec![false; rows.len()];
     let mut logs: Vec<(pg_sys::Oid, pg_sys::Oid)> = Vec::new();
     for r in rows {
+        pgrx::check_for_interrupts!();
         if !logs.contains(&(r.log, r.writer)) {
             logs.push((r.log, r.writer));
         }
@@ -192,6 +195,7 @@ fn missing(rows: &[Numbered]) -> Vec<bool> {
             })
         });
         for n in gone {
+            pgrx::check_for_interrupts!();
             let slot = usize::try_from(n)
                 .ok()
                 .and_then(|n| at.get(n.checked_sub(1)?))
