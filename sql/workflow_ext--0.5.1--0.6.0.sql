@@ -1284,11 +1284,11 @@ BEGIN
 END;
 $$;
 
--- attach() of a table Citus distributes already (distributed before it was
--- attached), on the coordinator: Citus's undistribute_table brings its rows
--- back into a local table of the same name (a new OID, returned), where
--- attach audits and numbers them as for any table; attach then
--- distribute()s it again, all in attach's transaction. Internal.
+-- attach() of a table Citus distributes already by run_id (distributed
+-- before it was attached), on the coordinator: Citus's undistribute_table
+-- brings its rows back into a local table of the same name (a new OID,
+-- returned), where attach audits and numbers them as for any table; attach
+-- then distribute()s it again, all in attach's transaction. Internal.
 CREATE FUNCTION workflow_ext.undistribute_to_attach(log regclass) RETURNS regclass
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
     SET client_min_messages = warning
@@ -1296,11 +1296,29 @@ AS $$
 DECLARE
     name text := log::text;
     has_rows boolean;
+    placed text;
 BEGIN
     IF NOT citus_is_coordinator() THEN
         RAISE EXCEPTION 'a distributed table is attached from the Citus coordinator'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Connect to the coordinator and call workflow_ext.attach() there.';
+    END IF;
+    -- Only what distribute() would make of it comes back as it was: a table
+    -- hash-distributed by run_id. Another one (a reference table, a Citus
+    -- local table, one distributed by another column) is not turned into
+    -- that unasked.
+    SELECT CASE WHEN p.partmethod = 'h' THEN 'distributed by ' || column_to_column_name(p.logicalrelid, p.partkey)
+                WHEN p.repmodel = 't' THEN 'a reference table'
+                WHEN p.colocationid = 0 THEN 'a Citus local table'
+                ELSE 'a single-shard distributed table' END
+      INTO placed
+      FROM pg_dist_partition p WHERE p.logicalrelid = log;
+    IF placed IS DISTINCT FROM 'distributed by run_id' THEN
+        RAISE EXCEPTION 'cannot attach "%": Citus does not distribute it by run_id', log
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = format('It is %s; a protected log is distributed by run_id.', placed),
+                  HINT = format('Undistribute it (SELECT undistribute_table(%L)), attach it, then call '
+                                'workflow_ext.distribute(%L) if it is to be distributed.', log::text, log::text);
     END IF;
     -- distribute() takes events along as a superuser only: say so before
     -- the rows travel.

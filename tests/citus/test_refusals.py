@@ -53,3 +53,23 @@ def test_a_table_citus_distributes_is_not_attached_concurrently(citus):
     assert "workflow_ext.attach('public.by_hand')" in e.value.diag.message_hint
     assert citus.sql("SELECT count(*) FROM workflow_ext.logs WHERE relation::text = 'by_hand'") == [(0,)]
     assert citus.sql("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'by_hand'::regclass") == [(1,)]
+
+
+def test_only_a_table_distributed_by_run_id_is_attached_so(citus):
+    """attach takes a table Citus distributes by run_id (test_attached); a
+    reference table or one distributed by another column is not turned
+    into that unasked: 0A000 naming what it is, nothing changed."""
+    cols = ("(id text, run_id text NOT NULL, type text NOT NULL, correlation_id text, "
+            "payload jsonb, created_at timestamptz DEFAULT now(), PRIMARY KEY (run_id, id))")
+    with citus.connect() as c:
+        c.execute(f"CREATE TABLE as_reference {cols}")
+        c.execute("SELECT create_reference_table('as_reference')")
+        c.execute(f"CREATE TABLE by_id {cols}")
+        c.execute("SELECT create_distributed_table('by_id', 'id')")
+    for table, what in (("as_reference", "a reference table"), ("by_id", "distributed by id")):
+        with citus.connect() as c, pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(f"SELECT workflow_ext.attach('{table}')")
+        assert e.value.diag.message_primary == f'cannot attach "public.{table}": Citus does not distribute it by run_id'
+        assert e.value.diag.message_detail == f"It is {what}; a protected log is distributed by run_id."
+        assert citus.sql("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = %s::regclass", (table,)) == [(1,)]
+    assert citus.sql("SELECT count(*) FROM workflow_ext.logs WHERE relation::text IN ('as_reference', 'by_id')") == [(0,)]
