@@ -214,6 +214,11 @@ def test_a_table_distributed_first_is_attached_and_undistributed(citus):
     with f.coordinator.connect(db) as c:
         c.execute(DISTRIBUTED_BY_HAND)
         history(c, 6)
+    # The dry run reads it where it is.
+    dry = dict((k, (r, e, d)) for k, r, e, d in f.coordinator.sql(
+        "SELECT * FROM workflow_ext.attach_dry_run('workflow.workflow_events')", db=db))
+    assert dry["total"][:2] == (6, 18), dry
+    assert dry["verdict"][2] == "attach would succeed", dry
     assert f.coordinator.sql("SELECT workflow_ext.attach('workflow.workflow_events')", db=db) == [(18,)]
     assert f.coordinator.sql(
         "SELECT logicalrelid::text FROM pg_dist_partition WHERE colocationid = "
@@ -299,6 +304,9 @@ def test_attach_of_a_distributed_table_with_anomalies_changes_nothing(citus):
                   "VALUES ('wevt_2_9', 'wrun_2', 'step_created', 's1')")
     before = f.coordinator.sql("SELECT run_id::text, id::text, type::text FROM workflow.workflow_events ORDER BY 1, 2",
                                db=db)
+    dry = dict((k, d) for k, _, _, d in f.coordinator.sql(
+        "SELECT * FROM workflow_ext.attach_dry_run('workflow.workflow_events')", db=db))
+    assert dry["verdict"].startswith("attach needs accept_existing"), dry
     with f.coordinator.connect(db) as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
         c.execute("SELECT workflow_ext.attach('workflow.workflow_events')")
     assert f.coordinator.sql("SELECT count(*) FROM pg_dist_partition "
