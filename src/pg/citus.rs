@@ -57,6 +57,37 @@ pub(crate) fn installed() -> bool {
     unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
+/// Whether Citus holds the open relation `rel` (a distributed, reference or
+/// Citus local table): its rows are then in shards, and what its own heap
+/// holds is nothing (a shell) or rows Citus left behind when it distributed
+/// it, which a direct read must not take for the log. Citus gives every
+/// table it holds, on every node, its internal `truncate_trigger` (named
+/// `truncate_trigger_<oid>`, as PostgreSQL names internal triggers); read from
+/// the relation's trigger descriptor, no catalog query (users cannot create
+/// an internal trigger).
+///
+/// # Safety
+/// `rel` is an open relation.
+pub(crate) unsafe fn holds(rel: pg_sys::Relation) -> bool {
+    // SAFETY: an open relation's trigger descriptor, NULL without triggers.
+    unsafe {
+        let desc = (*rel).trigdesc;
+        if desc.is_null() {
+            return false;
+        }
+        let n = usize::try_from((*desc).numtriggers).unwrap_or(0);
+        (0..n).any(|i| {
+            let t = (*desc).triggers.add(i);
+            // An internal trigger's name gets "_<its oid>".
+            (*t).tgisinternal
+                && CStr::from_ptr((*t).tgname)
+                    .to_bytes()
+                    .strip_prefix(b"truncate_trigger_")
+                    .is_some_and(|oid| !oid.is_empty() && oid.iter().all(u8::is_ascii_digit))
+        })
+    }
+}
+
 /// When the relation named `relname` in schema `nsp` is a shard of a
 /// Citus-distributed table on this node, where its run rows live. `Ok(None)`:
 /// not a shard (no Citus, or an ordinary table). An error: a shard of a log

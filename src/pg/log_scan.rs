@@ -55,6 +55,12 @@ impl OwnLogScan {
             let (rel_oid, idx_oid) = own_log_and_index(c"events_pkey", &[pg_sys::ACL_SELECT])?;
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             let heap = pg_sys::table_open(rel_oid, lock);
+            // Its rows in Citus's shards (the callers read those through
+            // SQL already): never the shell's own heap.
+            if crate::pg::citus::holds(heap) {
+                pg_sys::table_close(heap, lock);
+                return None;
+            }
             let index = pg_sys::index_open(idx_oid, lock);
             let names = [
                 c"seq",

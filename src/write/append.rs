@@ -127,7 +127,11 @@ fn append_suspension_event(
         unsafe { crate::write::creation_probe::find(addr.run_id, addr.correlation_id, addr.event) };
     let absent = match probed {
         Probe::Found(id, seq) => return TableIterator::once((id, seq, false)),
-        Probe::Absent => true,
+        // A distributed log: the INSERT alone is one statement on the run's
+        // node, where the lookup-and-insert statement is several (Citus
+        // plans its WITH through intermediate results); a redelivery it
+        // skips is read back below.
+        Probe::Absent | Probe::InShards => true,
         Probe::NotAsked => false,
     };
     let row = Spi::connect_mut(|client| {

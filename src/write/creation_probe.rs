@@ -35,6 +35,10 @@ pub enum Probe {
     Absent,
     /// The probe may not or cannot read the index.
     NotAsked,
+    /// Citus distributes the log: its rows are in shards, not in the heap
+    /// here. The caller inserts first (one statement, routed to the run's
+    /// node) and reads a skipped creation back.
+    InShards,
 }
 
 /// The stored creation `event` of (`run_id`, `correlation_id`) in the
@@ -60,6 +64,13 @@ pub unsafe fn find(run_id: &str, correlation_id: Option<&str>, event: EventType)
         };
         let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let heap = pg_sys::table_open(rel_oid, lock);
+        // Distributed by Citus, the log's rows are in its shards; the heap
+        // here holds none, or those Citus left behind when it distributed
+        // the log (a purged run's among them).
+        if crate::pg::citus::holds(heap) {
+            pg_sys::table_close(heap, lock);
+            return Probe::InShards;
+        }
         let index = pg_sys::index_open(idx_oid, lock);
         let found = probe(heap, index, run_id, correlation_id, event);
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);

@@ -316,3 +316,31 @@ def test_attach_of_a_distributed_table_with_anomalies_changes_nothing(citus):
     assert f.coordinator.sql("SELECT count(*) FROM workflow_ext.logs", db=db) == [(1,)]
     assert f.coordinator.sql("SELECT count(*) FROM information_schema.columns "
                              "WHERE table_schema = 'workflow' AND column_name = 'seq'", db=db) == [(0,)]
+
+
+def test_a_redelivery_reads_the_shards_not_what_citus_left_behind(citus):
+    """Citus leaves the rows it distributed in the coordinator's own table
+    (invisible to SQL). append_suspension_event's direct probe of the
+    creation index read them: after purge_runs removed a finished run from
+    its shard, a redelivered creation of that run was answered from the
+    leftovers (inserted = false, a row that no longer exists) instead of
+    being refused as an append to a run that does not exist (23503)."""
+    f = citus
+    db = f.new_database("wfx_probe_after_distribute")
+    with f.coordinator.connect(db) as c:
+        for r in ("gone", "kept"):
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, NULL, 'run_created')", (r,))
+            c.execute("SELECT workflow_ext.append_event(%s, NULL, 'run_started')", (r,))
+            c.execute("SELECT workflow_ext.append_suspension_event(%s, 'g1', 'step_created')", (r,))
+        c.execute("SELECT workflow_ext.append_event('gone', NULL, 'run_completed')")
+        kept = c.execute("SELECT event_id, seq FROM workflow_ext.append_suspension_event('kept', 'g1', 'step_created')"
+                         ).fetchone()
+    f.coordinator.sql("SELECT workflow_ext.distribute()", db=db)
+    assert f.coordinator.sql("SELECT workflow_ext.purge_runs('0 seconds')", db=db) == [(1,)]
+    with f.coordinator.connect(db) as c:
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            c.execute("SELECT * FROM workflow_ext.append_suspension_event('gone', 'g1', 'step_created')")
+        assert c.execute("SELECT event_id, seq, inserted FROM "
+                         "workflow_ext.append_suspension_event('kept', 'g1', 'step_created')").fetchone() == (*kept, False)
+        assert c.execute("SELECT seq, inserted FROM "
+                         "workflow_ext.append_suspension_event('kept', 'g2', 'step_created')").fetchone() == (4, True)

@@ -337,3 +337,38 @@ def test_purge_runs_purges_every_node(distributed):
     assert f.sql("SELECT count(*) FROM workflow_ext.distributed_runs WHERE run_id LIKE 'purge%%'") == [(6,)]
     assert f.sql("SELECT seq FROM workflow_ext.append_event('purge01', NULL, 'run_completed')") == [(3,)]
 
+
+
+def remote_commands(c, query, params):
+    """The commands Citus sends to workers for `query` (citus.log_remote_commands)."""
+    c.execute("SET citus.log_remote_commands = on")
+    c.execute("SET client_min_messages = log")
+    sent = []
+    c.add_notice_handler(lambda d: sent.append(d.message_primary))
+    try:
+        c.execute(query, params)
+    finally:
+        c.execute("RESET client_min_messages")
+        c.execute("RESET citus.log_remote_commands")
+    return [m for m in sent if m and m.startswith("issuing ")]
+
+
+def test_an_append_through_the_coordinator_is_one_statement_on_the_runs_node(distributed):
+    """Through the coordinator, append_event and append_suspension_event of a
+    new key each send the run's node one statement on the log's shard (the
+    INSERT alone); a redelivered key two (the INSERT, which skips it, and
+    the read-back). Never Citus's multi-step plan of the lookup-and-insert
+    WITH, nor an answer from the coordinator's own heap (see
+    test_attached.py: a purged run's leftovers)."""
+    with distributed.connect() as c:
+        c.execute("SELECT workflow_ext.append_suspension_event('onestmt', NULL, 'run_created')")
+        for query, statements in (
+                ("SELECT * FROM workflow_ext.append_event(%s, NULL, 'run_started')", 1),
+                ("SELECT * FROM workflow_ext.append_suspension_event(%s, 's1', 'step_created')", 1),
+                ("SELECT * FROM workflow_ext.append_suspension_event(%s, 's1', 'step_created')", 2)):
+            sent = remote_commands(c, query, ("onestmt",))
+            on_shard = [m for m in sent if "workflow_ext.events_" in m]
+            assert len(on_shard) == statements, (query, sent)
+            assert not [m for m in sent if "intermediate" in m or "FROM STDIN" in m], sent
+    assert distributed.sql("SELECT seq, type::text FROM workflow_ext.events WHERE run_id = 'onestmt' ORDER BY seq") == [
+        (1, "run_created"), (2, "run_started"), (3, "step_created")]
