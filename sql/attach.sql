@@ -200,7 +200,8 @@ $$;
 -- permanent table, neither inheriting nor inherited, not a partition,
 -- without rules, without triggers but the extension's, without functions or
 -- operators but PostgreSQL's (and the extension's) in its indexes,
--- constraints, defaults and statistics, with the columns of
+-- constraints, defaults and statistics, without CHECK constraints (its own
+-- or its columns' domains') that call a volatile or reserved function, with the columns of
 -- check_log_columns. attach checks it before it touches anything
 -- (`attaching`), the DDL watcher after every DDL command on an attached
 -- log, where the extension's own triggers must also be ENABLE ALWAYS
@@ -261,6 +262,34 @@ BEGIN
                               AND (SELECT o.oprnamespace FROM pg_operator o WHERE o.oid = d.refobjid)
                                   <> 'pg_catalog'::regnamespace)))
             THEN 'its indexes, constraints, defaults or statistics call functions of its own'
+        -- A CHECK constraint runs whenever a row is written, as whoever
+        -- writes it; on Citus, distribute(), undistribute() and attach of a
+        -- distributed table have Citus copy the rows as the caller, a
+        -- superuser. So a CHECK constraint of the table, or of a domain a
+        -- column is of, calls only PostgreSQL's functions that anyone may
+        -- call and that change nothing (not volatile): none that PostgreSQL
+        -- reserves (lo_export, pg_read_file, …), none of the extension's.
+        -- (Read from the expressions: pg_depend records no dependency on
+        -- PostgreSQL's own, pinned, functions.)
+        WHEN EXISTS (WITH RECURSIVE domains(t) AS (
+                         SELECT a.atttypid FROM pg_attribute a
+                          WHERE a.attrelid = log AND a.attnum > 0 AND NOT a.attisdropped
+                         UNION
+                         SELECT ty.typbasetype FROM domains JOIN pg_type ty ON ty.oid = domains.t
+                          WHERE ty.typtype = 'd'),
+                     checks(tree) AS (
+                         SELECT c.conbin::text FROM pg_constraint c
+                          WHERE c.contype = 'c' AND (c.conrelid = log OR c.contypid IN (SELECT t FROM domains))),
+                     called(f) AS (
+                         SELECT m[2]::oid FROM checks, regexp_matches(checks.tree, ':(funcid|opfuncid) (\d+)', 'g') m
+                         UNION
+                         SELECT o.oprcode::oid FROM checks, regexp_matches(checks.tree, ':opno (\d+)', 'g') m
+                           JOIN pg_operator o ON o.oid = m[1]::oid)
+                     SELECT FROM called JOIN pg_proc p ON p.oid = called.f
+                      WHERE p.pronamespace <> 'pg_catalog'::regnamespace OR p.provolatile = 'v'
+                         OR NOT has_function_privilege('public', p.oid, 'EXECUTE'))
+            THEN 'its CHECK constraints, or its columns'' domains'', call functions that are not PostgreSQL''s, '
+                 'are volatile or are reserved'
         WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
                                         WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
                                           AND t.oid <> ALL (created))
@@ -1334,7 +1363,8 @@ $$;
 
 CREATE EVENT TRIGGER workflow_ext_guard_logs ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER',
-                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE', 'CREATE STATISTICS', 'ALTER STATISTICS')
+                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE', 'CREATE STATISTICS', 'ALTER STATISTICS',
+                 'ALTER DOMAIN')
     EXECUTE FUNCTION workflow_ext.on_ddl_command_end();
 CREATE EVENT TRIGGER workflow_ext_forget_dropped ON sql_drop
     EXECUTE FUNCTION workflow_ext.on_drop();

@@ -1013,6 +1013,34 @@ BEGIN
                               AND (SELECT o.oprnamespace FROM pg_operator o WHERE o.oid = d.refobjid)
                                   <> 'pg_catalog'::regnamespace)))
             THEN 'its indexes, constraints, defaults or statistics call functions of its own'
+        -- A CHECK constraint runs whenever a row is written, as whoever
+        -- writes it; on Citus, distribute(), undistribute() and attach of a
+        -- distributed table have Citus copy the rows as the caller, a
+        -- superuser. So a CHECK constraint of the table, or of a domain a
+        -- column is of, calls only PostgreSQL's functions that anyone may
+        -- call and that change nothing (not volatile): none that PostgreSQL
+        -- reserves (lo_export, pg_read_file, …), none of the extension's.
+        -- (Read from the expressions: pg_depend records no dependency on
+        -- PostgreSQL's own, pinned, functions.)
+        WHEN EXISTS (WITH RECURSIVE domains(t) AS (
+                         SELECT a.atttypid FROM pg_attribute a
+                          WHERE a.attrelid = log AND a.attnum > 0 AND NOT a.attisdropped
+                         UNION
+                         SELECT ty.typbasetype FROM domains JOIN pg_type ty ON ty.oid = domains.t
+                          WHERE ty.typtype = 'd'),
+                     checks(tree) AS (
+                         SELECT c.conbin::text FROM pg_constraint c
+                          WHERE c.contype = 'c' AND (c.conrelid = log OR c.contypid IN (SELECT t FROM domains))),
+                     called(f) AS (
+                         SELECT m[2]::oid FROM checks, regexp_matches(checks.tree, ':(funcid|opfuncid) (\d+)', 'g') m
+                         UNION
+                         SELECT o.oprcode::oid FROM checks, regexp_matches(checks.tree, ':opno (\d+)', 'g') m
+                           JOIN pg_operator o ON o.oid = m[1]::oid)
+                     SELECT FROM called JOIN pg_proc p ON p.oid = called.f
+                      WHERE p.pronamespace <> 'pg_catalog'::regnamespace OR p.provolatile = 'v'
+                         OR NOT has_function_privilege('public', p.oid, 'EXECUTE'))
+            THEN 'its CHECK constraints, or its columns'' domains'', call functions that are not PostgreSQL''s, '
+                 'are volatile or are reserved'
         WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
                                         WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
                                           AND t.oid <> ALL (created))
@@ -1030,6 +1058,17 @@ BEGIN
     PERFORM workflow_ext.check_log_columns(log, attaching);
 END
 $$;
+
+-- The DDL watcher also checks the attached logs after ALTER DOMAIN: a CHECK
+-- constraint added to the domain of a log's column is one of the log's
+-- (check_log).
+DROP EVENT TRIGGER workflow_ext_guard_logs;
+CREATE EVENT TRIGGER workflow_ext_guard_logs ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER',
+                 'CREATE RULE', 'ALTER RULE', 'CREATE TABLE', 'CREATE STATISTICS', 'ALTER STATISTICS',
+                 'ALTER DOMAIN')
+    EXECUTE FUNCTION workflow_ext.on_ddl_command_end();
+ALTER EVENT TRIGGER workflow_ext_guard_logs ENABLE ALWAYS;
 
 -- Citus (sql/citus.sql) ---------------------------------------------------
 

@@ -91,3 +91,49 @@ CREATE RULE owner_rule AS ON UPDATE TO trap.events DO ALSO SELECT workflow.escal
 RESET SESSION AUTHORIZATION;
 SELECT workflow_ext.attach('trap.events');
 SELECT * FROM superusers;
+-- 3. A CHECK constraint runs as whoever writes a row; on Citus,
+--    distribute(), undistribute() and attach of a distributed table have
+--    Citus copy the rows as the caller, a superuser. So a CHECK constraint
+--    of the table, or of a domain a column is of, may call only PostgreSQL's
+--    functions that anyone may call and that are not volatile: a reserved
+--    one (lo_import: it would read a server file into a large object), or
+--    an owner's function through a domain, is refused at attach and by the
+--    DDL watcher. now() and comparisons stay allowed.
+SET SESSION AUTHORIZATION wfx_sec_app;
+DROP RULE owner_rule ON trap.events;
+ALTER TABLE trap.events ADD CONSTRAINT owner_builtin
+  CHECK (pg_catalog.lo_import('/etc/hostname', 424242) > 0) NOT VALID;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events DROP CONSTRAINT owner_builtin;
+CREATE DOMAIN workflow.trapped_text AS text CHECK (workflow.checked(VALUE));
+ALTER TABLE trap.events ADD COLUMN note workflow.trapped_text;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events DROP COLUMN note;
+ALTER TABLE trap.events ADD COLUMN created_at timestamptz DEFAULT now()
+  CHECK (created_at <= now() + interval '1 day');
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events') AS numbered;
+-- Once attached, the DDL watcher refuses such a constraint.
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events ADD CONSTRAINT owner_builtin
+  CHECK (pg_catalog.lo_import('/etc/hostname', 424242) > 0) NOT VALID;
+RESET SESSION AUTHORIZATION;
+SELECT count(*) AS large_objects FROM pg_largeobject_metadata WHERE oid = 424242;
+SELECT * FROM superusers;
+SELECT workflow_ext.detach('trap.events');
+-- A CHECK constraint added to a column's domain after the attach: the DDL
+-- watcher checks the logs after ALTER DOMAIN too.
+SET SESSION AUTHORIZATION wfx_sec_app;
+CREATE DOMAIN workflow.later_text AS text;
+ALTER TABLE trap.events ADD COLUMN later workflow.later_text;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events') AS numbered;
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER DOMAIN workflow.later_text ADD CONSTRAINT trapped CHECK (workflow.checked(VALUE)) NOT VALID;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.detach('trap.events');
+SELECT * FROM superusers;
