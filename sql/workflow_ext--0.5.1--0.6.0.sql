@@ -1158,6 +1158,12 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Connect to the coordinator and call workflow_ext.distribute() there.';
     END IF;
+    -- Citus copies the events as this caller: an attached log is still
+    -- what attach admits (its CHECK constraints among it), whatever an older
+    -- version let through. (The own log is the extension's.)
+    IF log <> 'workflow_ext.events'::regclass THEN
+        PERFORM workflow_ext.check_log(log, attaching => false);
+    END IF;
     run_table := workflow_ext.run_table_of(log);
     IF run_table IS NULL THEN
         RAISE EXCEPTION 'cannot distribute % by its run_id', log
@@ -1297,6 +1303,8 @@ BEGIN
         SELECT p.colocationid INTO runs_group FROM pg_dist_partition p WHERE p.logicalrelid = run_table;
     END IF;
     name := log::text;
+    -- Citus copies the rows back as this caller (see distribute()).
+    PERFORM workflow_ext.check_log(log, attaching => false);
     -- Dropping the distributed table drops its registration (on_drop).
     PERFORM undistribute_table(log);
     moved := to_regclass(name);

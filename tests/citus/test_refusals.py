@@ -73,3 +73,26 @@ def test_only_a_table_distributed_by_run_id_is_attached_so(citus):
         assert e.value.diag.message_detail == f"It is {what}; a protected log is distributed by run_id."
         assert citus.sql("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = %s::regclass", (table,)) == [(1,)]
     assert citus.sql("SELECT count(*) FROM workflow_ext.logs WHERE relation::text IN ('as_reference', 'by_id')") == [(0,)]
+
+
+def test_distribute_checks_the_log_again(citus):
+    """Citus copies a log's events as the caller of distribute() or
+    undistribute(), a superuser, evaluating the log's CHECK constraints: a
+    log that holds one attach would refuse (here added behind the DDL
+    watcher's back, as an older version let through) is refused (55000)
+    before anything moves."""
+    with citus.connect() as c:
+        c.execute("CREATE TABLE checked_log (id text, run_id text NOT NULL, type text NOT NULL, "
+                  "correlation_id text, payload jsonb, created_at timestamptz DEFAULT now(), PRIMARY KEY (run_id, id))")
+        c.execute("SELECT workflow_ext.attach('checked_log')")
+        c.execute("INSERT INTO checked_log (id, run_id, type) VALUES ('e1', 'r1', 'run_created')")
+        c.execute("ALTER EVENT TRIGGER workflow_ext_guard_logs DISABLE")
+        c.execute("ALTER TABLE checked_log ADD CONSTRAINT reserved "
+                  "CHECK (pg_catalog.lo_import('/etc/hostname', 434343) > 0) NOT VALID")
+        c.execute("ALTER EVENT TRIGGER workflow_ext_guard_logs ENABLE ALWAYS")
+    with citus.connect() as c, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+        c.execute("SELECT workflow_ext.distribute('checked_log')")
+    assert "its CHECK constraints" in e.value.diag.message_primary
+    assert citus.sql("SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'checked_log'::regclass") == [(0,)]
+    for node in citus.nodes:
+        assert citus.sql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 434343", node=node) == [(0,)]
