@@ -265,21 +265,40 @@ BEGIN
         -- A CHECK constraint runs whenever a row is written, as whoever
         -- writes it; on Citus, distribute(), undistribute() and attach of a
         -- distributed table have Citus copy the rows as the caller, a
-        -- superuser. So a CHECK constraint of the table, or of a domain a
-        -- column is of, calls only PostgreSQL's functions that anyone may
-        -- call and that change nothing (not volatile): none that PostgreSQL
-        -- reserves (lo_export, pg_read_file, …), none of the extension's.
-        -- (Read from the expressions: pg_depend records no dependency on
-        -- PostgreSQL's own, pinned, functions.)
-        WHEN EXISTS (WITH RECURSIVE domains(t) AS (
+        -- superuser. So the CHECK constraints that writing a row evaluates
+        -- call only PostgreSQL's functions that anyone may call and that
+        -- change nothing (not volatile): none that PostgreSQL reserves
+        -- (lo_export, pg_read_file, …), none of the extension's. Those are
+        -- the table's and those of every domain a row holds a value of: a
+        -- column's type, followed through domains, arrays, composite and
+        -- range types, and the types a CHECK converts to (pg_depend), each
+        -- domain's checked in turn. (The functions are read from the
+        -- expressions: pg_depend records no dependency on PostgreSQL's own,
+        -- pinned, functions.)
+        WHEN EXISTS (WITH RECURSIVE held(t) AS (
                          SELECT a.atttypid FROM pg_attribute a
                           WHERE a.attrelid = log AND a.attnum > 0 AND NOT a.attisdropped
                          UNION
-                         SELECT ty.typbasetype FROM domains JOIN pg_type ty ON ty.oid = domains.t
-                          WHERE ty.typtype = 'd'),
+                         SELECT d.refobjid FROM pg_constraint c
+                           JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = c.oid
+                                           AND d.refclassid = 'pg_type'::regclass
+                          WHERE c.conrelid = log AND c.contype = 'c'
+                         UNION
+                         SELECT inner_type.t FROM held JOIN pg_type ty ON ty.oid = held.t,
+                           LATERAL (SELECT ty.typbasetype WHERE ty.typtype = 'd'
+                                    UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0
+                                    UNION ALL SELECT a.atttypid FROM pg_attribute a
+                                               WHERE a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+                                    UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = ty.oid
+                                    UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = ty.oid
+                                    UNION ALL SELECT d.refobjid FROM pg_constraint c
+                                                JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass
+                                                                AND d.objid = c.oid
+                                                                AND d.refclassid = 'pg_type'::regclass
+                                               WHERE c.contypid = ty.oid) inner_type(t)),
                      checks(tree) AS (
                          SELECT c.conbin::text FROM pg_constraint c
-                          WHERE c.contype = 'c' AND (c.conrelid = log OR c.contypid IN (SELECT t FROM domains))),
+                          WHERE c.contype = 'c' AND (c.conrelid = log OR c.contypid IN (SELECT t FROM held))),
                      called(f) AS (
                          SELECT m[2]::oid FROM checks, regexp_matches(checks.tree, ':(funcid|opfuncid) (\d+)', 'g') m
                          UNION

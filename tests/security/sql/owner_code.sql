@@ -137,3 +137,31 @@ ALTER DOMAIN workflow.later_text ADD CONSTRAINT trapped CHECK (workflow.checked(
 RESET SESSION AUTHORIZATION;
 SELECT workflow_ext.detach('trap.events');
 SELECT * FROM superusers;
+-- A domain reached through an array, a composite type or a conversion in a
+-- CHECK constraint is checked as well: writing such a value evaluates it.
+SET SESSION AUTHORIZATION wfx_sec_app;
+CREATE DOMAIN workflow.trapped_item AS text CHECK (workflow.checked(VALUE));
+ALTER TABLE trap.events ADD COLUMN items workflow.trapped_item[];
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events DROP COLUMN items;
+CREATE TYPE workflow.trapped_pair AS (first workflow.trapped_item, second text);
+ALTER TABLE trap.events ADD COLUMN pair workflow.trapped_pair;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events DROP COLUMN pair;
+ALTER TABLE trap.events ADD CONSTRAINT converted CHECK (type::text::workflow.trapped_item IS NOT NULL);
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events DROP CONSTRAINT converted;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events') AS numbered;
+-- Attached, the DDL watcher refuses the array column.
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events ADD COLUMN items workflow.trapped_item[];
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.detach('trap.events');
+SELECT * FROM superusers;
