@@ -1022,18 +1022,23 @@ BEGIN
         -- (lo_export, pg_read_file, …), none of the extension's. Those are
         -- the table's and those of every domain a row holds a value of: a
         -- column's type, followed through domains, arrays, composite and
-        -- range types, and the types a CHECK converts to (pg_depend), each
-        -- domain's checked in turn. (The functions are read from the
+        -- range types, and the types its constraints, defaults, generated
+        -- columns and indexes convert to (pg_depend), each domain's own
+        -- conversions in turn. (The functions are read from the
         -- expressions: pg_depend records no dependency on PostgreSQL's own,
         -- pinned, functions.)
         WHEN EXISTS (WITH RECURSIVE held(t) AS (
                          SELECT a.atttypid FROM pg_attribute a
                           WHERE a.attrelid = log AND a.attnum > 0 AND NOT a.attisdropped
                          UNION
-                         SELECT d.refobjid FROM pg_constraint c
-                           JOIN pg_depend d ON d.classid = 'pg_constraint'::regclass AND d.objid = c.oid
-                                           AND d.refclassid = 'pg_type'::regclass
-                          WHERE c.conrelid = log AND c.contype = 'c'
+                         SELECT d.refobjid FROM pg_depend d
+                          WHERE d.refclassid = 'pg_type'::regclass
+                            AND ((d.classid = 'pg_constraint'::regclass
+                                  AND d.objid IN (SELECT c.oid FROM pg_constraint c WHERE c.conrelid = log))
+                              OR (d.classid = 'pg_attrdef'::regclass
+                                  AND d.objid IN (SELECT ad.oid FROM pg_attrdef ad WHERE ad.adrelid = log))
+                              OR (d.classid = 'pg_class'::regclass
+                                  AND d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = log)))
                          UNION
                          SELECT inner_type.t FROM held JOIN pg_type ty ON ty.oid = held.t,
                            LATERAL (SELECT ty.typbasetype WHERE ty.typtype = 'd'
@@ -1058,8 +1063,8 @@ BEGIN
                      SELECT FROM called JOIN pg_proc p ON p.oid = called.f
                       WHERE p.pronamespace <> 'pg_catalog'::regnamespace OR p.provolatile = 'v'
                          OR NOT has_function_privilege('public', p.oid, 'EXECUTE'))
-            THEN 'its CHECK constraints, or its columns'' domains'', call functions that are not PostgreSQL''s, '
-                 'are volatile or are reserved'
+            THEN 'its CHECK constraints, or those of the domains it uses, call functions that are not '
+                 'PostgreSQL''s, are volatile or are reserved'
         WHEN NOT attaching AND EXISTS (SELECT FROM pg_trigger t
                                         WHERE t.tgrelid = log AND NOT t.tgisinternal AND t.tgenabled <> 'A'
                                           AND t.oid <> ALL (created))

@@ -137,8 +137,9 @@ ALTER DOMAIN workflow.later_text ADD CONSTRAINT trapped CHECK (workflow.checked(
 RESET SESSION AUTHORIZATION;
 SELECT workflow_ext.detach('trap.events');
 SELECT * FROM superusers;
--- A domain reached through an array, a composite type or a conversion in a
--- CHECK constraint is checked as well: writing such a value evaluates it.
+-- A domain reached through an array, a composite type, or a conversion in a
+-- CHECK constraint, a generated column or an index expression is checked as
+-- well: writing such a row evaluates its CHECK constraints.
 SET SESSION AUTHORIZATION wfx_sec_app;
 CREATE DOMAIN workflow.trapped_item AS text CHECK (workflow.checked(VALUE));
 ALTER TABLE trap.events ADD COLUMN items workflow.trapped_item[];
@@ -157,6 +158,17 @@ RESET SESSION AUTHORIZATION;
 SELECT workflow_ext.attach('trap.events');
 SET SESSION AUTHORIZATION wfx_sec_app;
 ALTER TABLE trap.events DROP CONSTRAINT converted;
+ALTER TABLE trap.events ADD COLUMN generated text
+  GENERATED ALWAYS AS ((id::text::workflow.trapped_item)::text) STORED;
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+ALTER TABLE trap.events DROP COLUMN generated;
+CREATE INDEX converted_index ON trap.events ((type::text::workflow.trapped_item));
+RESET SESSION AUTHORIZATION;
+SELECT workflow_ext.attach('trap.events');
+SET SESSION AUTHORIZATION wfx_sec_app;
+DROP INDEX trap.converted_index;
 RESET SESSION AUTHORIZATION;
 SELECT workflow_ext.attach('trap.events') AS numbered;
 -- Attached, the DDL watcher refuses the array column.
