@@ -152,6 +152,27 @@ def timed(sql, repeat):
     return statistics.median(times)
 
 
+def build_floor_trigger():
+    """bench/floor_trigger.c built with the server's pg_config into a
+    directory the server can read; returns the library's path."""
+    pg_config = subprocess.run(["bash", os.path.join(HERE, "..", "scripts", "pg.sh"), "get", "PG_CONFIG"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+
+    def config(flag):
+        return subprocess.run([pg_config, flag], capture_output=True, text=True, check=True).stdout.strip()
+
+    out_dir = tempfile.mkdtemp(prefix="wfx-bench-")
+    os.chmod(out_dir, 0o755)
+    lib = os.path.join(out_dir, "floor_trigger.so")
+    cmd = (config("--cc").split() + config("--cflags").split() + config("--cflags_sl").split()
+           + ["-I" + config("--includedir-server"), "-shared", "-o", lib, os.path.join(HERE, "floor_trigger.c")])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"building bench/floor_trigger.c failed:\n{' '.join(cmd)}\n{out.stderr}")
+    os.chmod(lib, 0o755)
+    return lib
+
+
 def machine():
     cpu = "unknown cpu"
     try:
@@ -484,76 +505,104 @@ def main():
     #    every run, then event k + 1), so every run's lock is held at once,
     #    which a per-run heavyweight lock could not do (the lock table holds
     #    max_locks_per_transaction × max_connections). Checked, then timed
-    #    against the same COPY into a table of the same shape without the
-    #    trigger.
+    #    against the same COPY into tables of the same shape: without a
+    #    trigger, with an empty PL/pgSQL one, and with a C one that only
+    #    numbers each run's events from backend memory (bench/floor_trigger.c),
+    #    the floor of any numbering trigger. Each round COPYs new runs into
+    #    every table, in a rotated order; the medians are reported.
     if want("copy"):
         runs = 1000 if smoke else 100_000
         life = [("run_created", ""), ("run_started", ""), ("step_created", "s1"), ("step_started", "s1"),
                 ("step_completed", "s1"), ("step_created", "s2"), ("step_started", "s2"),
                 ("step_completed", "s2"), ("wait_created", "w1"), ("wait_completed", "w1")]
-        with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
-            for t, corr in life:
-                for i in range(1, runs + 1):
-                    f.write(f"copy-{i},{corr},{t}\n")
-            data = f.name  # read by psql's \copy, on this side
+        n = runs * len(life)
         psql("CREATE TABLE copy_raw (LIKE workflow_ext.events INCLUDING DEFAULTS INCLUDING INDEXES); "
              "ALTER TABLE copy_raw ALTER id SET DEFAULT workflow_ext.new_event_id(), "
              "ALTER seq SET DEFAULT nextval('raw_seq')")
-
-        def copy_into(table):
-            start = time.monotonic()
-            out = subprocess.run([f"{BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", DB, "-c",
-                                  f"\\copy {table} (run_id, correlation_id, type) FROM '{data}' WITH (FORMAT csv)"],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"COPY into {table} failed:\n{out.stderr}")
-            return time.monotonic() - start
-
         # What calling a BEFORE ROW trigger costs, whatever it does: an empty
-        # PL/pgSQL one. (Both tables insert row by row, CopyFrom's CIM_SINGLE:
-        # a trigger forces it, and so does copy_raw's volatile id default.)
+        # PL/pgSQL one. (All these tables insert row by row, CopyFrom's
+        # CIM_SINGLE: a trigger forces it, and so does copy_raw's volatile id
+        # default.)
         psql("CREATE TABLE copy_raw_trigger (LIKE copy_raw INCLUDING DEFAULTS INCLUDING INDEXES); "
              "CREATE FUNCTION copy_pass() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'; "
              "CREATE TRIGGER pass BEFORE INSERT ON copy_raw_trigger FOR EACH ROW EXECUTE FUNCTION copy_pass()")
-        t_ext = copy_into("workflow_ext.events")
-        t_raw = copy_into("copy_raw")
-        t_pass = copy_into("copy_raw_trigger")
-        os.unlink(data)
+        psql("CREATE TABLE copy_c_floor (LIKE copy_raw INCLUDING DEFAULTS INCLUDING INDEXES); "
+             f"CREATE FUNCTION copy_floor_number() RETURNS trigger LANGUAGE c AS '{build_floor_trigger()}', "
+             "'floor_number'; "
+             "CREATE TRIGGER number BEFORE INSERT ON copy_c_floor FOR EACH ROW EXECUTE FUNCTION copy_floor_number()")
         # The run rows alone, at their cheapest: one row per run inserted,
         # then set to its final state, each in one statement for all runs
         # (the extension writes a run's row when the COPY creates the run,
         # its lock, and its final state once, before the commit). No design
-        # that keeps a row per run writes less; with the trigger-less COPY
-        # it is the floor of this COPY.
+        # that keeps a row per run writes less.
         psql("CREATE TABLE copy_runs_floor (LIKE workflow_ext.runs INCLUDING ALL)")
-        t_runs = timed("DO $$ BEGIN "
-                       "INSERT INTO copy_runs_floor (log, run_id, state, last_seq) "
-                       "SELECT 'workflow_ext.events'::regclass, 'copy-' || i, 'pending', 1 "
-                       f"FROM generate_series(1, {runs}) i; "
-                       f"UPDATE copy_runs_floor SET state = 'running', last_seq = {len(life)}, "
-                       "last_event_at = now(); END $$", 1)
-        n = runs * len(life)
+        tables = {"events": "workflow_ext.events", "no_trigger": "copy_raw", "empty_trigger": "copy_raw_trigger",
+                  "numbering_trigger": "copy_c_floor"}
+        times = {k: [] for k in list(tables) + ["run_rows"]}
+        copy_rounds = 1 if smoke else 3
+        for rnd in range(copy_rounds):
+            prefix = f"copy{rnd}-"
+            with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+                for t, corr in life:
+                    for i in range(1, runs + 1):
+                        f.write(f"{prefix}{i},{corr},{t}\n")
+                data = f.name  # read by psql's \copy, on this side
+            order = list(tables)
+            order = order[rnd % len(order):] + order[:rnd % len(order)]
+            for key in order:
+                start = time.monotonic()
+                out = subprocess.run([f"{BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", DB, "-c",
+                                      f"\\copy {tables[key]} (run_id, correlation_id, type) FROM '{data}' "
+                                      "WITH (FORMAT csv)"], capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"COPY into {tables[key]} failed:\n{out.stderr}")
+                times[key].append(time.monotonic() - start)
+            os.unlink(data)
+            psql("TRUNCATE copy_runs_floor")
+            times["run_rows"].append(timed(
+                "DO $$ BEGIN "
+                "INSERT INTO copy_runs_floor (log, run_id, state, last_seq) "
+                f"SELECT 'workflow_ext.events'::regclass, '{prefix}' || i, 'pending', 1 "
+                f"FROM generate_series(1, {runs}) i; "
+                f"UPDATE copy_runs_floor SET state = 'running', last_seq = {len(life)}, "
+                "last_event_at = now(); END $$", 1))
+        t = {k: statistics.median(v) for k, v in times.items()}
         # Every run complete, its seqs 1..len(life) (unique per run: dense),
-        # and the audit clean.
-        bad = psql("SELECT count(*) FROM (SELECT run_id FROM workflow_ext.events WHERE run_id LIKE 'copy-%' "
+        # and the audit clean; the C trigger's seqs as well.
+        bad = psql("SELECT count(*) FROM (SELECT run_id FROM workflow_ext.events WHERE run_id LIKE 'copy%' "
                    f"GROUP BY run_id HAVING count(*) <> {len(life)} OR min(seq) <> 1 OR max(seq) <> {len(life)}) r")
-        counted = psql("SELECT count(DISTINCT run_id) FROM workflow_ext.events WHERE run_id LIKE 'copy-%'")
-        anomalies = psql("SELECT count(*) FROM workflow_ext.scan() WHERE run_id LIKE 'copy-%'")
-        if int(bad) or int(counted) != runs or int(anomalies):
+        counted = psql("SELECT count(DISTINCT run_id) FROM workflow_ext.events WHERE run_id LIKE 'copy%'")
+        anomalies = psql("SELECT count(*) FROM workflow_ext.scan() WHERE run_id LIKE 'copy%'")
+        if int(bad) or int(counted) != runs * copy_rounds or int(anomalies):
             sys.exit(f"COPY of {n} events: {counted} runs, {bad} with wrong seqs, {anomalies} anomalies")
-        row(f"COPY of {n:,} events across {runs:,} runs, one transaction (events/s)", "events", "no_trigger",
-            n / t_ext, n / t_raw, "events/s")
-        row("the same COPY into the table with an empty BEFORE ROW trigger (events/s)", "empty_trigger",
-            "no_trigger", n / t_pass, n / t_raw, "events/s")
-        row("COPY through the extension vs with an empty BEFORE ROW trigger (events/s)", "events",
-            "empty_trigger", n / t_ext, n / t_pass, "events/s")
-        row("floor: the COPY without trigger plus the run rows in bulk, vs the COPY alone (events/s)",
-            "run_rows_floor", "no_trigger", n / (t_raw + t_runs), n / t_raw, "events/s")
-        row("COPY through the extension vs that floor (events/s)", "events", "run_rows_floor",
-            n / t_ext, n / (t_raw + t_runs), "events/s")
-        print(f"copy: {n:,} events in {t_ext:.1f} s through the trigger, {t_raw:.1f} s without, "
-              f"{t_runs:.2f} s for {runs:,} run rows in bulk; "
-              f"{counted} runs with seqs 1..{len(life)}, scan clean", flush=True)
+        bad_floor = psql("SELECT count(*) FROM (SELECT run_id FROM copy_c_floor GROUP BY run_id "
+                         f"HAVING count(*) <> {len(life)} OR min(seq) <> 1 OR max(seq) <> {len(life)} "
+                         f"OR count(DISTINCT seq) <> {len(life)}) r")
+        if int(bad_floor):
+            sys.exit(f"the C numbering trigger numbered {bad_floor} runs wrong")
+        ev = {k: n / t[k] for k in tables}
+        ev["run_rows_floor"] = n / (t["no_trigger"] + t["run_rows"])
+        ev["numbering_floor"] = n / (t["numbering_trigger"] + t["run_rows"])
+        for name, a, b in (
+                (f"COPY of {n:,} events across {runs:,} runs, one transaction (events/s)", "events", "no_trigger"),
+                ("the same COPY into the table with an empty BEFORE ROW trigger (events/s)", "empty_trigger",
+                 "no_trigger"),
+                ("COPY through the extension vs with an empty BEFORE ROW trigger (events/s)", "events",
+                 "empty_trigger"),
+                ("floor: the COPY without trigger plus the run rows in bulk, vs the COPY alone (events/s)",
+                 "run_rows_floor", "no_trigger"),
+                ("COPY through the extension vs that floor (events/s)", "events", "run_rows_floor"),
+                ("the same COPY with a C row trigger that only numbers each run in memory (events/s)",
+                 "numbering_trigger", "no_trigger"),
+                ("floor of a numbering trigger: that COPY plus the run rows in bulk, vs the COPY alone (events/s)",
+                 "numbering_floor", "no_trigger"),
+                ("COPY through the extension vs the numbering trigger's floor (events/s)", "events",
+                 "numbering_floor")):
+            row(name, a, b, ev[a], ev[b], "events/s")
+        print(f"copy ({copy_rounds} rounds, medians): {n:,} events in {t['events']:.1f} s through the trigger, "
+              f"{t['no_trigger']:.1f} s without, {t['empty_trigger']:.1f} s with an empty one, "
+              f"{t['numbering_trigger']:.1f} s through the C numbering trigger, {t['run_rows']:.2f} s for "
+              f"{runs:,} run rows in bulk; {counted} runs with seqs 1..{len(life)}, scan clean", flush=True)
 
     # 10. A plain INSERT through the trigger (the path the DevKit's package
     #     takes on an attached table, and any client's) vs the same INSERT
