@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -164,7 +165,10 @@ def build_floor_trigger():
     out_dir = tempfile.mkdtemp(prefix="wfx-bench-")
     os.chmod(out_dir, 0o755)
     lib = os.path.join(out_dir, "floor_trigger.so")
-    cmd = (config("--cc").split() + config("--cflags").split() + config("--cflags_sl").split()
+    cc = config("--cc").split()
+    if not shutil.which(cc[0]):  # the compiler PostgreSQL was built with may be absent here
+        cc = ["cc"]
+    cmd = (cc + config("--cflags").split() + config("--cflags_sl").split()
            + ["-I" + config("--includedir-server"), "-shared", "-o", lib, os.path.join(HERE, "floor_trigger.c")])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
